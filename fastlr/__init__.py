@@ -1,0 +1,16 @@
+"""fastlr: adaptive-learning-rate optimizer update rules, written once, compiled for CPU and GPU.
+
+    import numpy as np, fastlr
+    w = np.zeros(1_000_000, np.float32)
+    opt = fastlr.Adam(w, lr=1e-3)
+    opt.step(grad)            # w and the optimizer state are updated in place
+
+Importing fastlr imports neither torch nor cupy and compiles nothing.
+"""
+from . import functional
+from .optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, Optimizer, RAdam, RMSprop
+
+__version__ = "0.1.0"
+
+__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam",
+           "RAdam", "Lion", "functional"]

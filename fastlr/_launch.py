@@ -1,0 +1,55 @@
+"""Send one validated update to the right kernel: CPU (serial or parallel by size) or CUDA.
+
+Kernel modules are imported on first use, so `import fastlr` compiles nothing and
+never touches numba.cuda unless a GPU array shows up.
+"""
+import numpy as np
+
+# Below this many elements one thread beats waking the pool (measured: docs/PERFORMANCE.md).
+SERIAL_BELOW = 1 << 15
+
+_MODULES = {}
+
+
+def _kernels(on_cuda):
+    key = "cuda" if on_cuda else "cpu"
+    if key not in _MODULES:
+        if on_cuda:
+            from .kernels import cuda as module
+        else:
+            from .kernels import cpu as module
+        _MODULES[key] = module
+    return _MODULES[key]
+
+
+def no_conditioning(dtype):
+    return (dtype.type(1.0), dtype.type(-np.inf), dtype.type(np.inf))
+
+
+def cast(values, dtype):
+    """Host float64 scalars as the arrays' dtype, so kernels compute in that dtype."""
+    t = dtype.type
+    return tuple(t(v) for v in values)
+
+
+def run(rule, param, grad, states, h, c, on_cuda, stream=0):
+    """kernel(param, grad, *states, h, c) on flat kernel views."""
+    module = _kernels(on_cuda)
+    if not on_cuda:
+        name = rule if param.size >= SERIAL_BELOW else rule + "_serial"
+        module.KERNELS[name](param, grad, *states, h, c)
+        return
+    blocks, threads = module.launch_config(param.size)
+    module.KERNELS[rule][blocks, threads, stream](param, grad, *states, h, c)
+
+
+def sum_of_squares(flat, on_cuda):
+    """float64 sum of squares of one flat buffer (a single reduction pass)."""
+    module = _kernels(on_cuda)
+    if not on_cuda:
+        return float(module.sumsq(flat) if flat.size >= SERIAL_BELOW else module.sumsq_serial(flat))
+    from numba import cuda
+    out = cuda.to_device(np.zeros(1))
+    blocks, threads = module.launch_config(flat.size)
+    module.sumsq[blocks, threads](flat, out)
+    return float(out.copy_to_host()[0])

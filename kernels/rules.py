@@ -1,0 +1,311 @@
+"""The update rules: the only place where an optimizer's formula is written.
+
+Two kinds of plain-Python function live here, and nothing imports numba:
+
+* element rules ``rule(p, g, *states, h) -> (p, *states)`` update ONE element.
+  ``h`` is a tuple of per-step scalars, already cast to the parameters' dtype,
+  so float32 buffers are computed in float32 (as torch does) with no per-element
+  float64 promotion. ``kernels/cpu.py`` and ``kernels/cuda.py`` compile these
+  same functions for the CPU and for CUDA; the number of states is read off the
+  signature.
+* host rules ``<algo>_scalars(...) -> h`` compute those per-step scalars once per
+  step, in float64, on the host (bias corrections, decayed or rectified step
+  sizes): nothing per element that can be computed once.
+
+Formulas follow torch.optim 2.13 (single-tensor code path) term for term; Lion
+follows Chen et al. 2023. ``sign`` is -1.0 under ``maximize`` and 1.0 otherwise;
+``wd`` is coupled (L2) weight decay added to the gradient, ``decay`` is the
+decoupled factor ``1 - lr * weight_decay`` applied to the parameter.
+"""
+import math
+
+# Element rules that get a kernel, in the order kernels are generated.
+ELEMENT_RULES = (
+    "sgd", "sgd_momentum", "adagrad", "rmsprop", "rmsprop_centered",
+    "rmsprop_momentum", "rmsprop_centered_momentum", "adadelta", "adam",
+    "adam_amsgrad", "adamax", "nadam", "radam", "lion",
+)
+
+
+def condition(g, c):
+    """Gradient conditioning fused into every kernel: g * scale, clamped to [lo, hi].
+
+    scale folds the loss-scale division and clip_grad_norm_'s coefficient; [lo, hi] is
+    clip_grad_value_'s range (+-inf when off). NaN passes through, as torch.clamp does.
+    """
+    scale, lo, hi = c
+    g = g * scale
+    if g < lo:
+        return lo
+    if g > hi:
+        return hi
+    return g
+
+
+def _grad(p, g, sign, wd):
+    """g <- sign * g, then + wd * p (coupled decay, skipped when wd == 0 as torch does)."""
+    g = g * sign
+    if wd != 0:
+        g = g + wd * p
+    return g
+
+
+def _maximum(a, b):
+    """torch.maximum: the larger value, NaN if either is NaN."""
+    return a if (a > b or a != a) else b
+
+
+def _lerp(a, b, w):
+    """torch.lerp(a, b, w) = a + w * (b - a) (for w < 0.5; the other branch differs only in rounding)."""
+    return a + w * (b - a)
+
+
+def _ewma_sq(v, g, beta, one_minus_beta):
+    """v * beta + (1 - beta) * g * g, as torch's mul_(beta).addcmul_(g, g, 1 - beta)."""
+    return v * beta + one_minus_beta * g * g
+
+
+# ---------------------------------------------------------------- SGD
+def sgd(p, g, h):
+    """p <- p - lr * (sign * g + wd * p)."""
+    sign, wd, lr = h
+    return (p - lr * _grad(p, g, sign, wd),)
+
+
+def sgd_momentum(p, g, buf, h):
+    """buf <- momentum * buf + (1 - dampening) * d; d <- d + momentum * buf (nesterov) or buf; p <- p - lr * d.
+
+    On the first step torch sets buf = d: the host passes buf_coef = 0, d_coef = 1.
+    """
+    sign, wd, lr, buf_coef, d_coef, nesterov_coef = h
+    d = _grad(p, g, sign, wd)
+    buf = buf * buf_coef + d_coef * d
+    if nesterov_coef != 0:
+        d = d + nesterov_coef * buf
+    else:
+        d = buf
+    return p - lr * d, buf
+
+
+def sgd_scalars(step, lr, momentum, dampening, weight_decay, nesterov, maximize):
+    """step is 1-based; momentum buffers start as a copy of the first gradient."""
+    sign = -1.0 if maximize else 1.0
+    if momentum == 0:
+        return (sign, weight_decay, lr)
+    first = step == 1
+    return (sign, weight_decay, lr, 0.0 if first else momentum,
+            1.0 if first else 1.0 - dampening, momentum if nesterov else 0.0)
+
+
+# ---------------------------------------------------------------- Adagrad
+def adagrad(p, g, state_sum, h):
+    """sum <- sum + g^2;  p <- p - clr * g / (sqrt(sum) + eps),  clr = lr / (1 + (t - 1) * lr_decay)."""
+    sign, wd, clr, eps = h
+    g = _grad(p, g, sign, wd)
+    state_sum = state_sum + g * g
+    return p - clr * (g / (math.sqrt(state_sum) + eps)), state_sum
+
+
+def adagrad_scalars(step, lr, lr_decay, weight_decay, eps, maximize):
+    return (-1.0 if maximize else 1.0, weight_decay, lr / (1 + (step - 1) * lr_decay), eps)
+
+
+# ---------------------------------------------------------------- RMSprop
+def _rms_avg(square_avg, eps):
+    return math.sqrt(square_avg) + eps
+
+
+def _rms_centered_avg(square_avg, grad_avg, eps):
+    return math.sqrt(square_avg - grad_avg * grad_avg) + eps
+
+
+def rmsprop(p, g, square_avg, h):
+    """v <- alpha v + (1 - alpha) g^2;  p <- p - lr * g / (sqrt(v) + eps)."""
+    sign, wd, lr, alpha, one_minus_alpha, eps, momentum = h
+    g = _grad(p, g, sign, wd)
+    square_avg = _ewma_sq(square_avg, g, alpha, one_minus_alpha)
+    return p - lr * (g / _rms_avg(square_avg, eps)), square_avg
+
+
+def rmsprop_centered(p, g, square_avg, grad_avg, h):
+    """As rmsprop, with mean gradient gbar <- lerp(gbar, g, 1 - alpha) and denominator sqrt(v - gbar^2) + eps."""
+    sign, wd, lr, alpha, one_minus_alpha, eps, momentum = h
+    g = _grad(p, g, sign, wd)
+    square_avg = _ewma_sq(square_avg, g, alpha, one_minus_alpha)
+    grad_avg = _lerp(grad_avg, g, one_minus_alpha)
+    return p - lr * (g / _rms_centered_avg(square_avg, grad_avg, eps)), square_avg, grad_avg
+
+
+def rmsprop_momentum(p, g, square_avg, buf, h):
+    """As rmsprop, then buf <- momentum * buf + g / avg;  p <- p - lr * buf."""
+    sign, wd, lr, alpha, one_minus_alpha, eps, momentum = h
+    g = _grad(p, g, sign, wd)
+    square_avg = _ewma_sq(square_avg, g, alpha, one_minus_alpha)
+    buf = buf * momentum + g / _rms_avg(square_avg, eps)
+    return p - lr * buf, square_avg, buf
+
+
+def rmsprop_centered_momentum(p, g, square_avg, grad_avg, buf, h):
+    """Centered denominator and momentum buffer together."""
+    sign, wd, lr, alpha, one_minus_alpha, eps, momentum = h
+    g = _grad(p, g, sign, wd)
+    square_avg = _ewma_sq(square_avg, g, alpha, one_minus_alpha)
+    grad_avg = _lerp(grad_avg, g, one_minus_alpha)
+    buf = buf * momentum + g / _rms_centered_avg(square_avg, grad_avg, eps)
+    return p - lr * buf, square_avg, grad_avg, buf
+
+
+def rmsprop_scalars(lr, alpha, eps, weight_decay, momentum, maximize):
+    return (-1.0 if maximize else 1.0, weight_decay, lr, alpha, 1.0 - alpha, eps, momentum)
+
+
+# ---------------------------------------------------------------- Adadelta
+def adadelta(p, g, square_avg, acc_delta, h):
+    """v <- rho v + (1-rho) g^2;  d <- sqrt(u + eps) / sqrt(v + eps) * g;  u <- rho u + (1-rho) d^2;  p <- p - lr d."""
+    sign, wd, lr, rho, one_minus_rho, eps = h
+    g = _grad(p, g, sign, wd)
+    square_avg = _ewma_sq(square_avg, g, rho, one_minus_rho)
+    delta = math.sqrt(acc_delta + eps) / math.sqrt(square_avg + eps) * g
+    acc_delta = _ewma_sq(acc_delta, delta, rho, one_minus_rho)
+    return p - lr * delta, square_avg, acc_delta
+
+
+def adadelta_scalars(lr, rho, eps, weight_decay, maximize):
+    return (-1.0 if maximize else 1.0, weight_decay, lr, rho, 1.0 - rho, eps)
+
+
+# ---------------------------------------------------------------- Adam / AdamW
+def _adam_moments(p, g, m, v, sign, wd, one_minus_beta1, beta2, one_minus_beta2):
+    g = _grad(p, g, sign, wd)
+    return _lerp(m, g, one_minus_beta1), _ewma_sq(v, g, beta2, one_minus_beta2)
+
+
+def _adam_update(p, m, v_hat, step_size, bc2_sqrt, eps):
+    """p <- p - step_size * m / (sqrt(v_hat) / sqrt(1 - beta2^t) + eps)."""
+    return p - step_size * (m / (math.sqrt(v_hat) / bc2_sqrt + eps))
+
+
+def adam(p, g, m, v, h):
+    """m <- lerp(m, g, 1-b1); v <- b2 v + (1-b2) g^2; p <- decay p - lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)."""
+    sign, wd, decay, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps = h
+    p = p * decay
+    m, v = _adam_moments(p, g, m, v, sign, wd, one_minus_beta1, beta2, one_minus_beta2)
+    return _adam_update(p, m, v, step_size, bc2_sqrt, eps), m, v
+
+
+def adam_amsgrad(p, g, m, v, v_max, h):
+    """As adam, with v_max <- max(v_max, v) in the denominator."""
+    sign, wd, decay, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps = h
+    p = p * decay
+    m, v = _adam_moments(p, g, m, v, sign, wd, one_minus_beta1, beta2, one_minus_beta2)
+    v_max = _maximum(v_max, v)
+    return _adam_update(p, m, v_max, step_size, bc2_sqrt, eps), m, v, v_max
+
+
+def _decay_split(lr, weight_decay, decoupled):
+    """(coupled wd added to the gradient, decoupled factor applied to p)."""
+    if decoupled:
+        return 0.0, 1.0 - lr * weight_decay
+    return weight_decay, 1.0
+
+
+def adam_scalars(step, lr, betas, eps, weight_decay, maximize, decoupled):
+    beta1, beta2 = betas
+    wd, decay = _decay_split(lr, weight_decay, decoupled)
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2 = 1 - beta2 ** step
+    return (-1.0 if maximize else 1.0, wd, decay, 1 - beta1, beta2, 1 - beta2,
+            lr / bias_correction1, math.sqrt(bias_correction2), eps)
+
+
+# ---------------------------------------------------------------- Adamax
+def adamax(p, g, m, u, h):
+    """m <- lerp(m, g, 1-b1); u <- max(b2 u, |g| + eps); p <- p - lr/(1-b1^t) * m / u."""
+    sign, wd, one_minus_beta1, beta2, eps, clr = h
+    g = _grad(p, g, sign, wd)
+    m = _lerp(m, g, one_minus_beta1)
+    u = _maximum(u * beta2, abs(g) + eps)
+    return p - clr * (m / u), m, u
+
+
+def adamax_scalars(step, lr, betas, eps, weight_decay, maximize):
+    beta1, beta2 = betas
+    return (-1.0 if maximize else 1.0, weight_decay, 1 - beta1, beta2, eps, lr / (1 - beta1 ** step))
+
+
+# ---------------------------------------------------------------- NAdam
+def nadam(p, g, m, v, h):
+    """Adam moments, then p <- p - c_g * g / (sqrt(v / (1-b2^t)) + eps) - c_m * m / (same).
+
+    c_g = lr (1 - mu_t) / (1 - prod mu_1..t), c_m = lr mu_{t+1} / (1 - prod mu_1..t+1).
+    """
+    sign, wd, decay, one_minus_beta1, beta2, one_minus_beta2, bias_correction2, eps, c_g, c_m = h
+    p = p * decay
+    g = _grad(p, g, sign, wd)
+    m = _lerp(m, g, one_minus_beta1)
+    v = _ewma_sq(v, g, beta2, one_minus_beta2)
+    denom = math.sqrt(v / bias_correction2) + eps
+    p = p - c_g * (g / denom)
+    return p - c_m * (m / denom), m, v
+
+
+def nadam_mu(step, beta1, momentum_decay):
+    """mu_t = beta1 * (1 - 0.5 * 0.96^(t * momentum_decay))."""
+    return beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
+
+
+def nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_decay, maximize, decoupled):
+    """mu_product is prod mu_1..t, this step's mu included."""
+    beta1, beta2 = betas
+    wd, decay = _decay_split(lr, weight_decay, decoupled)
+    mu = nadam_mu(step, beta1, momentum_decay)
+    mu_next = nadam_mu(step + 1, beta1, momentum_decay)
+    return (-1.0 if maximize else 1.0, wd, decay, 1 - beta1, beta2, 1 - beta2, 1 - beta2 ** step, eps,
+            lr * (1.0 - mu) / (1.0 - mu_product), lr * mu_next / (1.0 - mu_product * mu_next))
+
+
+# ---------------------------------------------------------------- RAdam
+def radam(p, g, m, v, h):
+    """Adam moments; if rho_t > 5: p <- p - m/(1-b1^t) * lr * sqrt(1-b2^t)/(sqrt(v)+eps) * r_t, else p - m/(1-b1^t) * lr."""
+    sign, wd, decay, one_minus_beta1, beta2, one_minus_beta2, bias_correction1, lr, bc2_sqrt, eps, rect = h
+    p = p * decay
+    m, v = _adam_moments(p, g, m, v, sign, wd, one_minus_beta1, beta2, one_minus_beta2)
+    m_hat = m / bias_correction1
+    if rect > 0:
+        return p - m_hat * lr * (bc2_sqrt / (math.sqrt(v) + eps)) * rect, m, v
+    return p - m_hat * lr, m, v
+
+
+def radam_scalars(step, lr, betas, eps, weight_decay, maximize, decoupled):
+    """rect = r_t when the variance is tractable (rho_t > 5), else 0 (un-rectified step)."""
+    beta1, beta2 = betas
+    wd, decay = _decay_split(lr, weight_decay, decoupled)
+    bias_correction2 = 1 - beta2 ** step
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * step * (beta2 ** step) / bias_correction2
+    rect = 0.0
+    if rho_t > 5.0:
+        rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+    return (-1.0 if maximize else 1.0, wd, decay, 1 - beta1, beta2, 1 - beta2, 1 - beta1 ** step,
+            lr, math.sqrt(bias_correction2), eps, rect)
+
+
+# ---------------------------------------------------------------- Lion
+def lion(p, g, m, h):
+    """p <- decay p - lr * sign(b1 m + (1-b1) g);  m <- b2 m + (1-b2) g  (Chen et al. 2023)."""
+    sign, decay, lr, beta1, one_minus_beta1, beta2, one_minus_beta2 = h
+    g = g * sign
+    p = p * decay
+    c = m * beta1 + one_minus_beta1 * g
+    if c > 0:
+        p = p - lr
+    elif c < 0:
+        p = p + lr
+    else:  # c is 0 (no move) or NaN (propagates, as torch's sign does)
+        p = p + c * lr
+    return p, m * beta2 + one_minus_beta2 * g
+
+
+def lion_scalars(lr, betas, weight_decay, maximize):
+    beta1, beta2 = betas
+    return (-1.0 if maximize else 1.0, 1.0 - lr * weight_decay, lr, beta1, 1 - beta1, beta2, 1 - beta2)
