@@ -537,7 +537,7 @@ class NAdam(Optimizer):
 
     @classmethod
     def _plan(cls, g, s):
-        s["mu_product"] *= rules.nadam_mu(s["step"], g["betas"][0], g["momentum_decay"])
+        s["mu_product"] = rules.nadam_mu_product(s["mu_product"], s["step"], g["betas"][0], g["momentum_decay"])
         return "nadam", rules.nadam_scalars(s["step"], s["mu_product"], g["lr"], g["betas"], g["eps"],
                                             g["weight_decay"], g["momentum_decay"], g["maximize"],
                                             g["decoupled_weight_decay"])

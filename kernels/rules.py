@@ -19,6 +19,8 @@ decoupled factor ``1 - lr * weight_decay`` applied to the parameter.
 """
 import math
 
+import numpy as np
+
 # Element rules that get a kernel, in the order kernels are generated.
 ELEMENT_RULES = (
     "sgd", "sgd_momentum", "adagrad", "rmsprop", "rmsprop_centered",
@@ -252,6 +254,11 @@ def nadam(p, g, m, v, h):
 def nadam_mu(step, beta1, momentum_decay):
     """mu_t = beta1 * (1 - 0.5 * 0.96^(t * momentum_decay))."""
     return beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
+
+
+def nadam_mu_product(mu_product, step, beta1, momentum_decay):
+    """prod mu_1..t, kept as torch keeps it: a float32 scalar, multiplied in float32."""
+    return float(np.float32(np.float32(mu_product) * np.float32(nadam_mu(step, beta1, momentum_decay))))
 
 
 def nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_decay, maximize, decoupled):

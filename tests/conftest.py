@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu run only where a real CUDA device is present."""
+    try:
+        from numba import cuda
+        have_gpu = cuda.is_available() and not getattr(cuda, "simulator", None) is None and \
+            "simulator" not in type(cuda.get_current_device()).__module__
+    except Exception:
+        have_gpu = False
+    if have_gpu:
+        return
+    skip = pytest.mark.skip(reason="needs a real NVIDIA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def make_data(n_steps, size, dtype, seed=0):
+    """Initial params and a sequence of gradients, random but reproducible."""
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal(size).astype(dtype)
+    grads = [rng.standard_normal(size).astype(dtype) for _ in range(n_steps)]
+    return p, grads
+
+
+@pytest.fixture
+def data():
+    return make_data

@@ -1,0 +1,103 @@
+"""Every algorithm x option combination against the float64 NumPy reference of torch's formulas."""
+import numpy as np
+import pytest
+
+import fastlr
+from cases import ALL, case_id
+from conftest import make_data
+from reference import REFERENCES
+
+RTOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+def assert_close(actual, desired, dtype, err_msg=""):
+    """rtol per element, plus the same rtol of the array's scale for elements that pass near 0."""
+    desired = np.asarray(desired, np.float64)
+    rtol = RTOL[np.dtype(dtype).type]
+    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * np.abs(desired).max(), err_msg=err_msg)
+
+
+def run_fastlr(name, hp, p, grads):
+    opt = getattr(fastlr, name)(p, **hp)
+    for g in grads:
+        opt.step(g)
+    return opt
+
+
+def run_reference(name, hp, p, grads):
+    p = p.astype(np.float64)
+    state = {}
+    for t, g in enumerate(grads, 1):
+        REFERENCES[name](p, g.astype(np.float64), state, t, **hp)
+    return p, state
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,hp", ALL, ids=[case_id(n, h) for n, h in ALL])
+def test_matches_reference(name, hp, dtype):
+    p, grads = make_data(50, 257, dtype, seed=hash(case_id(name, hp)) % 2**32)
+    ref_p, ref_state = run_reference(name, hp, p, grads)
+    opt = run_fastlr(name, hp, p, grads)
+    assert_close(p, ref_p, dtype)
+    state = opt.state[0]
+    assert state["step"] == 50
+    for key, value in ref_state.items():
+        assert_close(state[key], value, dtype, err_msg=key)
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_serial_and_parallel_paths_agree(name, monkeypatch):
+    """Buffers below and above the serial threshold give identical bits."""
+    from fastlr import _launch
+    p, grads = make_data(5, 5000, np.float32, seed=1)
+    out = []
+    for threshold in (1, 10**9):
+        monkeypatch.setattr(_launch, "SERIAL_BELOW", threshold)
+        q = p.copy()
+        run_fastlr(name, {}, q, grads)
+        out.append(q)
+    np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_functional_matches_class():
+    p, grads = make_data(10, 100, np.float32)
+    q = p.copy()
+    run_fastlr("Adam", dict(lr=1e-2, amsgrad=True), p, grads)
+    m, v, vmax = (np.zeros_like(q) for _ in range(3))
+    for t, g in enumerate(grads, 1):
+        out = fastlr.functional.adam_(q, g, m, v, vmax, step=t, lr=1e-2, amsgrad=True)
+        assert out == {"step": t}
+    np.testing.assert_array_equal(p, q)
+
+
+def test_functional_nadam_threads_mu_product():
+    p, grads = make_data(10, 100, np.float64)
+    q = p.copy()
+    opt = run_fastlr("NAdam", {}, p, grads)
+    m, v = np.zeros_like(q), np.zeros_like(q)
+    mu_product = 1.0
+    for t, g in enumerate(grads, 1):
+        mu_product = fastlr.functional.nadam_(q, g, m, v, step=t, mu_product=mu_product)["mu_product"]
+    np.testing.assert_array_equal(p, q)
+    assert mu_product == opt.state[0]["mu_product"]
+
+
+def test_param_groups_and_multidim():
+    a, b, c = (np.ones(s, np.float32) for s in [(3, 4), (5,), (2, 2, 2)])
+    opt = fastlr.SGD([{"params": [a, b], "lr": 0.5}, c], lr=0.1)
+    ga, gb, gc = (np.ones_like(x) for x in (a, b, c))
+    opt.step([[ga, gb], gc])
+    assert np.all(a == 0.5) and np.all(b == 0.5) and np.allclose(c, 0.9)
+    opt.param_groups[1]["lr"] = 0.2
+    opt.step([ga, None, gc])  # flat list; None skips b
+    assert np.all(a == 0.0) and np.all(b == 0.5) and np.allclose(c, 0.7)
+
+
+def test_lr_schedule_is_evaluated_per_step():
+    w = np.zeros(4, np.float32)
+    seen = []
+    opt = fastlr.SGD(w, lr=lambda k: seen.append(k) or 0.1 * (k + 1))
+    for _ in range(3):
+        opt.step(np.ones_like(w))
+    assert seen == [0, 1, 2]
+    np.testing.assert_allclose(w, -(0.1 + 0.2 + 0.3))
