@@ -5,9 +5,8 @@ import pytest
 def pytest_collection_modifyitems(config, items):
     """Tests marked gpu run only where a real CUDA device is present."""
     try:
-        from numba import cuda
-        have_gpu = cuda.is_available() and not getattr(cuda, "simulator", None) is None and \
-            "simulator" not in type(cuda.get_current_device()).__module__
+        from numba import config, cuda
+        have_gpu = not config.ENABLE_CUDASIM and cuda.is_available()
     except Exception:
         have_gpu = False
     if have_gpu:
