@@ -153,10 +153,12 @@ class Optimizer:
         """Checks that involve several hyperparameters (overridden where needed)."""
 
     # ------------------------------------------------------------ per-algorithm hooks
+    states = ()  # ((state name, initial value), ...) when they do not depend on options
+
     @classmethod
     def _state_names(cls, group):
         """((state name, initial value), ...) for the group's options."""
-        raise NotImplementedError
+        return cls.states
 
     @classmethod
     def _plan(cls, group, pstate):
@@ -461,9 +463,7 @@ class Adadelta(Optimizer):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize), **conditioning)
 
-    @classmethod
-    def _state_names(cls, group):
-        return ("square_avg", 0.0), ("acc_delta", 0.0)
+    states = ("square_avg", 0.0), ("acc_delta", 0.0)
 
     @classmethod
     def _plan(cls, g, s):
@@ -509,9 +509,7 @@ class Adamax(Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize), **conditioning)
 
-    @classmethod
-    def _state_names(cls, group):
-        return ("exp_avg", 0.0), ("exp_inf", 0.0)
+    states = ("exp_avg", 0.0), ("exp_inf", 0.0)
 
     @classmethod
     def _plan(cls, g, s):
@@ -531,9 +529,7 @@ class NAdam(Optimizer):
                                       decoupled_weight_decay=decoupled_weight_decay, maximize=maximize),
                          **conditioning)
 
-    @classmethod
-    def _state_names(cls, group):
-        return ("exp_avg", 0.0), ("exp_avg_sq", 0.0)
+    states = ("exp_avg", 0.0), ("exp_avg_sq", 0.0)
 
     @classmethod
     def _plan(cls, g, s):
@@ -552,9 +548,7 @@ class RAdam(Optimizer):
                                       decoupled_weight_decay=decoupled_weight_decay, maximize=maximize),
                          **conditioning)
 
-    @classmethod
-    def _state_names(cls, group):
-        return ("exp_avg", 0.0), ("exp_avg_sq", 0.0)
+    states = ("exp_avg", 0.0), ("exp_avg_sq", 0.0)
 
     @classmethod
     def _plan(cls, g, s):
@@ -569,9 +563,7 @@ class Lion(Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize),
                          **conditioning)
 
-    @classmethod
-    def _state_names(cls, group):
-        return (("exp_avg", 0.0),)
+    states = (("exp_avg", 0.0),)
 
     @classmethod
     def _plan(cls, g, s):
