@@ -14,7 +14,9 @@ from numba import njit, prange
 from . import rules
 from ._codegen import compile_rules, generate
 
-R = compile_rules(njit(inline="always"), __name__ + ".R")
+# error_model="numpy": x / 0 gives inf/nan as IEEE (and torch) do, instead of a
+# ZeroDivisionError check whose branch stops LLVM from vectorizing the loops.
+R = compile_rules(njit(inline="always", error_model="numpy"), __name__ + ".R")
 
 _TEMPLATE = """
 def {name}(p, g, {states}h, c):
@@ -25,9 +27,9 @@ def {name}(p, g, {states}h, c):
 KERNELS = {}
 for _rule in rules.ELEMENT_RULES:
     KERNELS[_rule] = generate(_TEMPLATE, _rule, _rule, globals(),
-                              njit(parallel=True, cache=True, nogil=True))
+                              njit(parallel=True, cache=True, nogil=True, error_model="numpy"))
     KERNELS[_rule + "_serial"] = generate(_TEMPLATE, _rule, _rule + "_serial", globals(),
-                                          njit(cache=True, nogil=True))
+                                          njit(cache=True, nogil=True, error_model="numpy"))
 
 
 @njit(parallel=True, cache=True, nogil=True)
