@@ -100,6 +100,8 @@ class Optimizer:
         self.state = {}
         self._buffers = []          # Buffer of each param, in index order
         self._flat_states = {}      # param index -> (state names, flat kernel views)
+        self._grad_cache = {}       # param index -> Buffer of the last gradient array seen
+        self._checked = {}          # group index -> hyperparameters last validated
         self._step_count = 0
         self.skipped_steps = 0
         self.last_step_skipped = False
@@ -166,13 +168,6 @@ class Optimizer:
         raise NotImplementedError
 
     # ------------------------------------------------------------ stepping
-    def _indexed_params(self):
-        i = 0
-        for group in self.param_groups:
-            for _ in group["params"]:
-                yield group, i
-                i += 1
-
     def _grads(self, grads):
         """Grads in param order (None to skip a param), validated against their params."""
         n = len(self._buffers)
@@ -192,8 +187,13 @@ class Optimizer:
             if g is None:
                 out.append(None)
                 continue
-            gbuf = Buffer(f"grads[{i}]", g, writeable=False)
-            same_kind(f"grads[{i}]", gbuf, pbuf, f"params[{i}]")
+            gbuf = self._grad_cache.get(i)
+            # The same NumPy/CuPy/numba array as last step cannot have changed shape, dtype or
+            # layout: reuse its checks and flat view. torch tensors can (resize_), so recheck.
+            if gbuf is None or gbuf.obj is not g or gbuf.lib == "torch":
+                gbuf = Buffer(f"grads[{i}]", g, writeable=False)
+                same_kind(f"grads[{i}]", gbuf, pbuf, f"params[{i}]")
+                self._grad_cache[i] = gbuf
             out.append(gbuf)
         return out
 
@@ -204,9 +204,12 @@ class Optimizer:
             hp = dict(group)
             if callable(hp["lr"]):
                 hp["lr"] = hp["lr"](self._step_count)
-            self._check_group(hp, f"param_groups[{k}]")
-            if callable(hp["lr"]):
-                raise TypeError(f"param_groups[{k}]: lr schedule returned a callable")
+                if callable(hp["lr"]):
+                    raise TypeError(f"param_groups[{k}]: lr schedule returned a callable")
+            hp.pop("params")
+            if self._checked.get(k) != hp:  # checks rerun only when a value changed
+                self._check_group(hp, f"param_groups[{k}]")
+                self._checked[k] = dict(hp)
             resolved.append(hp)
         return resolved
 
@@ -240,8 +243,8 @@ class Optimizer:
         if c is None:
             self.skipped_steps += 1
             return False
-        for (group, i), hp in zip(self._indexed_params(), self._expand(groups)):
-            gbuf = gbufs[i]
+        plain = c == (1.0, -math.inf, math.inf)
+        for i, (gbuf, hp) in enumerate(zip(gbufs, self._expand(groups))):
             if gbuf is None:
                 continue
             pbuf = self._buffers[i]
@@ -249,7 +252,7 @@ class Optimizer:
             pstate["step"] += 1
             rule, h = self._plan(hp, pstate)
             run(rule, pbuf.kernel_view(), gbuf.kernel_view(), self._flat_states[i][1], cast(h, pbuf.dtype),
-                cast(c, pbuf.dtype), pbuf.on_cuda)
+                no_conditioning(pbuf.dtype) if plain else cast(c, pbuf.dtype), pbuf.on_cuda)
         self._step_count += 1
         return True
 
