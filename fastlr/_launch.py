@@ -45,13 +45,10 @@ def run(rule, param, grad, states, h, c, on_cuda, stream=0):
     module.KERNELS[rule][blocks, threads, stream](param, grad, *states, h, c)
 
 
-def sum_of_squares(flat, on_cuda):
+def sum_of_squares(flat, on_cuda, stream=0):
     """float64 sum of squares of one flat buffer (a single reduction pass)."""
     module = _kernels(on_cuda)
     if not on_cuda:
         return float(module.sumsq(flat) if flat.size >= SERIAL_BELOW else module.sumsq_serial(flat))
-    from numba import cuda
-    out = cuda.to_device(np.zeros(1))
-    blocks, threads = module.launch_config(flat.size)
-    module.sumsq[blocks, threads](flat, out)
-    return float(out.copy_to_host()[0])
+    from .streams import sum_of_squares_on
+    return sum_of_squares_on(flat, stream)

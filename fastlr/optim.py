@@ -11,6 +11,7 @@ import numbers
 from ._arrays import Buffer, copy_into, full_like, library, same_kind, to_numpy
 from ._launch import cast, no_conditioning, run, sum_of_squares
 from .kernels import rules
+from .streams import current_stream
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax",
            "NAdam", "RAdam", "Lion"]
@@ -221,7 +222,8 @@ class Optimizer:
         unscale = 1.0 / self.grad_scale if self.grad_scale is not None else 1.0
         if self.max_grad_norm is None and not self.skip_nonfinite:
             return unscale, lo, hi
-        total = sum(sum_of_squares(b.kernel_view(), b.on_cuda) for b in gbufs if b is not None)
+        total = sum(sum_of_squares(b.kernel_view(), b.on_cuda, current_stream(b.obj) if b.on_cuda else 0)
+                    for b in gbufs if b is not None)
         norm = math.sqrt(total) * unscale
         if self.skip_nonfinite and not math.isfinite(norm):
             return None
@@ -252,7 +254,8 @@ class Optimizer:
             pstate["step"] += 1
             rule, h = self._plan(hp, pstate)
             run(rule, pbuf.kernel_view(), gbuf.kernel_view(), self._flat_states[i][1], cast(h, pbuf.dtype),
-                no_conditioning(pbuf.dtype) if plain else cast(c, pbuf.dtype), pbuf.on_cuda)
+                no_conditioning(pbuf.dtype) if plain else cast(c, pbuf.dtype), pbuf.on_cuda,
+                current_stream(pbuf.obj) if pbuf.on_cuda else 0)
         self._step_count += 1
         return True
 
@@ -491,7 +494,7 @@ class Adam(Optimizer):
     def _plan(cls, g, s):
         return ("adam_amsgrad" if g["amsgrad"] else "adam",
                 rules.adam_scalars(s["step"], g["lr"], g["betas"], g["eps"], g["weight_decay"], g["maximize"],
-                                   cls._decoupled))
+                                   g.get("decoupled_weight_decay", cls._decoupled)))  # per group, as torch
 
 
 class AdamW(Adam):

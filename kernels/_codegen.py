@@ -5,10 +5,15 @@ same for every rule; only the number of state arrays differs). They are compiled
 source attributed to the target's own module file, at module level, so numba's
 ``cache=True`` stores and reloads them (factory closures are never reused from cache).
 """
+import hashlib
 import inspect
 import types
 
 from . import rules
+
+# numba's cache only watches the kernel's own file: naming each generated kernel after the
+# rules' source makes an edit of rules.py compile fresh kernels instead of reusing stale ones.
+RULES_HASH = hashlib.sha1(inspect.getsource(rules).encode()).hexdigest()[:10]
 
 
 def compile_rules(decorate, module_name):
@@ -35,6 +40,7 @@ def n_states(rule_name):
 def generate(template, rule_name, kernel_name, module_globals, decorate):
     """Render `template` for one rule, compile it as code of the calling module, decorate it."""
     k = n_states(rule_name)
+    kernel_name = f"{kernel_name}_{RULES_HASH}"
     fields = dict(
         name=kernel_name, rule=rule_name,
         states="".join(f"s{j}, " for j in range(k)),

@@ -316,3 +316,147 @@ def lion(p, g, m, h):
 def lion_scalars(lr, betas, weight_decay, maximize):
     beta1, beta2 = betas
     return (-1.0 if maximize else 1.0, 1.0 - lr * weight_decay, lr, beta1, 1 - beta1, beta2, 1 - beta2)
+
+
+# ---------------------------------------------------------------- Mixed precision
+# 16-bit floats are handled as their bit patterns (uint16 on the CPU, where numba has no
+# bfloat16; int16 views of CUDA tensors): ``mbits`` mantissa bits and ``ebits`` exponent
+# bits, (7, 8) for bfloat16 and (10, 5) for float16. Plain arithmetic only (frexp/ldexp),
+# so the same functions compile for the CPU and for CUDA.
+def half_to_float(b, mbits, ebits):
+    """The value (float64, exact) of the 16-bit pattern b."""
+    b = int(b) & 0xFFFF
+    emask = (1 << ebits) - 1
+    e = (b >> mbits) & emask
+    m = b & ((1 << mbits) - 1)
+    bias = (1 << (ebits - 1)) - 1
+    if e == emask:
+        v = math.inf if m == 0 else math.nan
+    elif e == 0:
+        v = math.ldexp(float(m), int(1 - bias - mbits))
+    else:
+        v = math.ldexp(float(m + (1 << mbits)), int(e - bias - mbits))
+    if b & 0x8000:
+        return -v
+    return v
+
+
+def float_to_half(x, r, mbits, ebits):
+    """The 16-bit pattern of x rounded to the format: to nearest even when r < 0, else
+    stochastically with the 16 random bits r (0 <= r < 65536): up when the remainder below the
+    last kept bit, in units of 2^-16 of it, plus r reaches 65536 (for bfloat16 from float32
+    that is exactly ``(bits + r) >> 16``). NaN gives the canonical quiet NaN, overflow inf."""
+    emask = (1 << ebits) - 1
+    if x != x:
+        return (emask << mbits) | (1 << (mbits - 1))
+    a = float(x)
+    sign = 0
+    if a < 0 or (a == 0 and math.copysign(1.0, a) < 0):
+        sign = 0x8000
+        a = -a
+    if a == math.inf:
+        return sign | (emask << mbits)
+    if a == 0:
+        return sign
+    bias = (1 << (ebits - 1)) - 1
+    fr, e = math.frexp(a)
+    exp = e - 1                     # a = 1.f * 2^exp for normal numbers
+    if exp < 1 - bias:
+        exp = 1 - bias              # subnormal: fixed spacing 2^(1 - bias - mbits)
+    q = math.ldexp(a, int(mbits - exp))  # in [2^mbits, 2^(mbits+1)) when normal
+    f = int(math.floor(q))
+    d = q - f
+    if r < 0:
+        if d > 0.5 or (d == 0.5 and f % 2 == 1):
+            f += 1
+    elif int(math.floor(d * 65536.0)) + r >= 65536:
+        f += 1
+    if f == (2 << mbits):           # rounded up to the next binade
+        f = 1 << mbits
+        exp += 1
+    if f < (1 << mbits):            # subnormal (or rounded down to zero)
+        return sign | f
+    field = exp + bias
+    if field >= emask:
+        return sign | (emask << mbits)
+    return sign | (field << mbits) | (f - (1 << mbits))
+
+
+def bf16_to_float(b):
+    """bfloat16 pattern -> float32 by bit shift (NumPy scalar views: Python and numba CPU)."""
+    return np.uint32((int(b) & 0xFFFF) << 16).view(np.float32)
+
+
+def float_to_bf16(x, r):
+    """float32 -> bfloat16 pattern on the bits, as float_to_half(x, r, 7, 8) (and torch's rounding)."""
+    if x != x:
+        return 0x7FC0
+    u = int(np.float32(x).view(np.uint32))
+    if r < 0:
+        return (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    return (u + r) >> 16
+
+
+def bf16_to_float_arith(b):
+    """bfloat16 pattern -> value by arithmetic only (any target)."""
+    return half_to_float(b, 7, 8)
+
+
+def float_to_bf16_arith(x, r):
+    return float_to_half(x, r, 7, 8)
+
+
+def fp16_to_float(b):
+    return half_to_float(b, 10, 5)
+
+
+def float_to_fp16(x, r):
+    return float_to_half(x, r, 10, 5)
+
+
+def hash32(x):
+    """A 32-bit integer hash (lowbias32), the same in Python, on the CPU and on CUDA."""
+    x = x & 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    x ^= x >> 16
+    return x
+
+
+def random16(key, i):
+    """16 uniform random bits for element i under the per-step key: counter-based, no RNG state."""
+    return hash32(key ^ (i * 0x9E3779B1)) >> 16
+
+
+def bits_as_int16(bits):
+    """A 16-bit pattern (0..65535) as the signed value an int16 array stores."""
+    if bits >= 0x8000:
+        return bits - 0x10000
+    return bits
+
+
+# ---------------------------------------------------------------- Row-wise (sparse) rules
+# One state value per ROW of a 2-D table: FBGEMM's row-wise Adagrad (1/dim of Adagrad's state).
+# The row kernels (sparse_cpu.py, sparse_cuda.py) run two passes over each updated row: the
+# row's mean squared gradient first, then every element against the row's new accumulator.
+def rowwise_adagrad_grad(p, g, h):
+    """The gradient element the row statistics and the update use: sign * g + wd * p."""
+    sign, wd, lr, eps = h
+    return _grad(p, g, sign, wd)
+
+
+def rowwise_adagrad_row(state_sum, mean_sq):
+    """sum <- sum + mean over the row of g^2 (one accumulator per row)."""
+    return state_sum + mean_sq
+
+
+def rowwise_adagrad_update(p, g, state_sum, h):
+    """p <- p - lr * g / (sqrt(sum) + eps), g from rowwise_adagrad_grad, sum the row's new accumulator."""
+    sign, wd, lr, eps = h
+    return p - lr * (g / (math.sqrt(state_sum) + eps))
+
+
+def rowwise_adagrad_scalars(lr, eps, weight_decay, maximize):
+    return (-1.0 if maximize else 1.0, weight_decay, lr, eps)
