@@ -3,6 +3,8 @@
 Kernel modules are imported on first use, so `import fastlr` compiles nothing and
 never touches numba.cuda unless a GPU array shows up.
 """
+import importlib
+
 import numpy as np
 
 # Below this many elements one thread beats waking the pool (measured: docs/PERFORMANCE.md).
@@ -11,15 +13,16 @@ SERIAL_BELOW = 1 << 15
 _MODULES = {}
 
 
+def kernel_module(name):
+    """fastlr.kernels.<name>, imported (and its kernels defined) on first use."""
+    module = _MODULES.get(name)
+    if module is None:
+        module = _MODULES[name] = importlib.import_module(f"{__package__}.kernels.{name}")
+    return module
+
+
 def _kernels(on_cuda):
-    key = "cuda" if on_cuda else "cpu"
-    if key not in _MODULES:
-        if on_cuda:
-            from .kernels import cuda as module
-        else:
-            from .kernels import cpu as module
-        _MODULES[key] = module
-    return _MODULES[key]
+    return kernel_module("cuda" if on_cuda else "cpu")
 
 
 def no_conditioning(dtype):

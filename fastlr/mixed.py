@@ -14,7 +14,7 @@ Memory per param: float32 16 B (p, g, m, v); bf16 + master 16 B; bf16 stochastic
 """
 import numpy as np
 
-from ._launch import SERIAL_BELOW, cast
+from ._launch import SERIAL_BELOW, cast, kernel_module
 from .kernels import rules
 
 
@@ -65,18 +65,8 @@ def bench(n=1 << 22, algorithm="Adam", device="cpu", repeat=10, fmt="bf16"):
                      "GB/s": b * n / best / 1e9})
     return rows
 
-_MODULES = {}
-
-
 def _module(on_cuda):
-    key = "cuda" if on_cuda else "cpu"
-    if key not in _MODULES:
-        if on_cuda:
-            from .kernels import mixed_cuda as module
-        else:
-            from .kernels import mixed_cpu as module
-        _MODULES[key] = module
-    return _MODULES[key]
+    return kernel_module("mixed_cuda" if on_cuda else "mixed_cpu")
 
 
 def seed_mix(seed, step, base, buffer=0):

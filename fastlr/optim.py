@@ -72,6 +72,28 @@ CHECKS = {
 }
 
 
+def grad_conditioning(options, sum_of_squares):
+    """(scale, lo, hi) for ``rules.condition`` as float64, or None when the step must be skipped.
+
+    options carries max_grad_norm, clip_value, grad_scale and skip_nonfinite;
+    sum_of_squares() gives the gradients' total sum of squares and is called only when the
+    norm is needed (clipping by norm, or the non-finite check).
+    """
+    lo, hi = -math.inf, math.inf
+    if options.clip_value is not None:
+        lo, hi = -options.clip_value, options.clip_value
+    unscale = 1.0 / options.grad_scale if options.grad_scale is not None else 1.0
+    if options.max_grad_norm is None and not options.skip_nonfinite:
+        return unscale, lo, hi
+    norm = math.sqrt(sum_of_squares()) * unscale
+    if options.skip_nonfinite and not math.isfinite(norm):
+        return None
+    scale = 1.0
+    if options.max_grad_norm is not None:  # as clip_grad_norm_: max_norm / (norm + 1e-6), at most 1
+        scale = min(options.max_grad_norm / (norm + 1e-6), 1.0)
+    return scale * unscale, lo, hi
+
+
 class Optimizer:
     """Base of every fastlr optimizer.
 
@@ -215,21 +237,9 @@ class Optimizer:
         return resolved
 
     def _conditioning(self, gbufs):
-        """(scale, lo, hi) as float64, or None when the step must be skipped."""
-        scale, lo, hi = 1.0, -math.inf, math.inf
-        if self.clip_value is not None:
-            lo, hi = -self.clip_value, self.clip_value
-        unscale = 1.0 / self.grad_scale if self.grad_scale is not None else 1.0
-        if self.max_grad_norm is None and not self.skip_nonfinite:
-            return unscale, lo, hi
-        total = sum(sum_of_squares(b.kernel_view(), b.on_cuda, current_stream(b.obj) if b.on_cuda else 0)
-                    for b in gbufs if b is not None)
-        norm = math.sqrt(total) * unscale
-        if self.skip_nonfinite and not math.isfinite(norm):
-            return None
-        if self.max_grad_norm is not None:
-            scale = min(self.max_grad_norm / (norm + 1e-6), 1.0)
-        return scale * unscale, lo, hi
+        return grad_conditioning(self, lambda: sum(
+            sum_of_squares(b.kernel_view(), b.on_cuda, current_stream(b.obj) if b.on_cuda else 0)
+            for b in gbufs if b is not None))
 
     def step(self, grads=None):
         """Update every param that has a gradient, in place. Returns False if the step was skipped.

@@ -287,12 +287,9 @@ class _TorchOptimizer(torch.optim.Optimizer):
         return runs
 
     def _conditioning(self, work):
-        scale, lo, hi = 1.0, -math.inf, math.inf
-        if self.clip_value is not None:
-            lo, hi = -self.clip_value, self.clip_value
-        unscale = 1.0 / self.grad_scale if self.grad_scale is not None else 1.0
-        if self.max_grad_norm is None and not self.skip_nonfinite:
-            return unscale, lo, hi
+        return _core.grad_conditioning(self, lambda: self._sum_of_squares(work))
+
+    def _sum_of_squares(self, work):
         total, on_device = 0.0, []
         for _, b, has, _ in work:
             for j0, j1 in self._runs(b, has):
@@ -306,12 +303,7 @@ class _TorchOptimizer(torch.optim.Optimizer):
             by_device.setdefault(t.device, []).append(t)
         for ts in by_device.values():  # one host read per device (GradScaler syncs there too)
             total += float(torch.stack(ts).sum())
-        norm = math.sqrt(total) * unscale
-        if self.skip_nonfinite and not math.isfinite(norm):
-            return None
-        if self.max_grad_norm is not None:
-            scale = min(self.max_grad_norm / (norm + 1e-6), 1.0)
-        return scale * unscale, lo, hi
+        return total
 
     @torch.no_grad()
     def step(self, closure=None):
