@@ -5,12 +5,15 @@
     opt = fastlr.Adam(w, lr=1e-3)
     opt.step(grad)            # w and the optimizer state are updated in place
 
-Importing fastlr imports neither torch nor cupy and compiles nothing.
+Importing fastlr imports neither torch nor cupy and compiles nothing; the PyTorch
+back-end is ``import fastlr.torch``.
 """
-from . import functional
+from . import functional, schedules
+from .lr_find import LRFindResult, lr_find
 from .optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, Optimizer, RAdam, RMSprop
+from .schedules import ReduceLROnPlateau
 
 __version__ = "0.1.0"
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam",
-           "RAdam", "Lion", "functional"]
+           "RAdam", "Lion", "functional", "schedules", "ReduceLROnPlateau", "lr_find", "LRFindResult"]
