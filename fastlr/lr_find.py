@@ -38,15 +38,13 @@ class LRFindResult:
     def plot(self, path=None, ax=None):
         """Smoothed loss against lr (log scale), the suggestion marked; saved to ``path``.
 
-        matplotlib is imported here (Agg backend when no figure is given). Returns the axes.
+        matplotlib is imported here; without ``ax`` a standalone Figure is used. Returns the axes.
         """
-        import matplotlib
-        if ax is None:
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
         fig = None
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(6, 4))
+        if ax is None:  # a bare Figure: leaves the user's pyplot backend and state alone
+            from matplotlib.figure import Figure
+            fig = Figure(figsize=(6, 4))
+            ax = fig.add_subplot()
         ax.plot(self.lrs, self.losses)
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
@@ -57,8 +55,6 @@ class LRFindResult:
             ax.legend()
         if path is not None:
             (fig or ax.figure).savefig(path)
-        if fig is not None:
-            plt.close(fig)
         return ax
 
 
@@ -82,13 +78,18 @@ def _restore(p, saved):
         copy_into(p, saved)
 
 
-def suggest_lr(lrs, losses):
-    """The lr at the steepest descent of loss against log(lr) (None with fewer than 2 points)."""
+def suggest_lr(lrs, losses, skip_start=10, skip_end=5):
+    """The lr at the steepest descent of loss against log(lr) (None with fewer than 2 points).
+
+    As fastai does, the first ``skip_start`` and last ``skip_end`` points are left out when
+    enough remain: the smoothed loss is noisiest there (few samples averaged; divergence).
+    """
     lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
     if len(lrs) < 2:
         return None
     slope = np.gradient(losses, np.log(lrs))
-    return float(lrs[int(np.argmin(slope))])
+    lo, hi = (skip_start, len(lrs) - skip_end) if len(lrs) - skip_start - skip_end >= 2 else (0, len(lrs))
+    return float(lrs[lo + int(np.argmin(slope[lo:hi]))])
 
 
 def lr_find(optimizer, grad_fn, start_lr=1e-7, end_lr=10.0, num_steps=100, smooth=0.98,

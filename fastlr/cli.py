@@ -1,0 +1,126 @@
+"""The ``fastlr`` command.
+
+    fastlr demo [--out DIR] [--epochs N] [--quick]     # digits MLP with 8 optimizers (fastlr.demo)
+    fastlr bench [ARGS...]                             # dense update benchmark (fastlr.bench)
+    fastlr bench --sparse [--rows N --dim D ...]       # sparse row updates (fastlr.bench_sparse)
+    fastlr bench --dtype bf16|fp16 [-n N --algorithm Adam --device cpu]
+                                                       # mixed precision (fastlr.mixed.bench)
+"""
+import argparse
+import importlib
+import sys
+
+__all__ = ["main"]
+
+
+def _demo(rest):
+    from . import demo
+    return demo.main(rest)
+
+
+def _print_table(rows, columns):
+    """rows: list of dicts; columns: [(key, header, format)]."""
+    cells = [[h for _, h, _ in columns]]
+    for r in rows:
+        cells.append([(fmt.format(r[k]) if r.get(k) is not None else "-") for k, _, fmt in columns])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    for j, row in enumerate(cells):
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _bench_sparse(rest):
+    from . import bench_sparse
+    p = argparse.ArgumentParser(prog="fastlr bench --sparse",
+                                description="Sparse row updates per second (fastlr.bench_sparse).")
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--batches", type=int, default=50)
+    p.add_argument("--zipf", type=float, default=1.1)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-torch", action="store_true", help="leave out the torch cases")
+    p.add_argument("--server", action="store_true", help="add the Ray parameter-server cases")
+    args = p.parse_args(rest)
+    rows = bench_sparse.run_sparse_bench(rows=args.rows, dim=args.dim, batch=args.batch,
+                                         batches=args.batches, zipf=args.zipf, repeat=args.repeat,
+                                         torch=not args.no_torch, server=args.server, seed=args.seed)
+    print(bench_sparse.format_rows(rows))
+    return 0
+
+
+def _bench_mixed(fmt, rest):
+    from . import mixed
+    p = argparse.ArgumentParser(prog=f"fastlr bench --dtype {fmt}",
+                                description="fp32 vs 16-bit (master weights / stochastic rounding) "
+                                            "step time of fastlr.torch optimizers (fastlr.mixed.bench).")
+    p.add_argument("-n", "--n", type=int, default=1 << 22, help="number of parameters (default 2^22)")
+    p.add_argument("--algorithm", default="Adam")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeat", type=int, default=10)
+    args = p.parse_args(rest)
+    try:
+        rows = mixed.bench(args.n, args.algorithm, args.device, repeat=args.repeat, fmt=fmt)
+    except ImportError as e:
+        print(f"fastlr bench --dtype {fmt}: needs torch (pip install 'fastlr[torch]'): {e}", file=sys.stderr)
+        return 2
+    print(f"{args.algorithm}, {args.n:,} params, device {args.device}")
+    rows = [{**r, "ms": 1e3 * r["seconds"]} for r in rows]
+    _print_table(rows, [("mode", "mode", "{}"), ("ms", "ms/step", "{:.3f}"),
+                        ("bytes_per_param", "bytes/param", "{}"), ("GB/s", "GB/s", "{:.1f}")])
+    return 0
+
+
+def _bench(rest):
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--sparse", action="store_true")
+    pre.add_argument("--dtype", choices=("bf16", "fp16"))
+    known, rest = pre.parse_known_args(rest)
+    if known.sparse and known.dtype:
+        print("fastlr bench: --sparse and --dtype cannot be combined", file=sys.stderr)
+        return 2
+    if known.sparse:
+        return _bench_sparse(rest)
+    if known.dtype:
+        return _bench_mixed(known.dtype, rest)
+    try:
+        bench = importlib.import_module("fastlr.bench")
+    except ModuleNotFoundError as e:
+        if e.name != "fastlr.bench":
+            raise
+        if {"-h", "--help"} & set(rest):
+            print(__doc__.strip())
+            return 0
+        print("fastlr bench: the dense benchmark module fastlr.bench is not available in this "
+              "installation (try `fastlr bench --sparse` or `fastlr bench --dtype bf16`)", file=sys.stderr)
+        return 2
+    return bench.main(rest)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(
+        prog="fastlr",
+        description="fastlr: optimizer update rules over flat NumPy / torch / CuPy buffers.",
+        epilog="`fastlr demo --help` and `fastlr bench --help` list each command's options.")
+    sub = p.add_subparsers(dest="command", metavar="{demo,bench}")
+    sub.add_parser("demo", add_help=False,
+                   help="train a NumPy MLP on digits with 8 optimizers; plots in --out (default demo-out)")
+    sub.add_parser("bench", add_help=False,
+                   help="benchmarks: dense (default), --sparse, or --dtype bf16|fp16")
+    args, rest = p.parse_known_args(argv[:1])
+    rest += argv[1:]
+    if args.command is None:
+        p.print_help()
+        return 2 if argv else 0
+    if args.command == "demo":
+        code = _demo(rest)
+    else:
+        code = _bench(rest)
+    return code if isinstance(code, int) else 0   # a sub-main may return results instead of a status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The demo (fastlr.demo / `fastlr demo`), the CLI and the example scripts, in their --quick forms."""
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(path):
+    path = Path(path)
+    return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG
+
+
+def test_mlp_gradient_matches_finite_differences():
+    from fastlr.demo import MLP
+    model = MLP(sizes=(5, 7, 4), seed=1, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((6, 5)), rng.integers(0, 4, 6)
+    loss = model.loss_and_grad(X, y)
+    assert loss == pytest.approx(model.loss(X, y))
+    num = np.empty_like(model.grad)
+    for i in range(model.params.size):
+        old = model.params[i]
+        model.params[i] = old + 1e-6
+        up = model.loss(X, y)
+        model.params[i] = old - 1e-6
+        num[i] = (up - model.loss(X, y)) / 2e-6
+        model.params[i] = old
+    np.testing.assert_allclose(model.grad, num, atol=1e-7)
+    # the layers are views of the one flat buffer
+    assert all(np.shares_memory(W, model.params) and np.shares_memory(b, model.params)
+               for W, b in model.layers)
+
+
+def test_demo_quick(tmp_path, capsys):
+    from fastlr import demo
+    assert demo.main(["--quick", "--no-progress", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "optimizer" in out and "test acc" in out and "steps/s" in out
+    for name in demo.OPTIMIZERS:
+        assert any(line.split()[:1] == [name] for line in out.splitlines()), name
+    assert _is_png(tmp_path / "curves.png") and _is_png(tmp_path / "schedules.png")
+
+
+def test_cli_demo_quick(tmp_path, capsys):
+    from fastlr.cli import main
+    assert main(["demo", "--quick", "--optimizers", "Adam,Lion", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Adam" in out and "Lion" in out and "SGD" not in out
+    assert _is_png(tmp_path / "curves.png") and _is_png(tmp_path / "schedules.png")
+
+
+def test_cli_usage_errors(capsys):
+    from fastlr.cli import main
+    assert main([]) == 0                       # help
+    with pytest.raises(SystemExit) as e:
+        main(["nope"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["demo", "--optimizers", "Adamm", "--quick"])
+    assert "unknown" in capsys.readouterr().err
+
+
+def test_cli_bench_sparse(capsys):
+    from fastlr.cli import main
+    assert main(["bench", "--sparse", "--rows", "2000", "--dim", "8", "--batch", "64", "--batches", "2",
+                 "--repeat", "1", "--no-torch"]) == 0
+    out = capsys.readouterr().out
+    assert "M ids/s" in out and "step_rows" in out
+
+
+def test_cli_bench_bf16(capsys):
+    pytest.importorskip("torch")
+    from fastlr.cli import main
+    assert main(["bench", "--dtype", "bf16", "-n", "4096", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "fp32" in out and "bf16_master" in out and "bf16_sr" in out and "GB/s" in out
+
+
+def _script_cases():
+    cases = [("linear_regression.py", [], None), ("digits_mlp.py", [], None),
+             ("schedule_gallery.py", ["--out", "gallery.png"], "gallery.png"),
+             ("lr_range_test.py", ["--out", "lr.png"], "lr.png"),
+             ("optuna_search.py", [], None)]
+    out = []
+    for script, args, png in cases:
+        marks = []
+        if script == "optuna_search.py" and importlib.util.find_spec("optuna") is None:
+            marks.append(pytest.mark.skip(reason="optuna is not installed"))
+        if script == "lr_range_test.py" and importlib.util.find_spec("fastlr.lr_find") is None:
+            marks.append(pytest.mark.skip(reason="fastlr.lr_find is missing"))
+        out.append(pytest.param(script, args, png, marks=marks, id=script))
+    return out
+
+
+@pytest.mark.parametrize("script,args,png", _script_cases())
+def test_example_script_quick(script, args, png, tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script), "--quick", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip()
+    if png:
+        assert _is_png(tmp_path / png)
