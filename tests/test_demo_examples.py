@@ -112,3 +112,10 @@ def test_example_script_quick(script, args, png, tmp_path):
     assert proc.stdout.strip()
     if png:
         assert _is_png(tmp_path / png)
+
+
+def test_demo_adam_reaches_95_percent():
+    """The issue's bar: Adam on the held-out digits split, full demo settings."""
+    from fastlr import demo
+    results, _ = demo.run(names=["Adam"], progress=False)
+    assert results["Adam"]["test_accuracy"] >= 0.95
