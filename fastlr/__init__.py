@@ -12,8 +12,9 @@ from . import functional, schedules
 from .lr_find import LRFindResult, lr_find
 from .optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, Optimizer, RAdam, RMSprop
 from .schedules import ReduceLROnPlateau
+from .sparse import RowWiseAdagrad
 
 __version__ = "0.1.0"
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam",
-           "RAdam", "Lion", "functional", "schedules", "ReduceLROnPlateau", "lr_find", "LRFindResult"]
+           "RAdam", "Lion", "RowWiseAdagrad", "functional", "schedules", "ReduceLROnPlateau", "lr_find", "LRFindResult"]

@@ -289,6 +289,16 @@ class Optimizer:
             self._flat_states[i] = (key, [b.kernel_view() for b in bufs])
         return pstate
 
+    def step_rows(self, indices, grad_rows, param=None):
+        """Update only rows ``indices`` of a 2-D param with ``grad_rows`` (lazy; duplicate ids summed).
+
+        param: the table's index (param-group order) or the array itself; None when the optimizer
+        has one param. Safe to call from many threads at once. Returns the param's step count.
+        See ``fastlr.sparse``.
+        """
+        from .sparse import step_rows
+        return step_rows(self, param, indices, grad_rows)
+
     def zero_grad(self):
         """For torch tensors: drop the gradients (set .grad to None), as torch does."""
         for b in self._buffers:

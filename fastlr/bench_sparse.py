@@ -1,0 +1,186 @@
+"""Sparse-update benchmark: rows updated per second on a large embedding table.
+
+Same batches, same process, side by side: fastlr ``step_rows`` (lazy Adam, row-wise
+Adagrad, SGD), torch.optim.SparseAdam, torch's sparse Adagrad and an ``index_add_`` SGD
+baseline; optionally the parameter server (``fastlr.ps``) with 1, 2 and 4 workers. Ids
+are drawn from a Zipf(s) law truncated to the table (id k with probability ~ (k+1)^-s).
+
+    from fastlr.bench_sparse import run_sparse_bench
+    for row in run_sparse_bench(): print(row)
+"""
+import time
+
+import numpy as np
+
+__all__ = ["zipf_ids", "zipf_batches", "sparse_cases", "run_sparse_bench", "run_server_bench", "format_rows"]
+
+
+def zipf_ids(n_rows, size, s=1.1, rng=None):
+    """`size` row ids in [0, n_rows), P(k) proportional to (k + 1)^-s (truncated Zipf)."""
+    rng = np.random.default_rng(rng)
+    cdf = np.cumsum(np.arange(1, n_rows + 1, dtype=np.float64) ** -s)
+    cdf /= cdf[-1]
+    return np.minimum(np.searchsorted(cdf, rng.random(size)), n_rows - 1).astype(np.int64)
+
+
+def zipf_batches(n_rows, dim, batch, n_batches, zipf=1.1, seed=0):
+    """(list of n_batches id arrays, a few float32 gradient-row arrays (batch, dim) to cycle through)."""
+    rng = np.random.default_rng(seed)
+    ids = zipf_ids(n_rows, batch * n_batches, zipf, rng).reshape(n_batches, batch)
+    grads = [rng.standard_normal((batch, dim)).astype(np.float32) for _ in range(min(n_batches, 8))]
+    return list(ids), grads
+
+
+def _pass_seconds(step, n_batches):
+    t = time.perf_counter()
+    for i in range(n_batches):
+        step(i)
+    return time.perf_counter() - t
+
+
+def _fastlr_case(make_optimizer):
+    def setup(table, ids, grads):
+        from .sparse import step_rows
+        opt = make_optimizer(table)
+        return lambda i: step_rows(opt, None, ids[i], grads[i % len(grads)])
+    return setup
+
+
+def _torch_sparse_case(make_optimizer):
+    def setup(table, ids, grads):
+        import torch
+        w = torch.nn.Parameter(torch.from_numpy(table))
+        opt = make_optimizer([w])
+        tids, tgrads = [torch.from_numpy(b)[None] for b in ids], [torch.from_numpy(g) for g in grads]
+
+        def step(i):
+            w.grad = torch.sparse_coo_tensor(tids[i], tgrads[i % len(tgrads)], table.shape, check_invariants=False)
+            opt.step()
+        return step
+    return setup
+
+
+def _index_add_case(table, ids, grads):
+    import torch
+    w = torch.from_numpy(table)
+    tids, tgrads = [torch.from_numpy(b) for b in ids], [torch.from_numpy(g) for g in grads]
+    return lambda i: w.index_add_(0, tids[i], tgrads[i % len(tgrads)], alpha=-1e-2)
+
+
+def sparse_cases(with_torch=True):
+    """(name, setup(table, ids, grads) -> step(i)) for every case."""
+    import fastlr
+    from .sparse import RowWiseAdagrad
+    cases = [("fastlr step_rows Adam (lazy)", _fastlr_case(lambda t: fastlr.Adam(t, lr=1e-3))),
+             ("fastlr step_rows Adagrad", _fastlr_case(lambda t: fastlr.Adagrad(t, lr=1e-2))),
+             ("fastlr step_rows RowWiseAdagrad", _fastlr_case(lambda t: RowWiseAdagrad(t, lr=1e-2))),
+             ("fastlr step_rows SGD", _fastlr_case(lambda t: fastlr.SGD(t, lr=1e-2)))]
+    if with_torch:
+        import torch
+        cases += [("torch.optim.SparseAdam", _torch_sparse_case(lambda p: torch.optim.SparseAdam(p, lr=1e-3))),
+                  ("torch Adagrad (sparse grad)", _torch_sparse_case(lambda p: torch.optim.Adagrad(p, lr=1e-2))),
+                  ("torch index_add_ SGD", _index_add_case)]
+    return cases
+
+
+def run_sparse_bench(rows=1_000_000, dim=64, batch=4096, batches=50, zipf=1.1, repeat=5, torch=True,
+                     server=False, workers=(1, 2, 4), seed=0):
+    """Rows updated per second: list of dicts {case, ids_per_s, unique_rows_per_s, us_per_batch,
+    vs_sparse_adam, ...}.
+
+    Every case updates its own copy of a (rows x dim) float32 table with the same `batches`
+    batches of `batch` Zipf(`zipf`) ids. After one untimed pass each (compiles, and touches every
+    row the batches name: first touches of a fresh table's pages cost more than the updates),
+    the cases take turns for `repeat` timed passes, so each round sees the same machine load:
+    ids_per_s is the median over rounds, vs_sparse_adam the median of the per-round ratios.
+    torch=False leaves out the torch cases; server=True adds the parameter server
+    (run_server_bench) with each number of `workers`.
+    """
+    ids, grads = zipf_batches(rows, dim, batch, batches, zipf, seed)
+    unique = float(np.mean([np.unique(b).size for b in ids]))
+    rng = np.random.default_rng(seed + 1)
+    init = (0.01 * rng.standard_normal((rows, dim))).astype(np.float32)
+    steps = {}
+    for name, setup in sparse_cases(torch):
+        steps[name] = setup(init.copy(), ids, grads)
+        _pass_seconds(steps[name], batches)
+    seconds = {name: [] for name in steps}
+    for _ in range(repeat):
+        for name, step in steps.items():
+            seconds[name].append(_pass_seconds(step, batches))
+    ref = seconds.get("torch.optim.SparseAdam")
+    out = []
+    for name, t in seconds.items():
+        rate = batches * batch / float(np.median(t))
+        out.append({"case": name, "ids_per_s": rate, "unique_rows_per_s": rate * unique / batch,
+                    "us_per_batch": batch / rate * 1e6,
+                    "vs_sparse_adam": float(np.median(np.divide(ref, t))) if ref else None,
+                    "rows": rows, "dim": dim, "batch": batch, "unique_per_batch": unique, "zipf": zipf})
+    if server:
+        out += run_server_bench(rows=rows, dim=dim, batch=batch, zipf=zipf, workers=workers, seed=seed)
+    return out
+
+
+def run_server_bench(rows=1_000_000, dim=64, batch=4096, zipf=1.1, workers=(1, 2, 4), shards=2, seconds=3.0,
+                     seed=0, **server_kwargs):
+    """Parameter-server updates per second (asynchronous mode, lazy Adam, `shards` shards): for each
+    number of workers, Ray actors that push_rows Zipf batches for `seconds`. One dict per count."""
+    import ray
+
+    from .ps import ParameterServer
+    rng = np.random.default_rng(seed)
+    init = (0.01 * rng.standard_normal((rows, dim))).astype(np.float32)
+    ps = ParameterServer({"emb": init}, optimizer="Adam", lr=1e-3, num_shards=shards, mode="async",
+                         **server_kwargs)
+    out = []
+    try:
+        pusher = ray.remote(num_cpus=0)(_Pusher)
+        for k in workers:
+            actors = [pusher.remote(ps.client(w), rows, dim, batch, zipf, seed + w) for w in range(k)]
+            ray.get([a.ready.remote() for a in actors])
+            t = time.perf_counter()
+            counts = ray.get([a.run.remote(seconds) for a in actors])
+            elapsed = time.perf_counter() - t
+            out.append({"case": f"fastlr.ps push_rows Adam, {k} worker(s), {shards} shards",
+                        "ids_per_s": sum(counts) * batch / elapsed, "pushes_per_s": sum(counts) / elapsed,
+                        "workers": k, "shards": shards, "rows": rows, "dim": dim, "batch": batch, "zipf": zipf})
+            for a in actors:
+                ray.kill(a)
+    finally:
+        ps.shutdown()
+    return out
+
+
+class _Pusher:
+    """A benchmark worker: pushes pre-drawn batches of rows as fast as the server takes them."""
+
+    def __init__(self, client, rows, dim, batch, zipf, seed):
+        rng = np.random.default_rng(seed)
+        self.client = client
+        self.ids = zipf_ids(rows, batch * 8, zipf, rng).reshape(8, batch)
+        self.grads = rng.standard_normal((8, batch, dim)).astype(np.float32)
+
+    def ready(self):
+        return True
+
+    def run(self, seconds):
+        n, end = 0, time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            self.client.push_rows("emb", self.ids[n % 8], self.grads[n % 8])
+            n += 1
+        self.client.wait()
+        return n
+
+
+def format_rows(rows):
+    """The result rows as an aligned text table."""
+    lines = [f"{'case':<48} {'M ids/s':>9} {'us/batch':>9} {'vs SparseAdam':>14}"]
+    for r in rows:
+        vs, us = r.get("vs_sparse_adam"), r.get("us_per_batch")
+        lines.append(f"{r['case']:<48} {r['ids_per_s'] / 1e6:>9.2f} {(f'{us:.0f}' if us else '-'):>9} "
+                     f"{(f'{vs:.2f}x' if vs else '-'):>14}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(format_rows(run_sparse_bench()))
