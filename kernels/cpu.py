@@ -8,7 +8,7 @@ gradient conditioning (scale, lo, hi), both tuples already cast to the arrays' d
 so float32 is computed in float32 as torch does. No fastmath: results stay comparable
 with torch.optim. Kernels release the GIL.
 """
-import numpy as np
+import numpy as np  # noqa: F401 - used by the generated sumsq kernels (np.float64)
 from numba import njit, prange
 
 from . import rules
@@ -32,20 +32,22 @@ for _rule in rules.ELEMENT_RULES:
                                           njit(cache=True, nogil=True, error_model="numpy"))
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def sumsq(g):
-    """Sum of squares in float64 (for the global gradient norm and the non-finite check)."""
+_SUMSQ = """
+def {name}(g):
     s = 0.0
-    for i in prange(g.size):
+    for i in {loop}(g.size):
         x = np.float64(g[i])
         s += x * x
     return s
+"""
 
 
-@njit(cache=True, nogil=True)
-def sumsq_serial(g):
-    s = 0.0
-    for i in range(g.size):
-        x = np.float64(g[i])
-        s += x * x
-    return s
+def _sumsq(name, loop, decorate):
+    """Sum of squares in float64 (global gradient norm, non-finite check), from one template."""
+    namespace = dict(globals(), prange=prange)
+    exec(compile(_SUMSQ.format(name=name, loop=loop), __file__, "exec"), namespace)
+    return decorate(namespace[name])
+
+
+sumsq = _sumsq("sumsq", "prange", njit(parallel=True, cache=True, nogil=True))
+sumsq_serial = _sumsq("sumsq_serial", "range", njit(cache=True, nogil=True))

@@ -1,0 +1,119 @@
+"""fastlr.bench (quick mode), the asv benchmark modules on tiny sizes, and the stream kernels."""
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastlr import bench
+from fastlr.kernels.stream import STREAM, STREAM_SERIAL, bytes_per_param
+
+ASV = Path(__file__).resolve().parents[1] / "asv_bench"
+
+
+@pytest.mark.parametrize("k", range(4))
+@pytest.mark.parametrize("kernels", [STREAM, STREAM_SERIAL], ids=["parallel", "serial"])
+def test_stream_kernel_math(kernels, k):
+    n = 1000
+    rng = np.random.default_rng(k)
+    p, g = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    states = [rng.standard_normal(n).astype(np.float32) for _ in range(k)]
+    p0, s0 = p.copy(), [s.copy() for s in states]
+    kernels[k](p, g, *states, np.float32(0.5), np.float32(0.25))
+    np.testing.assert_allclose(p, p0 - 0.5 * g, rtol=1e-6)
+    for s, before in zip(states, s0):
+        np.testing.assert_allclose(s, 0.25 * before + g, rtol=1e-6)
+
+
+def test_bytes_per_param_matches_design():
+    # DESIGN.md: Adam 28 B/param in float32, SGD+momentum 20, Lion 20, AMSGrad 36.
+    assert bench.bytes_per_param("adam", 4) == 28 == bytes_per_param(2, 4)
+    assert bench.bytes_per_param("sgd", 4) == 20
+    assert bench.bytes_per_param("lion", 4) == 20
+    assert bytes_per_param(3, 4) == 36
+    assert bench.bytes_per_param("adam", 8) == 56
+
+
+def test_parse_size():
+    assert bench.parse_size("4K") == 4096
+    assert bench.parse_size("1M") == 1 << 20
+    assert bench.parse_size("123") == 123
+
+
+def test_quick_bench_writes_json_and_png(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # main() sets it otherwise; keep the session clean
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    assert bench.main(["--quick", "--algos", "adam,sgd,lion", "--json", str(out), "--plot", str(png)]) == 0
+    data = json.loads(out.read_text())
+    impls = {r["impl"] for r in data["rows"]}
+    assert {"ceiling", "fastlr", "numpy"} <= impls
+    for r in data["rows"]:
+        assert r["time_s"] > 0 and r["gbps"] > 0 and r["min_s"] <= r["time_s"] <= r["max_s"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "fastlr" in capsys.readouterr().out
+
+
+def test_unknown_algo_is_an_error(capsys):
+    assert bench.main(["--quick", "--algos", "nope"]) == 2
+    assert "unknown algorithm" in capsys.readouterr().err
+
+
+def test_gpu_without_gpu_says_so(capsys, monkeypatch):
+    from numba import cuda
+    if cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert bench.main(["--quick", "--device", "gpu"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.fixture
+def asv_modules(monkeypatch):
+    monkeypatch.syspath_prepend(str(ASV))
+    yield lambda name: importlib.import_module(f"benchmarks.{name}")
+    for name in [m for m in sys.modules if m == "benchmarks" or m.startswith("benchmarks.")]:
+        del sys.modules[name]
+
+
+def test_asv_config_is_valid():
+    text = "\n".join(line for line in (ASV / "asv.conf.json").read_text().splitlines()
+                     if not line.strip().startswith("//"))
+    conf = json.loads(text)
+    assert conf["repo"] == ".." and conf["benchmark_dir"] == "benchmarks"
+
+
+def test_asv_optimizer_benchmark_tiny(asv_modules):
+    mod = asv_modules("optimizers")
+    b = mod.OptimizerStep()
+    for algo in mod.ALGOS:
+        b.setup(algo, 256, "float32")
+        b.time_step(algo, 256, "float32")
+    b.setup("adam", 512, "float64")
+    assert b.track_gbps("adam", 512, "float64") > 0
+    with pytest.raises(NotImplementedError):
+        b.setup("adam", 1 << 26, "float64")
+
+
+def test_asv_overhead_benchmarks_tiny(asv_modules):
+    mod = asv_modules("overhead")
+    s = mod.SmallStep()
+    s.setup(256)
+    s.time_step(256)
+    m = mod.ManyBuffers()
+    m.setup(4000, 20)
+    m.time_step(4000, 20)
+    assert "import fastlr" in mod.Import().timeraw_import()
+
+
+def test_gpu_path_under_cuda_simulator(tmp_path):
+    """--device gpu end to end on numba's CUDA simulator (no GPU needed; tiny size)."""
+    import os
+    import subprocess
+    out = tmp_path / "g.json"
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    subprocess.run([sys.executable, "-m", "fastlr.bench", "--device", "gpu", "--quick", "--algos", "adam",
+                    "--sizes", "64", "--repeat", "1", "--min-time", "0", "--json", str(out)],
+                   env=env, check=True, capture_output=True, timeout=120)
+    impls = {r["impl"] for r in json.loads(out.read_text())["rows"]}
+    assert {"ceiling", "fastlr"} <= impls and "numpy" not in impls
