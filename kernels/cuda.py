@@ -48,15 +48,11 @@ def _max_blocks():
     return _MAX_BLOCKS[0]
 
 
-@cuda.jit(cache=not _SIMULATOR)
-def sumsq(g, out):
-    """out[0] += sum of squares of g, in float64 (one atomic add per block)."""
+@cuda.jit(device=True)
+def block_sum_into(s, out):
+    """Add every thread's value s, summed over the block (256 threads at most), to out[0]."""
     partial = cuda.shared.array(256, np.float64)
     tid = cuda.threadIdx.x
-    s = 0.0
-    for i in range(cuda.grid(1), g.size, cuda.gridsize(1)):
-        x = np.float64(g[i])
-        s += x * x
     partial[tid] = s
     cuda.syncthreads()
     step = cuda.blockDim.x // 2
@@ -67,3 +63,13 @@ def sumsq(g, out):
         step //= 2
     if tid == 0:
         cuda.atomic.add(out, 0, partial[0])
+
+
+@cuda.jit(cache=not _SIMULATOR)
+def sumsq(g, out):
+    """out[0] += sum of squares of g, in float64 (one atomic add per block)."""
+    s = 0.0
+    for i in range(cuda.grid(1), g.size, cuda.gridsize(1)):
+        x = np.float64(g[i])
+        s += x * x
+    block_sum_into(s, out)

@@ -12,7 +12,7 @@ import numpy as np
 from numba import cuda
 
 from ._codegen import generate
-from .cuda import _SIMULATOR, R, launch_config  # noqa: F401 (R: called by the generated kernels)
+from .cuda import _SIMULATOR, R, block_sum_into, launch_config  # noqa: F401 (R: called by the generated kernels)
 
 
 @cuda.jit(device=True)
@@ -64,23 +64,12 @@ def {name}(p, g, dim, order, starts, rows, n, row_sum, h, c):
 @_JIT
 def _sumsq(g, dim, order, starts, n, out):
     """out[0] += sum of squares of the coalesced gradient, in float64 (one atomic add per block)."""
-    partial = cuda.shared.array(256, np.float64)
-    tid = cuda.threadIdx.x
     s = 0.0
     for t in range(cuda.grid(1), n * dim, cuda.gridsize(1)):
         u = t // dim
         x = np.float64(_coalesced(g, dim, order, starts[u], starts[u + 1], t - u * dim))
         s += x * x
-    partial[tid] = s
-    cuda.syncthreads()
-    step = cuda.blockDim.x // 2
-    while step > 0:
-        if tid < step:
-            partial[tid] += partial[tid + step]
-        cuda.syncthreads()
-        step //= 2
-    if tid == 0:
-        cuda.atomic.add(out, 0, partial[0])
+    block_sum_into(s, out)
 
 
 _KERNELS = {}

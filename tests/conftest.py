@@ -1,5 +1,22 @@
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+
+HERE = os.path.dirname(__file__)
+
+
+def run_under_simulator(script):
+    """Run tests/<script> with NUMBA_ENABLE_CUDASIM=1 (it must be set before numba is imported)
+    and return the JSON object its last output line holds."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    out = subprocess.run([sys.executable, os.path.join(HERE, script)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,10 +1,5 @@
 """Mixed precision: bfloat16 / float16 params and grads, float32 states; master weights and
 stochastic rounding, on the CPU kernels (and the CUDA kernels under the simulator)."""
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -13,8 +8,8 @@ from fastlr.kernels import rules
 torch = pytest.importorskip("torch")
 import fastlr.torch as ft  # noqa: E402
 from cases import CASES  # noqa: E402
+from conftest import run_under_simulator  # noqa: E402
 
-HERE = os.path.dirname(__file__)
 BF16, FP16 = (7, 8), (10, 5)
 
 
@@ -185,11 +180,7 @@ def test_bf16_training_on_digits_within_one_percent_of_fp32():
 
 
 def test_mixed_kernels_on_cuda_path_under_simulator():
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    out = subprocess.run([sys.executable, os.path.join(HERE, "mixed_sim_check.py")], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res = run_under_simulator("mixed_sim_check.py")
     assert res["master_equal"] and res["sr_equal"], res
 
 

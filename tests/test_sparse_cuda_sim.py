@@ -1,23 +1,15 @@
 """step_rows on the CUDA path (sort + segmented reduction kernels), run by the CUDA simulator on tiny
 tables in a subprocess, since NUMBA_ENABLE_CUDASIM must be set before numba is imported."""
-import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 
-HERE = os.path.dirname(__file__)
+from conftest import run_under_simulator
 
 
 @pytest.fixture(scope="module")
 def sim():
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    out = subprocess.run([sys.executable, os.path.join(HERE, "sparse_sim_check.py")], env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_under_simulator("sparse_sim_check.py")
 
 
 def test_cuda_row_kernels_match_cpu(sim):
