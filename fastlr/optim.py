@@ -124,6 +124,7 @@ class Optimizer:
         self._buffers = []          # Buffer of each param, in index order
         self._flat_states = {}      # param index -> (state names, flat kernel views)
         self._grad_cache = {}       # param index -> Buffer of the last gradient array seen
+        self._group_index = []      # param index -> its group's index
         self._checked = {}          # group index -> hyperparameters last validated
         self._step_count = 0
         self.skipped_steps = 0
@@ -164,6 +165,7 @@ class Optimizer:
                 raise ValueError(f"params[{start + j}]: this array appears in more than one place")
             new.append(buf)
         self._buffers.extend(new)
+        self._group_index.extend([len(self.param_groups)] * len(new))
         self.param_groups.append(group)
 
     @classmethod
@@ -250,15 +252,17 @@ class Optimizer:
         """
         gbufs = self._grads(grads)
         groups = self._resolved_groups()
-        c = self._conditioning(gbufs)
-        self.last_step_skipped = c is None
-        if c is None:
+        plain = self.max_grad_norm is None and self.clip_value is None and self.grad_scale is None \
+            and not self.skip_nonfinite
+        c = None if plain else self._conditioning(gbufs)
+        self.last_step_skipped = not plain and c is None
+        if self.last_step_skipped:
             self.skipped_steps += 1
             return False
-        plain = c == (1.0, -math.inf, math.inf)
-        for i, (gbuf, hp) in enumerate(zip(gbufs, self._expand(groups))):
+        for i, gbuf in enumerate(gbufs):
             if gbuf is None:
                 continue
+            hp = groups[self._group_index[i]]
             pbuf = self._buffers[i]
             pstate = self._ensure_state(i, hp)
             pstate["step"] += 1
@@ -268,11 +272,6 @@ class Optimizer:
                 current_stream(pbuf.obj) if pbuf.on_cuda else 0)
         self._step_count += 1
         return True
-
-    def _expand(self, groups):
-        for hp, group in zip(groups, self.param_groups):
-            for _ in group["params"]:
-                yield hp
 
     def _ensure_state(self, i, group):
         """The param's state, its arrays allocated on first use (by the param's own library)."""
@@ -381,10 +380,7 @@ class Optimizer:
             start += n
 
     def _group_of(self, i):
-        for k, indices in enumerate(self._group_indices()):
-            if i in indices:
-                return k
-        raise IndexError(i)
+        return self._group_index[i]
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]
