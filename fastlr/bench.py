@@ -175,7 +175,7 @@ def ceiling_case(algo, n, dtype, gpu):
                 f"stream kernel{' (serial)' if serial else ''}, {k + 2} reads {k + 1} writes")
 
 
-def fastlr_case(algo, n, dtype, gpu, n_buffers=1):
+def fastlr_case(algo, n, dtype, gpu, n_buffers=1, packed=False):
     import fastlr
     cls, kw = getattr(fastlr, ALGOS[algo][0]), ALGOS[algo][1]
     sync = None
@@ -191,12 +191,16 @@ def fastlr_case(algo, n, dtype, gpu, n_buffers=1):
         cuts = np.linspace(0, n, n_buffers + 1).astype(int)
         p = [p[a:b].copy() for a, b in zip(cuts[:-1], cuts[1:])]
         g = [g[a:b].copy() for a, b in zip(cuts[:-1], cuts[1:])]
+    if packed:  # the user's arrays moved into one buffer with views (fastlr.pack): one launch
+        p, _ = fastlr.pack(p)
+        g, _ = fastlr.pack(g)
     if gpu:
         to = (lambda x: xp.asarray(x)) if xp is not None else cuda.to_device
         p = [to(x) for x in p] if isinstance(p, list) else to(p)
         g = [to(x) for x in g] if isinstance(g, list) else to(g)
     opt = cls(p, **kw)
-    detail = f"fastlr.{ALGOS[algo][0]}" + (f", {n_buffers} arrays" if n_buffers > 1 else "")
+    detail = f"fastlr.{ALGOS[algo][0]}" + (f", {n_buffers} arrays" if n_buffers > 1 else "") + \
+        (" packed" if packed else "")
     return Case("fastlr", lambda: opt.step(g), sync, detail)
 
 
@@ -317,6 +321,10 @@ def extras(dtype, gpu, repeat, min_time, many_n=1 << 22, n_buffers=200):
     many = fastlr_case("adam", many_n, dtype, gpu, n_buffers=n_buffers)
     many.name = f"fastlr-{n_buffers}"
     cases = [flat, many]
+    if not gpu:
+        packed = fastlr_case("adam", many_n, dtype, gpu, n_buffers=n_buffers, packed=True)
+        packed.name = f"fastlr-{n_buffers}-packed"
+        cases.append(packed)
     for c in torch_cases("adam", many_n, dtype, gpu, impls=("fused",)):
         c.name = "torch-fused-flat"
         cases.append(c)
@@ -326,7 +334,8 @@ def extras(dtype, gpu, repeat, min_time, many_n=1 << 22, n_buffers=200):
     measure(cases, repeat, min_time)
     t = {c.name: statistics.median(c.samples) for c in cases}
     res["many_buffers"] = {"size": many_n, "n_buffers": n_buffers, "time_s": t,
-                           "fastlr_ratio": t[f"fastlr-{n_buffers}"] / t["fastlr-flat"]}
+                           "fastlr_ratio": t[f"fastlr-{n_buffers}"] / t["fastlr-flat"],
+                           "packed_ratio": t.get(f"fastlr-{n_buffers}-packed", math.nan) / t["fastlr-flat"]}
     if not gpu:
         res["fresh_process"] = first_step_in_fresh_process(np.dtype(dtype).name)
     return res
@@ -365,7 +374,7 @@ def format_extras(ex):
         mb = ex["many_buffers"]
         lines.append(f"Adam, {fmt_size(mb['size'])} params in {mb['n_buffers']} arrays vs one flat buffer: " +
                      ", ".join(f"{k} {fmt_time(v)}" for k, v in mb["time_s"].items()) +
-                     f"; fastlr ratio {mb['fastlr_ratio']:.2f}")
+                     f"; fastlr ratio {mb['fastlr_ratio']:.2f}, packed with fastlr.pack {mb['packed_ratio']:.2f}")
     if "fresh_process" in ex:
         fp = ex["fresh_process"]
         lines.append(f"fresh process: import fastlr {fp['import_s'] * 1e3:.0f} ms, first Adam step (1M) "
