@@ -36,3 +36,18 @@ def test_pack_like_and_errors():
 def test_warmup_readies_every_kernel():
     from fastlr.kernels import rules
     assert warmup(dtypes=("float32",)) == 2 * len(rules.ELEMENT_RULES)
+
+
+@pytest.mark.parametrize("name", ["Adam", "RMSprop", "NAdam", "Lion"])
+def test_step_allocates_nothing_proportional_to_the_buffer(name):
+    """No temporaries of the buffer's size inside a step (states exist after the first step)."""
+    import tracemalloc
+    n = 1 << 20
+    w, g = np.zeros(n, np.float32), np.ones(n, np.float32)
+    opt = getattr(fastlr, name)(w)
+    opt.step(g)
+    tracemalloc.start()
+    opt.step(g)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 0.01 * w.nbytes, peak
