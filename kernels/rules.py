@@ -5,7 +5,7 @@ Two kinds of plain-Python function live here, and nothing imports numba:
 * element rules ``rule(p, g, *states, h) -> (p, *states)`` update ONE element.
   ``h`` is a tuple of per-step scalars, already cast to the parameters' dtype,
   so float32 buffers are computed in float32 (as torch does) with no per-element
-  float64 promotion. ``kernels/cpu.py`` and ``kernels/cuda.py`` compile these
+  float64 promotion. Each rule's first statement unpacks ``h`` by name. ``kernels/cpu.py`` and ``kernels/cuda.py`` compile these
   same functions for the CPU and for CUDA; the number of states is read off the
   signature.
 * host rules ``<algo>_scalars(...) -> h`` compute those per-step scalars once per
