@@ -42,11 +42,11 @@ class Buffer:
         self.obj, self.lib = x, lib
         self.shape = tuple(x.shape)
         if lib == "torch":
+            if x.is_sparse:
+                raise TypeError(f"{name}: sparse tensors are not supported here (use step_rows)")
             self.dtype = _torch_dtype(x)
             self.device = "cpu" if x.device.type == "cpu" else str(x.device)
             contiguous = x.is_contiguous()
-            if x.is_sparse if hasattr(x, "is_sparse") else False:
-                raise TypeError(f"{name}: sparse tensors are not supported here (use step_rows)")
         else:
             self.dtype = np.dtype(x.dtype)
             self.device = "cpu" if lib == "numpy" else _cuda_device(lib, x)

@@ -4,6 +4,7 @@
 launched as ``kernel[blocks, threads, stream](...)`` (see ``launch_config``). Works under
 the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) for tests without a GPU.
 """
+import functools
 import math
 
 import numpy as np
@@ -35,17 +36,13 @@ def launch_config(n, threads=THREADS):
     return min(blocks, _max_blocks()), threads
 
 
-_MAX_BLOCKS = []
-
-
+@functools.cache
 def _max_blocks():
-    if not _MAX_BLOCKS:
-        try:
-            sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
-        except Exception:  # the simulator reports no SM count
-            sms = 1
-        _MAX_BLOCKS.append(32 * sms)
-    return _MAX_BLOCKS[0]
+    try:
+        sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
+    except Exception:  # the simulator reports no SM count
+        sms = 1
+    return 32 * sms
 
 
 @cuda.jit(device=True)
