@@ -3,7 +3,6 @@ and many arrays, the stream ceiling kernels. Tiny sizes only."""
 import numpy as np
 import pytest
 
-import fastlr
 from fastlr import _launch, optim
 
 CLASSES = [getattr(optim, n) for n in optim.__all__ if n != "Optimizer"]
