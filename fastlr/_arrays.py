@@ -91,7 +91,9 @@ def _flat(lib, x, device):
     if lib == "torch" and device == "cpu":
         return x.detach().numpy().reshape(-1)
     from numba import cuda
-    arr = x if lib == "numba" else cuda.as_cuda_array(x.detach() if lib == "torch" else x)
+    # sync=False: no stream synchronize on conversion (illegal inside CUDA graph capture);
+    # kernels are ordered by launching on the array library's current stream instead.
+    arr = x if lib == "numba" else cuda.as_cuda_array(x.detach() if lib == "torch" else x, sync=False)
     return arr.reshape(arr.size) if arr.ndim != 1 else arr
 
 
@@ -105,19 +107,42 @@ def same_kind(name, buf, ref, ref_name):
         raise ValueError(f"{name}: expected an array on {ref.device} (as {ref_name}), got {buf.device}")
 
 
-def full_like(x, fill):
-    """A new contiguous array like `x` filled with `fill`, allocated by x's own library."""
+def full_like(x, fill, shape=None):
+    """A new contiguous array like `x` (or of `shape`, x's dtype) filled with `fill`, made by x's library."""
     lib = library(x)
+    shape = tuple(x.shape) if shape is None else shape
     if lib == "numpy":
-        return np.full(x.shape, fill, dtype=x.dtype)
+        return np.full(shape, fill, dtype=x.dtype)
     if lib == "torch":
         import torch
-        return torch.full(tuple(x.shape), fill, dtype=x.dtype, device=x.device)
+        return torch.full(shape, fill, dtype=x.dtype, device=x.device)
     if lib == "cupy":
         import cupy
-        return cupy.full(x.shape, fill, dtype=x.dtype)
+        with x.device:
+            return cupy.full(shape, fill, dtype=x.dtype)
     from numba import cuda
-    return cuda.to_device(np.full(x.shape, fill, dtype=x.dtype))
+    return cuda.to_device(np.full(shape, fill, dtype=x.dtype))
+
+
+def scalar_like(x, value):
+    """A float64 array of one element holding `value`, on x's device and of x's library."""
+    lib = library(x)
+    if lib == "numpy":
+        return np.full(1, value, dtype=np.float64)
+    if lib == "torch":
+        import torch
+        return torch.full((1,), value, dtype=torch.float64, device=x.device)
+    if lib == "cupy":
+        import cupy
+        with x.device:
+            return cupy.full(1, value, dtype=np.float64)
+    from numba import cuda
+    return cuda.to_device(np.full(1, value, dtype=np.float64))
+
+
+def host_scalar(x):
+    """A Python float from a number or a one-element array of any supported library."""
+    return float(to_numpy(x).reshape(-1)[0]) if library(x) is not None else x
 
 
 def to_numpy(x):

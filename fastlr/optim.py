@@ -5,10 +5,13 @@ that rule needs, and how its per-step scalars come from the group's hyperparamet
 Everything else (param groups, validation, schedules, gradient conditioning, state
 dicts, dispatch to CPU or CUDA kernels) is the shared ``Optimizer`` base.
 """
+import functools
+import inspect
 import math
 import numbers
 
-from ._arrays import Buffer, copy_into, full_like, library, same_kind, to_numpy
+from . import capturable as _capturable
+from ._arrays import Buffer, copy_into, full_like, host_scalar, library, same_kind, to_numpy
 from ._launch import cast, no_conditioning, run, sum_of_squares
 from .kernels import rules
 from .streams import current_stream
@@ -58,8 +61,12 @@ def _flag(name, value):
 
 
 def _lr(name, value):
-    if not callable(value):
-        _non_negative(name, value)
+    if callable(value):
+        return
+    if library(value) is not None:  # a one-element device array (capturable=True), checked on use
+        Buffer(name, value, writeable=False)
+        return
+    _non_negative(name, value)
 
 
 # One check per hyperparameter name, shared by every algorithm that has it.
@@ -110,14 +117,22 @@ class Optimizer:
     grad_scale: the loss-scale factor to divide the gradients by. With it (or with
         ``skip_nonfinite=True``), a step whose gradients hold NaN or Inf is skipped:
         params, states and step counts stay untouched and ``last_step_skipped`` is True.
+    capturable: CUDA params only. Steps read lr and the step count from device memory and
+        never sync, so they can be captured in a CUDA graph and replayed (``state[i]['step']``
+        is then a one-element float64 device array, and lr may be one; see
+        ``fastlr.capturable``). Not with max_grad_norm, grad_scale or skip_nonfinite.
     """
 
     defaults = {}
     # Scalar (non-array) per-parameter state and its initial value, e.g. NAdam's mu_product.
     scalar_state = {}
+    # Scalar state -> name of the rules function giving its value for this step (before `scalars`).
+    scalar_updates = {}
+    # Name of the rules.<algo>_scalars function; its arguments are bound by name (see _arg).
+    scalars = None
 
     def __init__(self, params, defaults, *, max_grad_norm=None, clip_value=None, grad_scale=None,
-                 skip_nonfinite=False):
+                 skip_nonfinite=False, capturable=False):
         self.defaults = dict(defaults)
         self.param_groups = []
         self.state = {}
@@ -126,6 +141,8 @@ class Optimizer:
         self._grad_cache = {}       # param index -> Buffer of the last gradient array seen
         self._group_index = []      # param index -> its group's index
         self._checked = {}          # group index -> hyperparameters last validated
+        self._device_state = {}     # param index -> capturable device scalars (fastlr.capturable)
+        self._lr_device = {}        # group index -> (lr, its device view) for capturable steps
         self._step_count = 0
         self.skipped_steps = 0
         self.last_step_skipped = False
@@ -144,6 +161,10 @@ class Optimizer:
                 _positive(name, getattr(self, name))
         _flag("skip_nonfinite", skip_nonfinite)
         self.skip_nonfinite = skip_nonfinite or grad_scale is not None
+        _flag("capturable", capturable)
+        self.capturable = capturable
+        if capturable:
+            _capturable.check_options(self)
 
     # ------------------------------------------------------------ groups
     def add_param_group(self, group):
@@ -188,9 +209,28 @@ class Optimizer:
         return cls.states
 
     @classmethod
-    def _plan(cls, group, pstate):
-        """(element rule name, float64 scalars) for one param's step; pstate['step'] is 1-based."""
+    def _rule(cls, group):
+        """The element rule (one of rules.ELEMENT_RULES) for the group's options."""
         raise NotImplementedError
+
+    @classmethod
+    def _plan(cls, group, pstate):
+        """(element rule name, float64 scalars) for one param's step; pstate['step'] is 1-based.
+
+        Sets the scalar states of pstate for this step first (``scalar_updates``).
+        """
+        for name, fn in cls.scalar_updates.items():
+            pstate[name] = _call(fn, cls, group, pstate)
+        return cls._rule(group), _call(cls.scalars, cls, group, pstate)
+
+    @classmethod
+    def _arg(cls, name, group, pstate):
+        """A rules function's argument by name: the param's state, else the group's, else the class's."""
+        if name in pstate:
+            return pstate[name]
+        if name in group:
+            return group[name]
+        return getattr(cls, name)
 
     # ------------------------------------------------------------ stepping
     def _grads(self, grads):
@@ -227,11 +267,15 @@ class Optimizer:
         resolved = []
         for k, group in enumerate(self.param_groups):
             hp = dict(group)
+            if self.capturable:
+                _capturable.check_lr(f"param_groups[{k}]", hp["lr"])
             if callable(hp["lr"]):
                 hp["lr"] = hp["lr"](self._step_count)
                 if callable(hp["lr"]):
                     raise TypeError(f"param_groups[{k}]: lr schedule returned a callable")
             hp.pop("params")
+            if not self.capturable and library(hp["lr"]) is not None:
+                hp["lr"] = host_scalar(hp["lr"])
             if self._checked.get(k) != hp:  # checks rerun only when a value changed
                 self._check_group(hp, f"param_groups[{k}]")
                 self._checked[k] = dict(hp)
@@ -265,11 +309,15 @@ class Optimizer:
             hp = groups[self._group_index[i]]
             pbuf = self._buffers[i]
             pstate = self._ensure_state(i, hp)
+            ci = no_conditioning(pbuf.dtype) if plain else cast(c, pbuf.dtype)
+            stream = current_stream(pbuf.obj) if pbuf.on_cuda else 0
+            if self.capturable:
+                _capturable.step_param(self, i, hp, pstate, pbuf, gbuf, ci, stream)
+                continue
             pstate["step"] += 1
             rule, h = self._plan(hp, pstate)
             run(rule, pbuf.kernel_view(), gbuf.kernel_view(), self._flat_states[i][1], cast(h, pbuf.dtype),
-                no_conditioning(pbuf.dtype) if plain else cast(c, pbuf.dtype), pbuf.on_cuda,
-                current_stream(pbuf.obj) if pbuf.on_cuda else 0)
+                ci, pbuf.on_cuda, stream)
         self._step_count += 1
         return True
 
@@ -279,6 +327,8 @@ class Optimizer:
         names = self._state_names(group)
         if pstate is None:
             pstate = self.state[i] = {"step": 0, **self.scalar_state}
+        if self.capturable:
+            _capturable.to_device(self, i, pstate)
         for name, init in names:
             if name not in pstate:
                 pstate[name] = full_like(self._buffers[i].obj, init)
@@ -295,6 +345,8 @@ class Optimizer:
         has one param. Safe to call from many threads at once. Returns the param's step count.
         See ``fastlr.sparse``.
         """
+        if self.capturable:
+            raise NotImplementedError("step_rows: not available with capturable=True")
         from .sparse import step_rows
         return step_rows(self, param, indices, grad_rows)
 
@@ -362,11 +414,12 @@ class Optimizer:
         for group, new in zip(self.param_groups, new_groups):
             group.clear()
             group.update(new)
-        self.state, self._flat_states = {}, {}
+        self.state, self._flat_states, self._device_state = {}, {}, {}
         for i, saved in loaded.items():
             group = new_groups[self._group_of(i)]
-            pstate = self.state[i] = {"step": int(saved["step"]),
-                                      **{k: saved[k] for k in self.scalar_state}}
+            # host numbers here; capturable steps move them to the device on the next step
+            pstate = self.state[i] = {"step": int(host_scalar(saved["step"])),
+                                      **{k: host_scalar(saved[k]) for k in self.scalar_state}}
             for n, _ in self._state_names(group):
                 pstate[n] = full_like(self._buffers[i].obj, 0.0)
                 copy_into(pstate[n], saved[n])
@@ -388,6 +441,16 @@ class Optimizer:
             lines.append(f"Parameter Group {k}")
             lines += [f"    {key}: {v}" for key, v in sorted(group.items()) if key != "params"]
         return "\n".join(lines + [")"])
+
+
+@functools.cache
+def _arg_names(fn_name):
+    return tuple(inspect.signature(getattr(rules, fn_name)).parameters)
+
+
+def _call(fn_name, cls, group, pstate):
+    """rules.<fn_name>(...) with each argument bound by name (see Optimizer._arg)."""
+    return getattr(rules, fn_name)(*[cls._arg(n, group, pstate) for n in _arg_names(fn_name)])
 
 
 def _snapshot(x):
@@ -430,11 +493,11 @@ class SGD(Optimizer):
     def _state_names(cls, group):
         return (("momentum_buffer", 0.0),) if group["momentum"] != 0 else ()
 
+    scalars = "sgd_scalars"
+
     @classmethod
-    def _plan(cls, g, s):
-        return ("sgd_momentum" if g["momentum"] != 0 else "sgd",
-                rules.sgd_scalars(s["step"], g["lr"], g["momentum"], g["dampening"], g["weight_decay"],
-                                  g["nesterov"], g["maximize"]))
+    def _rule(cls, g):
+        return "sgd_momentum" if g["momentum"] != 0 else "sgd"
 
 
 class Adagrad(Optimizer):
@@ -450,10 +513,11 @@ class Adagrad(Optimizer):
     def _state_names(cls, group):
         return (("sum", group["initial_accumulator_value"]),)
 
+    scalars = "adagrad_scalars"
+
     @classmethod
-    def _plan(cls, g, s):
-        return "adagrad", rules.adagrad_scalars(s["step"], g["lr"], g["lr_decay"], g["weight_decay"],
-                                                g["eps"], g["maximize"])
+    def _rule(cls, g):
+        return "adagrad"
 
 
 class RMSprop(Optimizer):
@@ -470,11 +534,11 @@ class RMSprop(Optimizer):
         return (("square_avg", 0.0),) + ((("grad_avg", 0.0),) if group["centered"] else ()) + \
             ((("momentum_buffer", 0.0),) if group["momentum"] > 0 else ())
 
+    scalars = "rmsprop_scalars"
+
     @classmethod
-    def _plan(cls, g, s):
-        rule = "rmsprop" + ("_centered" if g["centered"] else "") + ("_momentum" if g["momentum"] > 0 else "")
-        return rule, rules.rmsprop_scalars(g["lr"], g["alpha"], g["eps"], g["weight_decay"], g["momentum"],
-                                           g["maximize"])
+    def _rule(cls, g):
+        return "rmsprop" + ("_centered" if g["centered"] else "") + ("_momentum" if g["momentum"] > 0 else "")
 
 
 class Adadelta(Optimizer):
@@ -487,15 +551,18 @@ class Adadelta(Optimizer):
 
     states = ("square_avg", 0.0), ("acc_delta", 0.0)
 
+    scalars = "adadelta_scalars"
+
     @classmethod
-    def _plan(cls, g, s):
-        return "adadelta", rules.adadelta_scalars(g["lr"], g["rho"], g["eps"], g["weight_decay"], g["maximize"])
+    def _rule(cls, g):
+        return "adadelta"
 
 
 class Adam(Optimizer):
     """Adam (torch.optim.Adam) with bias correction; AMSGrad; eps added after the bias-corrected sqrt(v)."""
 
-    _decoupled = False
+    decoupled_weight_decay = False  # per group when a group sets it, as torch's Adam
+    scalars = "adam_scalars"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
                  maximize=False, **conditioning):
@@ -507,16 +574,14 @@ class Adam(Optimizer):
         return (("exp_avg", 0.0), ("exp_avg_sq", 0.0)) + ((("max_exp_avg_sq", 0.0),) if group["amsgrad"] else ())
 
     @classmethod
-    def _plan(cls, g, s):
-        return ("adam_amsgrad" if g["amsgrad"] else "adam",
-                rules.adam_scalars(s["step"], g["lr"], g["betas"], g["eps"], g["weight_decay"], g["maximize"],
-                                   g.get("decoupled_weight_decay", cls._decoupled)))  # per group, as torch
+    def _rule(cls, g):
+        return "adam_amsgrad" if g["amsgrad"] else "adam"
 
 
 class AdamW(Adam):
     """AdamW (torch.optim.AdamW): Adam with decoupled weight decay p <- p (1 - lr wd)."""
 
-    _decoupled = True
+    decoupled_weight_decay = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
                  maximize=False, **conditioning):
@@ -533,16 +598,19 @@ class Adamax(Optimizer):
 
     states = ("exp_avg", 0.0), ("exp_inf", 0.0)
 
+    scalars = "adamax_scalars"
+
     @classmethod
-    def _plan(cls, g, s):
-        return "adamax", rules.adamax_scalars(s["step"], g["lr"], g["betas"], g["eps"], g["weight_decay"],
-                                              g["maximize"])
+    def _rule(cls, g):
+        return "adamax"
 
 
 class NAdam(Optimizer):
     """NAdam (torch.optim.NAdam): Adam with Nesterov momentum and momentum decay."""
 
     scalar_state = {"mu_product": 1.0}
+    scalar_updates = {"mu_product": "nadam_mu_product"}
+    scalars = "nadam_scalars"
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, momentum_decay=4e-3,
                  decoupled_weight_decay=False, *, maximize=False, **conditioning):
@@ -554,11 +622,8 @@ class NAdam(Optimizer):
     states = ("exp_avg", 0.0), ("exp_avg_sq", 0.0)
 
     @classmethod
-    def _plan(cls, g, s):
-        s["mu_product"] = rules.nadam_mu_product(s["mu_product"], s["step"], g["betas"][0], g["momentum_decay"])
-        return "nadam", rules.nadam_scalars(s["step"], s["mu_product"], g["lr"], g["betas"], g["eps"],
-                                            g["weight_decay"], g["momentum_decay"], g["maximize"],
-                                            g["decoupled_weight_decay"])
+    def _rule(cls, g):
+        return "nadam"
 
 
 class RAdam(Optimizer):
@@ -572,10 +637,11 @@ class RAdam(Optimizer):
 
     states = ("exp_avg", 0.0), ("exp_avg_sq", 0.0)
 
+    scalars = "radam_scalars"
+
     @classmethod
-    def _plan(cls, g, s):
-        return "radam", rules.radam_scalars(s["step"], g["lr"], g["betas"], g["eps"], g["weight_decay"],
-                                            g["maximize"], g["decoupled_weight_decay"])
+    def _rule(cls, g):
+        return "radam"
 
 
 class Lion(Optimizer):
@@ -587,6 +653,8 @@ class Lion(Optimizer):
 
     states = (("exp_avg", 0.0),)
 
+    scalars = "lion_scalars"
+
     @classmethod
-    def _plan(cls, g, s):
-        return "lion", rules.lion_scalars(g["lr"], g["betas"], g["weight_decay"], g["maximize"])
+    def _rule(cls, g):
+        return "lion"

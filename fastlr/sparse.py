@@ -324,10 +324,11 @@ class RowWiseAdagrad(Optimizer):
         """States with one value per row: ((name, initial value), ...)."""
         return (("sum", group["initial_accumulator_value"]),)
 
+    scalars = "rowwise_adagrad_scalars"
+
     @classmethod
-    def _plan(cls, g, s):
-        return "rowwise_adagrad", rules.rowwise_adagrad_scalars(g["lr"], g["eps"], g["weight_decay"],
-                                                                g["maximize"])
+    def _rule(cls, g):
+        return "rowwise_adagrad"
 
     def _arrays(self):
         return [p for group in self.param_groups for p in group["params"]]

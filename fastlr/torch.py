@@ -131,7 +131,7 @@ class _TorchOptimizer(torch.optim.Optimizer):
         options = {k: kwargs.pop(k) for k in list(kwargs) if k in _OPTIONS}
         decoupled = None
         if issubclass(type(self)._core_cls, _core.Adam):  # torch's Adam has the switch, AdamW sets it
-            decoupled = kwargs.pop("decoupled_weight_decay", type(self)._core_cls._decoupled)
+            decoupled = kwargs.pop("decoupled_weight_decay", type(self)._core_cls.decoupled_weight_decay)
         bound = sig.bind(None, None, *args, **kwargs)
         bound.apply_defaults()
         defaults = {k: v for k, v in bound.arguments.items() if k not in ("self", "params", "conditioning")}
@@ -225,7 +225,7 @@ class _TorchOptimizer(torch.optim.Optimizer):
     def _planner(self, hp):
         cls = type(self)._core_cls
         if issubclass(cls, _core.Adam):
-            return _core.AdamW if hp.get("decoupled_weight_decay", cls._decoupled) else _core.Adam
+            return _core.AdamW if hp.get("decoupled_weight_decay", cls.decoupled_weight_decay) else _core.Adam
         return cls
 
     def _resolved(self, k, group):
@@ -478,7 +478,7 @@ def _make(name):
               ("skip_nonfinite", False), ("master_weights", False), ("stochastic_rounding", False), ("seed", 0)]]
     if issubclass(core, _core.Adam):
         extra.append(inspect.Parameter("decoupled_weight_decay", inspect.Parameter.KEYWORD_ONLY,
-                                       default=core._decoupled))
+                                       default=core.decoupled_weight_decay))
     __init__.__signature__ = sig.replace(parameters=params + extra)
     cls = type(name, (_TorchOptimizer,), {
         "__init__": __init__, "_core_cls": core, "_torch_has_step": name != "SGD",

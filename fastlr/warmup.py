@@ -24,17 +24,8 @@ def warmup(dtypes=("float32", "float64"), progress=False):
         for dtype in map(np.dtype, dtypes):
             k = _codegen.n_states(rule)
             arrays = [np.ones(1, dtype) for _ in range(2 + k)]
-            n_scalars = len(_scalar_count(rule))
-            h = tuple(dtype.type(0.5) for _ in range(n_scalars))
+            h = tuple(dtype.type(0.5) for _ in _codegen.scalar_names(rule))
             cpu.KERNELS[rule + suffix](*arrays, h, no_conditioning(dtype))
             count += 1
     return count
 
-
-def _scalar_count(rule):
-    """The names a rule unpacks from ``h`` (its first statement: ``a, b, ... = h``)."""
-    import inspect
-    import re
-    source = inspect.getsource(getattr(rules, rule))
-    match = re.search(r"^\s+([\w, ]+) = h\s*$", source, re.M)
-    return [n.strip() for n in match.group(1).split(",") if n.strip()]

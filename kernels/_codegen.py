@@ -5,6 +5,8 @@ same for every rule; only the number of state arrays differs). They are compiled
 source attributed to the target's own module file, at module level, so numba's
 ``cache=True`` stores and reloads them (factory closures are never reused from cache).
 """
+import ast
+import functools
 import hashlib
 import inspect
 import types
@@ -37,17 +39,40 @@ def n_states(rule_name):
     return len(inspect.signature(getattr(rules, rule_name)).parameters) - 3
 
 
+@functools.cache
+def scalar_names(rule_name):
+    """The names an element rule unpacks from ``h``: the targets of its ``a, b, ... = h`` statement."""
+    tree = ast.parse(inspect.getsource(getattr(rules, rule_name)))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Name) and node.value.id == "h":
+            return tuple(t.id for t in node.targets[0].elts)
+    raise ValueError(f"rules.{rule_name} does not unpack h")
+
+
 def generate(template, rule_name, kernel_name, module_globals, decorate):
-    """Render `template` for one rule, compile it as code of the calling module, decorate it."""
+    """Render `template` for one rule, compile it as code of the calling module, decorate it.
+
+    Fields: name, rule, states ("s0, s1, "), targets (" s0[i], s1[i],"), items (", s0[i], s1[i]")
+    and h_items ("hd[0], hd[1], ..."), the rule's scalars read from a device array hd.
+    """
     k = n_states(rule_name)
-    kernel_name = f"{kernel_name}_{RULES_HASH}"
     fields = dict(
-        name=kernel_name, rule=rule_name,
+        rule=rule_name,
         states="".join(f"s{j}, " for j in range(k)),
         targets="".join(f" s{j}[i]," for j in range(k)),
         items="".join(f", s{j}[i]" for j in range(k)),
+        h_items="".join(f"hd[{j}], " for j in range(len(scalar_names(rule_name)))),
     )
+    return generate_source(template, kernel_name, module_globals, decorate, **fields)
+
+
+def generate_source(template, kernel_name, module_globals, decorate, **fields):
+    """Compile `template` (a function named {name}) as code of the calling module and decorate it.
+
+    The name gets the rules' hash (see RULES_HASH) so numba's cache never serves a stale kernel.
+    """
+    kernel_name = f"{kernel_name}_{RULES_HASH}"
     namespace = dict(module_globals)
-    code = compile(template.format(**fields), module_globals["__file__"], "exec")
+    code = compile(template.format(name=kernel_name, **fields), module_globals["__file__"], "exec")
     exec(code, namespace)
     return decorate(namespace[kernel_name])

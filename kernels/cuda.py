@@ -3,6 +3,11 @@
 ``KERNELS[rule]`` has the signature of the CPU kernels, ``kernel(p, g, *states, h, c)``,
 launched as ``kernel[blocks, threads, stream](...)`` (see ``launch_config``). Works under
 the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) for tests without a GPU.
+
+For ``capturable=True`` (a step that can be recorded in a CUDA graph and replayed), nothing
+may come from the host per step: ``prepare_kernel(...)`` returns a one-thread kernel that
+advances the step count in device memory and evaluates the host rule ``<algo>_scalars`` on
+the device into a small array, and ``DEVICE_H_KERNELS[rule]`` reads ``h`` from that array.
 """
 import functools
 import math
@@ -11,7 +16,7 @@ import numpy as np
 from numba import config, cuda
 
 from . import rules
-from ._codegen import compile_rules, generate
+from ._codegen import compile_rules, generate, generate_source
 
 R = compile_rules(cuda.jit(device=True), __name__ + ".R")
 
@@ -26,6 +31,54 @@ _SIMULATOR = bool(config.ENABLE_CUDASIM)
 
 KERNELS = {name: generate(_TEMPLATE, name, name, globals(), cuda.jit(cache=not _SIMULATOR))
            for name in rules.ELEMENT_RULES}
+
+_TEMPLATE_DEVICE_H = """
+def {name}(p, g, {states}hd, c):
+    h = ({h_items})
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        p[i],{targets} = R.{rule}(p[i], R.condition(g[i], c){items}, h)
+"""
+
+DEVICE_H_KERNELS = {name: generate(_TEMPLATE_DEVICE_H, name, name + "_device_h", globals(),
+                                   cuda.jit(cache=not _SIMULATOR))
+                    for name in rules.ELEMENT_RULES}
+
+_PREPARE = """
+def {name}(step, lr, {device_args}hout, {consts}):
+    if cuda.grid(1) == 0:
+        step[0] += 1.0
+{updates}        h = R.{scalars}({call})
+        for j in range(len(h)):
+            hout[j] = h[j]
+"""
+
+
+@functools.cache
+def prepare_kernel(scalars, updates, device_names, const_names, arg_names):
+    """One-thread kernel ``k(step, lr, *device scalars, hout, *consts)`` run before a captured update.
+
+    It adds 1 to step[0], sets each updated scalar state (``updates``: ((name, rules fn), ...)),
+    then writes ``rules.<scalars>(...)`` into hout (the params' dtype). ``arg_names`` maps each
+    function name to its argument names (pairs, to be hashable); step, lr and the ``device_names`` are read from device
+    memory, the ``const_names`` (hyperparameters fixed at capture) are kernel arguments.
+    """
+    on_device, arg_names = {"step", "lr", *device_names}, dict(arg_names)
+
+    def call(fn):
+        return ", ".join(f"{n}[0]" if n in on_device else n for n in arg_names[fn])
+    updates_src = "".join(f"        {name}[0] = R.{fn}({call(fn)})\n" for name, fn in updates)
+    return generate_source(_PREPARE, f"prepare_{scalars}" + "".join(f"_{n}" for n in device_names),
+                           globals(), cuda.jit(cache=not _SIMULATOR),
+                           device_args="".join(f"{n}, " for n in device_names), updates=updates_src,
+                           consts=", ".join(const_names), scalars=scalars, call=call(scalars))
+
+
+@cuda.jit(cache=not _SIMULATOR)
+def fill_scalar(out, value):
+    """out[0] = value, on the device (a stream-ordered write of a host lr into device memory)."""
+    if cuda.grid(1) == 0:
+        out[0] = value
+
 
 THREADS = 256
 

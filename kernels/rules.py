@@ -9,8 +9,12 @@ Two kinds of plain-Python function live here, and nothing imports numba:
   same functions for the CPU and for CUDA; the number of states is read off the
   signature.
 * host rules ``<algo>_scalars(...) -> h`` compute those per-step scalars once per
-  step, in float64, on the host (bias corrections, decayed or rectified step
-  sizes): nothing per element that can be computed once.
+  step, in float64 (bias corrections, decayed or rectified step sizes): nothing
+  per element that can be computed once. Their arguments are named after the
+  param-group hyperparameters and the per-param scalar state (``step``,
+  ``mu_product``), which is how optimizers bind them; they run on the host, or in
+  a one-thread CUDA kernel for ``capturable=True`` (so they use only arithmetic
+  that compiles there, and return a tuple of floats of one fixed length).
 
 Formulas follow torch.optim 2.13 (single-tensor code path) term for term; Lion
 follows Chen et al. 2023. ``sign`` is -1.0 under ``maximize`` and 1.0 otherwise;
@@ -70,7 +74,7 @@ def _ewma_sq(v, g, beta, one_minus_beta):
 # ---------------------------------------------------------------- SGD
 def sgd(p, g, h):
     """p <- p - lr * (sign * g + wd * p)."""
-    sign, wd, lr = h
+    sign, wd, lr, buf_coef, d_coef, nesterov_coef = h
     return (p - lr * _grad(p, g, sign, wd),)
 
 
@@ -90,12 +94,9 @@ def sgd_momentum(p, g, buf, h):
 
 
 def sgd_scalars(step, lr, momentum, dampening, weight_decay, nesterov, maximize):
-    """step is 1-based; momentum buffers start as a copy of the first gradient."""
-    sign = -1.0 if maximize else 1.0
-    if momentum == 0:
-        return (sign, weight_decay, lr)
+    """step is 1-based; momentum buffers start as a copy of the first gradient (plain sgd ignores the last 3)."""
     first = step == 1
-    return (sign, weight_decay, lr, 0.0 if first else momentum,
+    return (-1.0 if maximize else 1.0, weight_decay, lr, 0.0 if first else momentum,
             1.0 if first else 1.0 - dampening, momentum if nesterov else 0.0)
 
 
@@ -204,16 +205,16 @@ def adam_amsgrad(p, g, m, v, v_max, h):
     return _adam_update(p, m, v_max, step_size, bc2_sqrt, eps), m, v, v_max
 
 
-def _decay_split(lr, weight_decay, decoupled):
+def _decay_split(lr, weight_decay, decoupled_weight_decay):
     """(coupled wd added to the gradient, decoupled factor applied to p)."""
-    if decoupled:
+    if decoupled_weight_decay:
         return 0.0, 1.0 - lr * weight_decay
     return weight_decay, 1.0
 
 
-def adam_scalars(step, lr, betas, eps, weight_decay, maximize, decoupled):
+def adam_scalars(step, lr, betas, eps, weight_decay, maximize, decoupled_weight_decay):
     beta1, beta2 = betas
-    wd, decay = _decay_split(lr, weight_decay, decoupled)
+    wd, decay = _decay_split(lr, weight_decay, decoupled_weight_decay)
     bias_correction1 = 1 - beta1 ** step
     bias_correction2 = 1 - beta2 ** step
     return (-1.0 if maximize else 1.0, wd, decay, 1 - beta1, beta2, 1 - beta2,
@@ -256,15 +257,15 @@ def nadam_mu(step, beta1, momentum_decay):
     return beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
 
 
-def nadam_mu_product(mu_product, step, beta1, momentum_decay):
+def nadam_mu_product(mu_product, step, betas, momentum_decay):
     """prod mu_1..t, kept as torch keeps it: a float32 scalar, multiplied in float32."""
-    return float(np.float32(np.float32(mu_product) * np.float32(nadam_mu(step, beta1, momentum_decay))))
+    return float(np.float32(np.float32(mu_product) * np.float32(nadam_mu(step, betas[0], momentum_decay))))
 
 
-def nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_decay, maximize, decoupled):
+def nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_decay, maximize, decoupled_weight_decay):
     """mu_product is prod mu_1..t, this step's mu included."""
     beta1, beta2 = betas
-    wd, decay = _decay_split(lr, weight_decay, decoupled)
+    wd, decay = _decay_split(lr, weight_decay, decoupled_weight_decay)
     mu = nadam_mu(step, beta1, momentum_decay)
     mu_next = nadam_mu(step + 1, beta1, momentum_decay)
     return (-1.0 if maximize else 1.0, wd, decay, 1 - beta1, beta2, 1 - beta2, 1 - beta2 ** step, eps,
@@ -283,10 +284,10 @@ def radam(p, g, m, v, h):
     return p - m_hat * lr, m, v
 
 
-def radam_scalars(step, lr, betas, eps, weight_decay, maximize, decoupled):
+def radam_scalars(step, lr, betas, eps, weight_decay, maximize, decoupled_weight_decay):
     """rect = r_t when the variance is tractable (rho_t > 5), else 0 (un-rectified step)."""
     beta1, beta2 = betas
-    wd, decay = _decay_split(lr, weight_decay, decoupled)
+    wd, decay = _decay_split(lr, weight_decay, decoupled_weight_decay)
     bias_correction2 = 1 - beta2 ** step
     rho_inf = 2 / (1 - beta2) - 1
     rho_t = rho_inf - 2 * step * (beta2 ** step) / bias_correction2

@@ -1,0 +1,130 @@
+"""``capturable=True``: CUDA steps whose every input lives in device memory, for CUDA graphs.
+
+A CUDA graph replays the kernels it recorded with the arguments they had, and runs no host
+code. So a capturable step keeps each param's step count (and NAdam's mu_product) as a
+float64 one-element array on the device, reads the learning rate from device memory, and
+evaluates the algorithm's host rule ``rules.<algo>_scalars`` on the device (a one-thread
+kernel, ``kernels.cuda.prepare_kernel``) before the update kernel reads those scalars.
+The other hyperparameters are kernel arguments: fixed at capture, as in torch.
+
+``lr`` may be a float (written to device memory by a kernel whenever its value changes
+between eager steps) or a one-element CUDA array that the caller updates in place between
+graph replays (``lr.fill_(x)`` / ``lr[...] = x``). Schedules (callables) run on the host and
+cannot be replayed: use a device lr array. Gradient-norm clipping and loss scaling with a
+non-finite check need the norm on the host, a device sync that a graph cannot contain, so
+they are refused; ``clip_value`` works.
+"""
+import functools
+import inspect
+
+import numpy as np
+
+from ._arrays import Buffer, full_like, library, scalar_like
+from ._launch import kernel_module
+from .kernels import _codegen, rules
+
+_ON_DEVICE = ("step", "lr")
+
+
+def check_options(opt):
+    """Raise at construction when an option or a param cannot take part in capturable steps."""
+    for name in ("max_grad_norm", "grad_scale"):
+        if getattr(opt, name) is not None:
+            raise ValueError(f"{name}: not available with capturable=True (it needs the gradient norm on "
+                             f"the host, a device sync that a CUDA graph cannot hold); use clip_value")
+    if opt.skip_nonfinite:
+        raise ValueError("skip_nonfinite: not available with capturable=True (a host-side decision)")
+    for i, b in enumerate(opt._buffers):
+        if not b.on_cuda:
+            raise ValueError(f"params[{i}]: on the {b.device}, but capturable=True needs CUDA arrays "
+                             f"(capturable steps exist for CUDA graphs)")
+    for k, group in enumerate(opt.param_groups):
+        check_lr(f"param_groups[{k}]", group["lr"])
+
+
+def check_lr(where, lr):
+    """A device lr: a one-element float32/float64 CUDA array."""
+    if callable(lr):
+        raise TypeError(f"{where}: lr is a schedule, which runs on the host and is not replayed by a "
+                        f"CUDA graph; with capturable=True pass a one-element CUDA array and update it "
+                        f"in place")
+    if library(lr) is not None:
+        buf = Buffer(f"{where}: lr", lr, writeable=False)
+        if not buf.on_cuda or int(np.prod(buf.shape)) != 1:
+            raise ValueError(f"{where}: lr: expected a float or a one-element CUDA array, got shape "
+                             f"{buf.shape} on {buf.device}")
+
+
+def to_device(opt, i, pstate):
+    """Move the param's step count and scalar states to one-element float64 device arrays."""
+    for name in ("step", *opt.scalar_state):
+        if library(pstate[name]) is None:
+            pstate[name] = scalar_like(opt._buffers[i].obj, pstate[name])
+
+
+@functools.cache
+def _layout(cls):
+    """(names read from device memory, hyperparameter names passed as kernel arguments, arg names)."""
+    fns = (*cls.scalar_updates.values(), cls.scalars)
+    arg_names = tuple((fn, tuple(inspect.signature(getattr(rules, fn)).parameters)) for fn in fns)
+    device = (*_ON_DEVICE, *cls.scalar_state)
+    consts = tuple(dict.fromkeys(n for _, names in arg_names for n in names if n not in device))
+    return tuple(cls.scalar_state), consts, arg_names
+
+
+def _const(value):
+    """Hyperparameters as the kernel expects them: bools stay, numbers become floats, pairs tuples."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (tuple, list)):
+        return tuple(float(v) for v in value)
+    return float(value)
+
+
+class _DeviceState:
+    """Per-param kernel views of the device scalars, and the array the scalars are written into."""
+
+    __slots__ = ("owner", "rule", "step", "scalars", "h")
+
+    def __init__(self, obj, pstate, names, rule):
+        self.owner, self.rule = pstate["step"], rule
+        self.step = Buffer("step", pstate["step"]).kernel_view()
+        self.scalars = [Buffer(n, pstate[n]).kernel_view() for n in names]
+        # in the params' dtype: the prepare kernel's float64 results are cast on the way in
+        self.h = Buffer("h", full_like(obj, 0.0, (len(_codegen.scalar_names(rule)),))).kernel_view()
+
+
+def step_param(opt, i, hp, pstate, pbuf, gbuf, c, stream):
+    """Launch the prepare kernel and the update kernel for param i on `stream`; no host sync."""
+    cuda = kernel_module("cuda")
+    cls = type(opt)
+    rule = cls._rule(hp)
+    names, const_names, arg_names = _layout(cls)
+    dev = opt._device_state.get(i)
+    if dev is None or dev.rule != rule or dev.owner is not pstate["step"]:
+        dev = opt._device_state[i] = _DeviceState(pbuf.obj, pstate, names, rule)
+    lr = _lr_view(opt, opt._group_index[i], hp["lr"], pbuf.obj, stream)
+    consts = [_const(cls._arg(n, hp, pstate)) for n in const_names]
+    prepare = cuda.prepare_kernel(cls.scalars, tuple(cls.scalar_updates.items()), names, const_names, arg_names)
+    prepare[1, 1, stream](dev.step, lr, *dev.scalars, dev.h, *consts)
+    p = pbuf.kernel_view()
+    blocks, threads = cuda.launch_config(p.size)
+    cuda.DEVICE_H_KERNELS[rule][blocks, threads, stream](p, gbuf.kernel_view(), *opt._flat_states[i][1],
+                                                         dev.h, c)
+
+
+def _lr_view(opt, k, lr, like, stream):
+    """The group's lr as a device array view: the caller's array, or ours holding the float."""
+    cached = opt._lr_device.get(k)
+    if library(lr) is not None:
+        if cached is None or cached[0] is not lr:
+            view = Buffer(f"param_groups[{k}]: lr", lr, writeable=False).kernel_view()
+            cached = opt._lr_device[k] = (lr, view)
+        return cached[1]
+    if cached is None or library(cached[0]) is not None:
+        cached = (None, Buffer("lr", scalar_like(like, 0.0)).kernel_view())
+    if cached[0] != lr:  # written by a kernel, not a host copy: ordered on the stream, no sync
+        kernel_module("cuda").fill_scalar[1, 1, stream](cached[1], float(lr))
+        cached = (lr, cached[1])
+    opt._lr_device[k] = cached
+    return cached[1]
