@@ -4,6 +4,7 @@ Kernel modules are imported on first use, so `import fastlr` compiles nothing an
 never touches numba.cuda unless a GPU array shows up.
 """
 import importlib
+import math
 
 import numpy as np
 
@@ -25,6 +26,10 @@ def _kernels(on_cuda):
     return kernel_module("cuda" if on_cuda else "cpu")
 
 
+# (scale, lo, hi) for rules.condition when no conditioning is asked for.
+NO_CONDITIONING = (1.0, -math.inf, math.inf)
+
+
 def no_conditioning(dtype):
     return _NO_CONDITIONING[np.dtype(dtype)]
 
@@ -38,7 +43,14 @@ def cast(values, dtype):
 
 
 def run(rule, param, grad, states, h, c, on_cuda, stream=0):
-    """kernel(param, grad, *states, h, c) on flat kernel views."""
+    """kernel(param, grad, *states, h, c) on flat kernel views; h and c are float64 scalars.
+
+    They are passed as Python floats whatever number types the hyperparameters had, so each
+    kernel has one signature per array dtype (the kernel casts them to that dtype once).
+    """
+    h = tuple(map(float, h))
+    if c is not NO_CONDITIONING:
+        c = tuple(map(float, c))
     module = _kernels(on_cuda)
     if not on_cuda:
         name = rule if param.size >= SERIAL_BELOW else rule + "_serial"

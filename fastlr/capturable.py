@@ -107,6 +107,7 @@ def step_param(opt, i, hp, pstate, pbuf, gbuf, c, stream):
     consts = [_const(cls._arg(n, hp, pstate)) for n in const_names]
     prepare = cuda.prepare_kernel(cls.scalars, tuple(cls.scalar_updates.items()), names, const_names, arg_names)
     prepare[1, 1, stream](dev.step, lr, *dev.scalars, dev.h, *consts)
+    c = tuple(map(float, c))
     p = pbuf.kernel_view()
     blocks, threads = cuda.launch_config(p.size)
     cuda.DEVICE_H_KERNELS[rule][blocks, threads, stream](p, gbuf.kernel_view(), *opt._flat_states[i][1],

@@ -12,7 +12,7 @@ import inspect
 
 from . import optim
 from ._arrays import Buffer, same_kind
-from ._launch import cast, no_conditioning, run
+from ._launch import NO_CONDITIONING, run
 from .streams import current_stream
 
 __all__ = []
@@ -42,7 +42,7 @@ def _make(cls):
         pstate = {"step": step, **{k: hyperparameters.get(k, v) for k, v in cls.scalar_state.items()}}
         rule, h = cls._plan(group, pstate)
         run(rule, pbuf.kernel_view(), gbuf.kernel_view(), [b.kernel_view() for b in sbufs],
-            cast(h, pbuf.dtype), no_conditioning(pbuf.dtype), pbuf.on_cuda,
+            h, NO_CONDITIONING, pbuf.on_cuda,
             current_stream(pbuf.obj) if pbuf.on_cuda else 0)
         return pstate
 

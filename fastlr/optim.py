@@ -12,7 +12,7 @@ import numbers
 
 from . import capturable as _capturable
 from ._arrays import Buffer, copy_into, full_like, host_scalar, library, same_kind, to_numpy
-from ._launch import cast, no_conditioning, run, sum_of_squares
+from ._launch import NO_CONDITIONING, run, sum_of_squares
 from .kernels import rules
 from .streams import current_stream
 
@@ -141,6 +141,8 @@ class Optimizer:
         self._grad_cache = {}       # param index -> Buffer of the last gradient array seen
         self._group_index = []      # param index -> its group's index
         self._checked = {}          # group index -> hyperparameters last validated
+        self._resolved = {}         # group index -> (the group as last seen, its resolved hyperparameters)
+        self._ensured = {}          # param index -> (resolved hyperparameters, state) last ensured
         self._device_state = {}     # param index -> capturable device scalars (fastlr.capturable)
         self._lr_device = {}        # group index -> (lr, its device view) for capturable steps
         self._step_count = 0
@@ -263,9 +265,17 @@ class Optimizer:
         return out
 
     def _resolved_groups(self):
-        """Each group's hyperparameters for this step, the schedule evaluated and all checked."""
+        """Each group's hyperparameters for this step, the schedule evaluated and all checked.
+
+        A group unchanged since the last step (and with a float lr) gives the same dict object
+        again, which lets the per-param caches below recognise it by identity.
+        """
         resolved = []
         for k, group in enumerate(self.param_groups):
+            seen, hp = self._resolved.get(k, (None, None))
+            if seen == group:  # "params" is the same list: compared by identity, not elementwise
+                resolved.append(hp)
+                continue
             hp = dict(group)
             if self.capturable:
                 _capturable.check_lr(f"param_groups[{k}]", hp["lr"])
@@ -279,6 +289,8 @@ class Optimizer:
             if self._checked.get(k) != hp:  # checks rerun only when a value changed
                 self._check_group(hp, f"param_groups[{k}]")
                 self._checked[k] = dict(hp)
+            static = not callable(group["lr"]) and library(group["lr"]) is None
+            self._resolved[k] = (dict(group), hp) if static else (None, None)
             resolved.append(hp)
         return resolved
 
@@ -309,21 +321,24 @@ class Optimizer:
             hp = groups[self._group_index[i]]
             pbuf = self._buffers[i]
             pstate = self._ensure_state(i, hp)
-            ci = no_conditioning(pbuf.dtype) if plain else cast(c, pbuf.dtype)
+            ci = NO_CONDITIONING if plain else c
             stream = current_stream(pbuf.obj) if pbuf.on_cuda else 0
             if self.capturable:
                 _capturable.step_param(self, i, hp, pstate, pbuf, gbuf, ci, stream)
                 continue
             pstate["step"] += 1
             rule, h = self._plan(hp, pstate)
-            run(rule, pbuf.kernel_view(), gbuf.kernel_view(), self._flat_states[i][1], cast(h, pbuf.dtype),
-                ci, pbuf.on_cuda, stream)
+            run(rule, pbuf.kernel_view(), gbuf.kernel_view(), self._flat_states[i][1], h, ci, pbuf.on_cuda,
+                stream)
         self._step_count += 1
         return True
 
     def _ensure_state(self, i, group):
         """The param's state, its arrays allocated on first use (by the param's own library)."""
         pstate = self.state.get(i)
+        last = self._ensured.get(i)
+        if last is not None and last[0] is group and last[1] is pstate:
+            return pstate  # same options and state dict as last step: nothing to allocate or view
         names = self._state_names(group)
         if pstate is None:
             pstate = self.state[i] = {"step": 0, **self.scalar_state}
@@ -336,6 +351,7 @@ class Optimizer:
         if self._flat_states.get(i, (None,))[0] != key:  # flat views, made once per option set
             bufs = [Buffer(f"state[{i}][{name!r}]", pstate[name]) for name in key]
             self._flat_states[i] = (key, [b.kernel_view() for b in bufs])
+        self._ensured[i] = (group, pstate)
         return pstate
 
     def step_rows(self, indices, grad_rows, param=None):
@@ -414,7 +430,7 @@ class Optimizer:
         for group, new in zip(self.param_groups, new_groups):
             group.clear()
             group.update(new)
-        self.state, self._flat_states, self._device_state = {}, {}, {}
+        self.state, self._flat_states, self._device_state, self._ensured = {}, {}, {}, {}
         for i, saved in loaded.items():
             group = new_groups[self._group_of(i)]
             # host numbers here; capturable steps move them to the device on the next step
@@ -449,8 +465,9 @@ def _arg_names(fn_name):
 
 
 def _call(fn_name, cls, group, pstate):
-    """rules.<fn_name>(...) with each argument bound by name (see Optimizer._arg)."""
-    return getattr(rules, fn_name)(*[cls._arg(n, group, pstate) for n in _arg_names(fn_name)])
+    """rules.<fn_name>(...) with each argument bound by name (as Optimizer._arg, inlined: per step)."""
+    return getattr(rules, fn_name)(*[pstate[n] if n in pstate else group[n] if n in group else getattr(cls, n)
+                                     for n in _arg_names(fn_name)])
 
 
 def _snapshot(x):

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from . import optim as _core
-from ._launch import cast, no_conditioning, run, sum_of_squares
+from ._launch import NO_CONDITIONING, run, sum_of_squares
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion"]
 
@@ -344,9 +344,8 @@ class _TorchOptimizer(torch.optim.Optimizer):
         stream = _stream(b.flat)
         on_cuda = b.device.type == "cuda"
         if b.mode == "plain":
-            dt = np.dtype(str(b.dtype).removeprefix("torch."))
-            run(rule, b.view("p", b.flat)[a:z], b.view("g", b.grad)[a:z], states, cast(h, dt),
-                no_conditioning(dt) if plain else cast(c, dt), on_cuda, stream)
+            run(rule, b.view("p", b.flat)[a:z], b.view("g", b.grad)[a:z], states, h,
+                NO_CONDITIONING if plain else c, on_cuda, stream)
             return
         from . import mixed
         master = b.view("m", b.ensure_master())[a:z] if b.mode == "master" else None

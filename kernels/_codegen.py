@@ -53,7 +53,8 @@ def generate(template, rule_name, kernel_name, module_globals, decorate):
     """Render `template` for one rule, compile it as code of the calling module, decorate it.
 
     Fields: name, rule, states ("s0, s1, "), targets (" s0[i], s1[i],"), items (", s0[i], s1[i]")
-    and h_items ("hd[0], hd[1], ..."), the rule's scalars read from a device array hd.
+    h_items ("hd[0], hd[1], ...": the rule's scalars read from a device array hd) and h_cast
+    ("p.dtype.type(h64[0]), ...": float64 scalars cast to the params' dtype once per call).
     """
     k = n_states(rule_name)
     fields = dict(
@@ -62,6 +63,7 @@ def generate(template, rule_name, kernel_name, module_globals, decorate):
         targets="".join(f" s{j}[i]," for j in range(k)),
         items="".join(f", s{j}[i]" for j in range(k)),
         h_items="".join(f"hd[{j}], " for j in range(len(scalar_names(rule_name)))),
+        h_cast="".join(f"p.dtype.type(h64[{j}]), " for j in range(len(scalar_names(rule_name)))),
     )
     return generate_source(template, kernel_name, module_globals, decorate, **fields)
 

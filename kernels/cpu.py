@@ -4,7 +4,8 @@ For every element rule two kernels exist, ``KERNELS[rule]`` (parallel, prange ov
 buffer) and ``KERNELS[rule + "_serial"]`` (one thread: cheaper for small buffers, where
 waking the thread pool costs more than the update). Signature of each:
 ``kernel(p, g, *states, h, c)`` with ``h`` the rule's per-step scalars and ``c`` the
-gradient conditioning (scale, lo, hi), both tuples already cast to the arrays' dtype,
+gradient conditioning (scale, lo, hi), both tuples of float64 (Python floats: unboxing them
+is cheaper than converting on the host) that the kernel casts to the arrays' dtype once,
 so float32 is computed in float32 as torch does. No fastmath: results stay comparable
 with torch.optim. Kernels release the GIL.
 """
@@ -19,7 +20,9 @@ from ._codegen import compile_rules, generate
 R = compile_rules(njit(inline="always", error_model="numpy"), __name__ + ".R")
 
 _TEMPLATE = """
-def {name}(p, g, {states}h, c):
+def {name}(p, g, {states}h64, c64):
+    h = ({h_cast})
+    c = (p.dtype.type(c64[0]), p.dtype.type(c64[1]), p.dtype.type(c64[2]))
     for i in prange(p.size):
         p[i],{targets} = R.{rule}(p[i], R.condition(g[i], c){items}, h)
 """

@@ -21,7 +21,9 @@ from ._codegen import compile_rules, generate, generate_source
 R = compile_rules(cuda.jit(device=True), __name__ + ".R")
 
 _TEMPLATE = """
-def {name}(p, g, {states}h, c):
+def {name}(p, g, {states}h64, c64):
+    h = ({h_cast})
+    c = (p.dtype.type(c64[0]), p.dtype.type(c64[1]), p.dtype.type(c64[2]))
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
         p[i],{targets} = R.{rule}(p[i], R.condition(g[i], c){items}, h)
 """
@@ -33,8 +35,9 @@ KERNELS = {name: generate(_TEMPLATE, name, name, globals(), cuda.jit(cache=not _
            for name in rules.ELEMENT_RULES}
 
 _TEMPLATE_DEVICE_H = """
-def {name}(p, g, {states}hd, c):
+def {name}(p, g, {states}hd, c64):
     h = ({h_items})
+    c = (p.dtype.type(c64[0]), p.dtype.type(c64[1]), p.dtype.type(c64[2]))
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
         p[i],{targets} = R.{rule}(p[i], R.condition(g[i], c){items}, h)
 """

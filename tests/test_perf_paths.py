@@ -40,3 +40,30 @@ def test_many_arrays_equal_one_flat_buffer(cls):
         opt.step(np.concatenate([rng.standard_normal(s).astype(np.float32).ravel()
                                  for s in shapes]))
     np.testing.assert_array_equal(np.concatenate([a.ravel() for a in many]), flat)
+
+
+def test_hyperparameters_changed_between_steps_take_effect_despite_the_caches():
+    """The step caches (resolved groups, ensured states) are keyed on the group's contents:
+    edits in place, a replaced options pair, integer values and a toggled state all apply."""
+    from fastlr import Adam
+    rng = np.random.default_rng(1)
+    grads = [rng.standard_normal(50).astype(np.float64) for _ in range(6)]
+    changes = [{}, {"lr": 1e-2}, {"weight_decay": 1}, {"betas": (0.5, 0.9)}, {"amsgrad": True}, {"lr": 0}]
+    p = np.ones(50)
+    cached = Adam(p)
+    for g, change in zip(grads, changes):
+        cached.param_groups[0].update(change)
+        cached.step(g)
+    q = np.ones(50)
+    fresh_state = None
+    for t, (g, change) in enumerate(zip(grads, changes)):
+        hp = {k: v for k, v in {**cached.defaults, **{k: v for c in changes[:t + 1] for k, v in c.items()}}.items()
+              if k != "params"}
+        fresh = Adam(q, **hp)
+        if fresh_state is not None:
+            fresh.load_state_dict(fresh_state)
+            fresh.param_groups[0].update(hp)
+        fresh.step(g)
+        fresh_state = fresh.state_dict()
+    np.testing.assert_array_equal(p, q)
+    assert np.all(p == q) and cached.state[0]["step"] == 6
