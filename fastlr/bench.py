@@ -311,6 +311,58 @@ def first_step_in_fresh_process(dtype="float32", n=1 << 20):
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
+_PEAK_MEMORY = """
+import json, resource, sys
+import numpy as np
+n, dtype, impl = %d, %r, %r
+def peak():  # bytes (ru_maxrss is KiB on Linux, bytes on macOS)
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r if sys.platform == "darwin" else r * 1024
+if impl == "fastlr":
+    import fastlr
+    w = np.zeros(4096, dtype); fastlr.Adam(w).step(np.ones_like(w))  # numba and the kernels loaded
+    make = lambda w: fastlr.Adam(w)
+    step = lambda opt, g: opt.step(g)
+else:
+    import torch
+    w = torch.zeros(4096, dtype=getattr(torch, dtype), requires_grad=True); w.grad = torch.ones_like(w)
+    torch.optim.Adam([w], fused=True).step()
+    make = lambda w: torch.optim.Adam([w], fused=True)
+    def step(opt, g):
+        opt.step()
+before = peak()
+w = np.full(n, 0.5, dtype); g = np.full(n, 0.25, dtype)  # written: every page resident
+if impl == "torch":
+    w = torch.from_numpy(w).requires_grad_(); w.grad = torch.from_numpy(g)
+opt = make(w)
+for _ in range(3):
+    step(opt, g)
+print(json.dumps({"extra_bytes": peak() - before, "expected_bytes": 4 * n * np.dtype(dtype).itemsize}))
+"""
+
+
+def peak_memory_in_fresh_process(dtype="float32", n=1 << 26, impls=("fastlr", "torch")):
+    """Peak resident memory added by 3 Adam steps on n params, against params + grads + 2 states."""
+    out = {}
+    for impl in impls:
+        if impl == "torch" and not _have_torch():
+            continue
+        code = _PEAK_MEMORY % (n, np.dtype(dtype).name, impl)
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        r = json.loads(run.stdout.strip().splitlines()[-1])
+        r["ratio"] = r["extra_bytes"] / r["expected_bytes"]
+        out[impl] = r
+    return out
+
+
+def _have_torch():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def extras(dtype, gpu, repeat, min_time, many_n=1 << 22, n_buffers=200):
     res = {}
     small = [fastlr_case("adam", 4096, dtype, gpu)] + torch_cases("adam", 4096, dtype, gpu, impls=("fused",))
@@ -338,6 +390,7 @@ def extras(dtype, gpu, repeat, min_time, many_n=1 << 22, n_buffers=200):
                            "packed_ratio": t.get(f"fastlr-{n_buffers}-packed", math.nan) / t["fastlr-flat"]}
     if not gpu:
         res["fresh_process"] = first_step_in_fresh_process(np.dtype(dtype).name)
+        res["peak_memory_64m"] = peak_memory_in_fresh_process(np.dtype(dtype).name)
     return res
 
 
@@ -379,6 +432,10 @@ def format_extras(ex):
         fp = ex["fresh_process"]
         lines.append(f"fresh process: import fastlr {fp['import_s'] * 1e3:.0f} ms, first Adam step (1M) "
                      f"{fp['first_step_s'] * 1e3:.0f} ms, whole process {fp['process_s']:.2f} s")
+    if "peak_memory_64m" in ex:
+        lines.append("peak memory added by 3 Adam steps on 64M params, / (params + grads + 2 states): " +
+                     ", ".join(f"{k} {v['ratio']:.3f} ({v['extra_bytes'] / 2**20:.0f} MiB)"
+                               for k, v in ex["peak_memory_64m"].items()))
     return "\n".join(lines)
 
 

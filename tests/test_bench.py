@@ -117,3 +117,12 @@ def test_gpu_path_under_cuda_simulator(tmp_path):
                    env=env, check=True, capture_output=True, timeout=120)
     impls = {r["impl"] for r in json.loads(out.read_text())["rows"]}
     assert {"ceiling", "fastlr"} <= impls and "numpy" not in impls
+
+
+def test_peak_memory_probe_reports_the_buffers_it_allocates():
+    """The 64M peak-memory probe of `fastlr bench`, on a small buffer (the ratio is only
+    meaningful at size; here it checks the probe runs and accounts for the buffers)."""
+    from fastlr import bench
+    out = bench.peak_memory_in_fresh_process(n=1 << 22, impls=("fastlr",))["fastlr"]
+    assert out["expected_bytes"] == 4 * 4 * (1 << 22)
+    assert 0.9 < out["ratio"] < 1.5
