@@ -315,7 +315,13 @@ _PEAK_MEMORY = """
 import json, resource, sys
 import numpy as np
 n, dtype, impl = %d, %r, %r
-def peak():  # bytes (ru_maxrss is KiB on Linux, bytes on macOS)
+def peak():  # bytes. Linux: VmHWM of this process's own memory map (ru_maxrss would carry over
+    try:       # the parent's peak across fork + exec); elsewhere ru_maxrss (bytes on macOS)
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r if sys.platform == "darwin" else r * 1024
 if impl == "fastlr":
