@@ -12,7 +12,7 @@ gradient rows ``(n_ids * dim,)``; row-wise states ``(n_rows,)``. Signature::
 
     row_kernel(rule, parallel)(p, g, dim, order, starts, rows, lo, hi, *states, h, c)
 
-with ``h`` and ``c`` as for the dense kernels of cpu.py (already cast to the table's dtype);
+with ``h`` and ``c`` the per-step scalars and gradient conditioning, already cast to the table's dtype;
 ``rule`` is an element rule, or "rowwise_adagrad" (states: the per-row sums). Kernels are
 generated on first use per rule (module-level source, so ``cache=True`` reloads them) and
 release the GIL. Random rows of a large table cost a DRAM round trip each: the kernels
