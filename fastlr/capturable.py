@@ -15,13 +15,12 @@ non-finite check need the norm on the host, a device sync that a graph cannot co
 they are refused; ``clip_value`` works.
 """
 import functools
-import inspect
 
 import numpy as np
 
 from ._arrays import Buffer, full_like, library, scalar_like
 from ._launch import kernel_module
-from .kernels import _codegen, rules
+from .kernels import _codegen
 
 _ON_DEVICE = ("step", "lr")
 
@@ -66,7 +65,7 @@ def to_device(opt, i, pstate):
 def _layout(cls):
     """(names read from device memory, hyperparameter names passed as kernel arguments, arg names)."""
     fns = (*cls.scalar_updates.values(), cls.scalars)
-    arg_names = tuple((fn, tuple(inspect.signature(getattr(rules, fn)).parameters)) for fn in fns)
+    arg_names = tuple((fn, _codegen.arg_names(fn)) for fn in fns)
     device = (*_ON_DEVICE, *cls.scalar_state)
     consts = tuple(dict.fromkeys(n for _, names in arg_names for n in names if n not in device))
     return tuple(cls.scalar_state), consts, arg_names

@@ -5,8 +5,6 @@ that rule needs, and how its per-step scalars come from the group's hyperparamet
 Everything else (param groups, validation, schedules, gradient conditioning, state
 dicts, dispatch to CPU or CUDA kernels) is the shared ``Optimizer`` base.
 """
-import functools
-import inspect
 import math
 import numbers
 
@@ -14,6 +12,7 @@ from . import capturable as _capturable
 from ._arrays import Buffer, copy_into, full_like, host_scalar, library, same_kind, to_numpy
 from ._launch import NO_CONDITIONING, run, sum_of_squares
 from .kernels import rules
+from .kernels._codegen import arg_names
 from .streams import current_stream
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax",
@@ -459,15 +458,10 @@ class Optimizer:
         return "\n".join(lines + [")"])
 
 
-@functools.cache
-def _arg_names(fn_name):
-    return tuple(inspect.signature(getattr(rules, fn_name)).parameters)
-
-
 def _call(fn_name, cls, group, pstate):
     """rules.<fn_name>(...) with each argument bound by name (as Optimizer._arg, inlined: per step)."""
     return getattr(rules, fn_name)(*[pstate[n] if n in pstate else group[n] if n in group else getattr(cls, n)
-                                     for n in _arg_names(fn_name)])
+                                     for n in arg_names(fn_name)])
 
 
 def _snapshot(x):

@@ -34,9 +34,15 @@ def compile_rules(decorate, module_name):
     return compiled
 
 
+@functools.cache
+def arg_names(fn_name):
+    """The argument names of rules.<fn_name>, in order (optimizers bind host rules by name)."""
+    return tuple(inspect.signature(getattr(rules, fn_name)).parameters)
+
+
 def n_states(rule_name):
     """Number of state arrays of an element rule: its arguments less p, g and h."""
-    return len(inspect.signature(getattr(rules, rule_name)).parameters) - 3
+    return len(arg_names(rule_name)) - 3
 
 
 @functools.cache
