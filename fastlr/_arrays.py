@@ -1,15 +1,26 @@
 """Array kinds: recognise NumPy, torch, CuPy and numba device arrays, validate them, view them flat.
 
-Nothing here imports torch or cupy: a tensor is recognised by its type's module, and
-only the library that made an array is asked to allocate states like it.
+Every array is classified once, up front (``kind_of``): NumPy arrays (exact ``ndarray`` or
+``memmap``) and CPU torch tensors run on the CPU kernels; torch CUDA tensors, CuPy arrays and
+numba device arrays (real or simulated) on the CUDA kernels. Anything else (``np.matrix``,
+masked arrays, meta or sparse tensors, lists) is rejected with a message saying why. Nothing
+here imports torch or cupy: a tensor is recognised by its type's module, and only the library
+that made an array is asked to allocate states like it.
 """
+from collections import namedtuple
+
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+# family: "numpy", "torch-cpu" or "cuda"; key: what arrays of one unit share; dtype: NumPy dtype
+# (or torch's name for 16-bit floats).
+Kind = namedtuple("Kind", "family key dtype")
+
 
 def library(x):
-    """'numpy', 'torch', 'cupy' or 'numba' (numba device arrays, real or simulated)."""
+    """'numpy', 'torch', 'cupy', 'numba' (numba device arrays, real or simulated), 'cuda' (another
+    object with ``__cuda_array_interface__``) or None."""
     if isinstance(x, np.ndarray):
         return "numpy"
     module = type(x).__module__
@@ -29,26 +40,73 @@ def _torch_dtype(x):
         return name  # bfloat16 and friends have no NumPy dtype
 
 
+def kind_of(x):
+    """The Kind of an array fastlr can update in place, or None (see ``describe_kind``)."""
+    lib = library(x)
+    if lib == "numpy":
+        if type(x) not in (np.ndarray, np.memmap):
+            return None
+        return Kind("numpy", ("numpy", x.dtype), x.dtype)
+    if lib == "torch":
+        if not _is_tensor(x) or x.layout.__str__() != "torch.strided" or x.is_sparse:
+            return None
+        device = x.device.type
+        if device not in ("cpu", "cuda"):
+            return None
+        name = str(x.dtype)
+        if name in ("torch.bfloat16", "torch.float16"):   # fastlr.torch's mixed-precision modes
+            name = name.removeprefix("torch.")
+            return Kind("torch-half", ("torch-half", name, str(x.device)), name)
+        dtype = _torch_dtype(x)
+        if device == "cpu":
+            return Kind("torch-cpu", ("torch-cpu", dtype), dtype)
+        return Kind("cuda", ("cuda", dtype, str(x.device)), dtype)
+    if lib in ("cupy", "numba", "cuda"):
+        if lib == "cupy" and not hasattr(x, "__cuda_array_interface__"):
+            return None
+        dtype = np.dtype(x.dtype)
+        return Kind("cuda", ("cuda", dtype, _cuda_device(lib, x)), dtype)
+    return None
+
+
+def _is_tensor(x):
+    import torch
+    return isinstance(x, torch.Tensor)
+
+
+def describe_kind(x):
+    """Why ``kind_of(x)`` is None, as the rest of an error message."""
+    if isinstance(x, np.ndarray):
+        what = type(x).__module__ + "." + type(x).__name__
+        hint = "; pass np.asarray(x) if its memory should be updated as a plain array" \
+            if not isinstance(x, np.ma.MaskedArray) else " (its mask would be ignored)"
+        return f"expected a plain NumPy array (numpy.ndarray), got {what}{hint}"
+    if library(x) == "torch" and _is_tensor(x):
+        if x.is_sparse or str(x.layout) != "torch.strided":
+            return f"sparse/non-strided tensors ({x.layout}) are not supported here (use step_rows)"
+        return f"tensors on device {x.device.type!r} are not supported (expected a CPU or CUDA tensor)"
+    return (f"expected a NumPy array, torch tensor, CuPy array or numba device array, got "
+            f"{type(x).__module__}.{type(x).__name__}")
+
+
 class Buffer:
     """A validated array: where it lives, its dtype and shape, and a flat view for the kernels."""
 
-    __slots__ = ("obj", "lib", "device", "dtype", "shape", "flat")
+    __slots__ = ("name", "obj", "lib", "device", "dtype", "shape", "flat")
 
     def __init__(self, name, x, writeable=True):
+        self.name = name
+        kind = kind_of(x)
+        if kind is None:
+            raise TypeError(f"{name}: {describe_kind(x)}")
         lib = library(x)
-        if lib is None:
-            raise TypeError(f"{name}: expected a NumPy array, torch tensor, CuPy array or numba "
-                            f"device array, got {type(x).__name__}")
         self.obj, self.lib = x, lib
         self.shape = tuple(x.shape)
+        self.dtype = kind.dtype
         if lib == "torch":
-            if x.is_sparse:
-                raise TypeError(f"{name}: sparse tensors are not supported here (use step_rows)")
-            self.dtype = _torch_dtype(x)
             self.device = "cpu" if x.device.type == "cpu" else str(x.device)
-            contiguous = x.is_contiguous()
+            contiguous = _dense_tensor(x)
         else:
-            self.dtype = np.dtype(x.dtype)
             self.device = "cpu" if lib == "numpy" else _cuda_device(lib, x)
             contiguous = _c_contiguous(lib, x)
         if self.dtype not in FLOAT_DTYPES:
@@ -56,6 +114,8 @@ class Buffer:
         if not contiguous:
             raise ValueError(f"{name}: expected a C-contiguous array (got strides for shape "
                              f"{self.shape}); pass a contiguous copy")
+        if lib == "numpy" and not x.flags.aligned:
+            raise ValueError(f"{name}: the array's memory is not aligned to its item size; pass an aligned copy")
         if writeable and lib == "numpy" and not x.flags.writeable:
             raise ValueError(f"{name}: the array is read-only; it must be writeable to update in place")
         self.flat = None
@@ -69,6 +129,18 @@ class Buffer:
         if self.flat is None:
             self.flat = _flat(self.lib, self.obj, self.device)
         return self.flat
+
+
+def _dense_tensor(t):
+    """Non-overlapping and dense (C-contiguous, channels_last, transposed, ...)."""
+    if t.is_contiguous():
+        return True
+    expect = 1
+    for stride, size in sorted((st, n) for n, st in zip(t.shape, t.stride()) if n != 1):
+        if stride != expect:
+            return False
+        expect *= size
+    return True
 
 
 def _c_contiguous(lib, x):
@@ -88,12 +160,16 @@ def _cuda_device(lib, x):
 def _flat(lib, x, device):
     if lib == "numpy":
         return x.reshape(-1)
-    if lib == "torch" and device == "cpu":
-        return x.detach().numpy().reshape(-1)
+    if lib == "torch":
+        x = x.detach()
+        if not x.is_contiguous():  # dense in another dimension order: the same block of memory
+            x = x.as_strided((x.numel(),), (1,))
+        if device == "cpu":
+            return x.numpy().reshape(-1)
     from numba import cuda
     # sync=False: no stream synchronize on conversion (illegal inside CUDA graph capture);
     # kernels are ordered by launching on the array library's current stream instead.
-    arr = x if lib == "numba" else cuda.as_cuda_array(x.detach() if lib == "torch" else x, sync=False)
+    arr = x if lib == "numba" else cuda.as_cuda_array(x, sync=False)
     return arr.reshape(arr.size) if arr.ndim != 1 else arr
 
 
@@ -108,14 +184,17 @@ def same_kind(name, buf, ref, ref_name):
 
 
 def full_like(x, fill, shape=None):
-    """A new contiguous array like `x` (or of `shape`, x's dtype) filled with `fill`, made by x's library."""
+    """A new array like `x` (or of `shape`, x's dtype) filled with `fill`, made by x's library
+    (torch: with x's memory format, so states share the param's layout)."""
     lib = library(x)
-    shape = tuple(x.shape) if shape is None else shape
     if lib == "numpy":
-        return np.full(shape, fill, dtype=x.dtype)
+        return np.full(tuple(x.shape) if shape is None else shape, fill, dtype=x.dtype)
     if lib == "torch":
         import torch
+        if shape is None:
+            return torch.full_like(x.detach(), fill, memory_format=torch.preserve_format)
         return torch.full(shape, fill, dtype=x.dtype, device=x.device)
+    shape = tuple(x.shape) if shape is None else shape
     if lib == "cupy":
         import cupy
         with x.device:
@@ -141,7 +220,7 @@ def scalar_like(x, value):
 
 
 def host_scalar(x):
-    """A Python float from a number or a one-element array of any supported library."""
+    """A Python number from a number or a one-element array of any supported library."""
     return float(to_numpy(x).reshape(-1)[0]) if library(x) is not None else x
 
 
@@ -149,7 +228,7 @@ def to_numpy(x):
     """A host NumPy copy of any supported array."""
     lib = library(x)
     if lib == "numpy":
-        return x.copy()
+        return np.array(x)
     if lib == "torch":
         return x.detach().cpu().numpy().copy()
     if lib == "cupy":

@@ -33,11 +33,14 @@ def check_options(opt):
                              f"the host, a device sync that a CUDA graph cannot hold); use clip_value")
     if opt.skip_nonfinite:
         raise ValueError("skip_nonfinite: not available with capturable=True (a host-side decision)")
-    for i, b in enumerate(opt._buffers):
-        if not b.on_cuda:
-            raise ValueError(f"params[{i}]: on the {b.device}, but capturable=True needs CUDA arrays "
-                             f"(capturable steps exist for CUDA graphs)")
+    i = 0
     for k, group in enumerate(opt.param_groups):
+        for p in group["params"]:
+            b = Buffer(f"params[{i}]", p)
+            if not b.on_cuda:
+                raise ValueError(f"params[{i}]: on the {b.device}, but capturable=True needs CUDA arrays "
+                                 f"(capturable steps exist for CUDA graphs)")
+            i += 1
         check_lr(f"param_groups[{k}]", group["lr"])
 
 
@@ -54,21 +57,29 @@ def check_lr(where, lr):
                              f"{buf.shape} on {buf.device}")
 
 
-def to_device(opt, i, pstate):
+def step(opt, grads):
+    """One capturable step of a fastlr optimizer: the engine validates and creates states, then each
+    param's prepare and update kernels are launched on its stream (no host sync)."""
+    for k, group in enumerate(opt.param_groups):
+        check_lr(f"param_groups[{k}]", group["lr"])
+    return opt._engine.step(grads, opt, launch=_launch_unit)
+
+
+def _to_device(spec, like, pstate):
     """Move the param's step count and scalar states to one-element float64 device arrays."""
-    for name in ("step", *opt.scalar_state):
+    for name in ("step", *spec.scalar_state):
         if library(pstate[name]) is None:
-            pstate[name] = scalar_like(opt._buffers[i].obj, pstate[name])
+            pstate[name] = scalar_like(like, pstate[name])
 
 
 @functools.cache
-def _layout(cls):
+def _layout(spec):
     """(names read from device memory, hyperparameter names passed as kernel arguments, arg names)."""
-    fns = (*cls.scalar_updates.values(), cls.scalars)
+    fns = (*spec.scalar_updates.values(), spec.scalars)
     arg_names = tuple((fn, _codegen.arg_names(fn)) for fn in fns)
-    device = (*_ON_DEVICE, *cls.scalar_state)
+    device = (*_ON_DEVICE, *spec.scalar_state)
     consts = tuple(dict.fromkeys(n for _, names in arg_names for n in names if n not in device))
-    return tuple(cls.scalar_state), consts, arg_names
+    return tuple(spec.scalar_state), consts, arg_names
 
 
 def _const(value):
@@ -93,38 +104,44 @@ class _DeviceState:
         self.h = Buffer("h", full_like(obj, 0.0, (len(_codegen.scalar_names(rule)),))).kernel_view()
 
 
-def step_param(opt, i, hp, pstate, pbuf, gbuf, c, stream):
-    """Launch the prepare kernel and the update kernel for param i on `stream`; no host sync."""
+def _launch_unit(engine, plan, unit, c):
+    """Prepare and update kernels for every param of a CUDA unit, on the caller's stream."""
+    from .streams import current_stream
+    opt, spec, hp = engine.opt, engine.spec, plan.hp
     cuda = kernel_module("cuda")
-    cls = type(opt)
-    rule = cls._rule(hp)
-    names, const_names, arg_names = _layout(cls)
-    dev = opt._device_state.get(i)
-    if dev is None or dev.rule != rule or dev.owner is not pstate["step"]:
-        dev = opt._device_state[i] = _DeviceState(pbuf.obj, pstate, names, rule)
-    lr = _lr_view(opt, opt._group_index[i], hp["lr"], pbuf.obj, stream)
-    consts = [_const(cls._arg(n, hp, pstate)) for n in const_names]
-    prepare = cuda.prepare_kernel(cls.scalars, tuple(cls.scalar_updates.items()), names, const_names, arg_names)
-    prepare[1, 1, stream](dev.step, lr, *dev.scalars, dev.h, *consts)
-    c = tuple(map(float, c))
-    p = pbuf.kernel_view()
-    blocks, threads = cuda.launch_config(p.size)
-    cuda.DEVICE_H_KERNELS[rule][blocks, threads, stream](p, gbuf.kernel_view(), *opt._flat_states[i][1],
-                                                         dev.h, c)
+    rule = spec.rule(hp)
+    names, const_names, arg_names = _layout(spec)
+    prepare = cuda.prepare_kernel(spec.scalars, tuple(spec.scalar_updates.items()), names, const_names, arg_names)
+    devices = engine.__dict__.setdefault("device_state", {})   # dropped with the engine on copies
+    lrs = engine.__dict__.setdefault("lr_device", {})
+    for r, pstate in enumerate(unit.pstates):
+        obj = unit.objs[0][r]
+        stream = current_stream(obj)
+        _to_device(spec, obj, pstate)
+        dev = devices.get(id(pstate))
+        if dev is None or dev.rule != rule or dev.owner is not pstate["step"]:
+            dev = devices[id(pstate)] = _DeviceState(obj, pstate, names, rule)
+        lr = _lr_view(lrs, plan.k, hp["lr"], obj, stream)
+        consts = [_const(pstate[n] if n in pstate else hp[n] if n in hp else spec.constants[n]) for n in const_names]
+        prepare[1, 1, stream](dev.step, lr, *dev.scalars, dev.h, *consts)
+        p = unit.arrays[0][r]
+        blocks, threads = cuda.launch_config(p.size)
+        cuda.DEVICE_H_KERNELS[rule][blocks, threads, stream](p, unit.arrays[1][r],
+                                                             *[col[r] for col in unit.arrays[2:]], dev.h, c)
 
 
-def _lr_view(opt, k, lr, like, stream):
+def _lr_view(cache, k, lr, like, stream):
     """The group's lr as a device array view: the caller's array, or ours holding the float."""
-    cached = opt._lr_device.get(k)
+    cached = cache.get(k)
     if library(lr) is not None:
         if cached is None or cached[0] is not lr:
             view = Buffer(f"param_groups[{k}]: lr", lr, writeable=False).kernel_view()
-            cached = opt._lr_device[k] = (lr, view)
+            cached = cache[k] = (lr, view)
         return cached[1]
     if cached is None or library(cached[0]) is not None:
         cached = (None, Buffer("lr", scalar_like(like, 0.0)).kernel_view())
     if cached[0] != lr:  # written by a kernel, not a host copy: ordered on the stream, no sync
         kernel_module("cuda").fill_scalar[1, 1, stream](cached[1], float(lr))
         cached = (lr, cached[1])
-    opt._lr_device[k] = cached
+    cache[k] = cached
     return cached[1]

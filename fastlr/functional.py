@@ -1,35 +1,39 @@
 """Stateless in-place updates, one per algorithm: ``adam_(param, grad, exp_avg, exp_avg_sq, step=t, lr=...)``.
 
-Each function is the matching optimizer class's single-array step with the state
-passed in: the state arrays follow torch's state names in the order the class keeps
-them (e.g. Adam: exp_avg, exp_avg_sq, then max_exp_avg_sq when amsgrad=True), ``step``
-is the 1-based count including this update, hyperparameters are keywords with the
-class's defaults. Everything is validated before any array changes. Returns the
-param's scalar state after the update (``{"step": t}``, plus ``mu_product`` for NAdam,
-which must be passed back in on the next call).
+Each function is its algorithm's single-array step with the state passed in (made from the
+same ``fastlr.specs`` entry as the optimizer classes): the state arrays follow torch's state
+names in the order the optimizer keeps them (e.g. Adam: exp_avg, exp_avg_sq, then
+max_exp_avg_sq when amsgrad=True), ``step`` is the 1-based count including this update,
+hyperparameters are keywords with the class's defaults. Everything is validated before any
+array changes. Returns the param's scalar state after the update (``{"step": t}``, plus
+``mu_product`` for NAdam, which must be passed back in on the next call).
 """
-import inspect
-
-from . import optim
+from . import specs as _specs
 from ._arrays import Buffer, same_kind
-from ._launch import NO_CONDITIONING, run
+from ._launch import run
+from .engine import NO_CONDITIONING, plan_scalars
 from .streams import current_stream
 
-__all__ = []
+__all__ = ["sgd_", "adagrad_", "rmsprop_", "adadelta_", "adam_", "adamw_", "adamax_", "nadam_", "radam_",
+           "lion_"]
 
 
-def _make(cls):
+def _functional(spec):
+    """The in-place update function of one spec."""
+    name = spec.name.lower() + "_"
+
     def update_(param, grad, *states, step, **hyperparameters):
-        unknown = set(hyperparameters) - set(defaults) - set(cls.scalar_state)
+        unknown = set(hyperparameters) - set(spec.defaults) - set(spec.scalar_state)
         if unknown:
             raise TypeError(f"{name}: unexpected keyword argument(s) {sorted(unknown)}")
-        group = {**defaults, **{k: v for k, v in hyperparameters.items() if k in defaults}}
-        cls._check_group(group, name)
+        group = {**spec.constants, **spec.defaults,
+                 **{k: v for k, v in hyperparameters.items() if k in spec.defaults}}
+        _specs.check_group(spec, group, name)
         if callable(group["lr"]):
             raise TypeError(f"{name}: lr must be a number here (evaluate the schedule first)")
         if isinstance(step, bool) or not isinstance(step, int) or step < 1:
             raise ValueError(f"{name}: step: expected the 1-based step count (an int >= 1), got {step!r}")
-        names = [n for n, _ in cls._state_names(group)]
+        names = [n for n, _ in spec.states(group)]
         if len(states) != len(names):
             raise TypeError(f"{name}: expected state arrays ({', '.join(names)}) for these options, "
                             f"got {len(states)}")
@@ -39,25 +43,31 @@ def _make(cls):
         sbufs = [Buffer(n, s) for n, s in zip(names, states)]
         for n, b in zip(names, sbufs):
             same_kind(n, b, pbuf, "param")
-        pstate = {"step": step, **{k: hyperparameters.get(k, v) for k, v in cls.scalar_state.items()}}
-        rule, h = cls._plan(group, pstate)
+        scalar_state = {}
+        for k, v in spec.scalar_state.items():
+            scalar_state[k] = _specs._number(f"{name}: {k}", hyperparameters.get(k, v))
+        pstate = {"step": step, **scalar_state}
+        rule, h = plan_scalars(spec, group, pstate)
         run(rule, pbuf.kernel_view(), gbuf.kernel_view(), [b.kernel_view() for b in sbufs],
-            h, NO_CONDITIONING, pbuf.on_cuda,
-            current_stream(pbuf.obj) if pbuf.on_cuda else 0)
+            h, NO_CONDITIONING, pbuf.on_cuda, current_stream(pbuf.obj) if pbuf.on_cuda else 0)
         return pstate
 
-    name = cls.__name__.lower() + "_"
-    defaults = dict(inspect.signature(cls.__init__).parameters)
-    defaults = {k: p.default for k, p in defaults.items()
-                if k not in ("self", "params") and p.kind is not p.VAR_KEYWORD}
+    states_doc = ", ".join(n for n, _ in spec.states({**spec.constants, **spec.defaults}))
     update_.__name__ = update_.__qualname__ = name
-    update_.__doc__ = (f"In-place {cls.__name__} update of one array (see fastlr.{cls.__name__}).\n\n"
-                       f"Defaults: {defaults}.\n\n{cls.__doc__}")
+    update_.__doc__ = (f"In-place {spec.name} update of one array: {spec.summary}\n\n"
+                       f"    {name}(param, grad, {states_doc}{', ' if states_doc else ''}*, step, "
+                       f"{spec.signature_text().replace('*, ', '')})\n\n"
+                       f"    Update: {spec.math}\n    Reference: {spec.reference}. See fastlr.{spec.name}.\n")
     return update_
 
 
-for _cls in (optim.SGD, optim.Adagrad, optim.RMSprop, optim.Adadelta, optim.Adam, optim.AdamW,
-             optim.Adamax, optim.NAdam, optim.RAdam, optim.Lion):
-    _fn = _make(_cls)
-    globals()[_fn.__name__] = _fn
-    __all__.append(_fn.__name__)
+sgd_ = _functional(_specs.SGD)
+adagrad_ = _functional(_specs.Adagrad)
+rmsprop_ = _functional(_specs.RMSprop)
+adadelta_ = _functional(_specs.Adadelta)
+adam_ = _functional(_specs.Adam)
+adamw_ = _functional(_specs.AdamW)
+adamax_ = _functional(_specs.Adamax)
+nadam_ = _functional(_specs.NAdam)
+radam_ = _functional(_specs.RAdam)
+lion_ = _functional(_specs.Lion)

@@ -14,9 +14,9 @@ Memory per param: float32 16 B (p, g, m, v); bf16 + master 16 B; bf16 stochastic
 """
 import numpy as np
 
+from . import engine as _engine
 from ._launch import SERIAL_BELOW, cast, kernel_module
 from .kernels import rules
-
 
 
 def bytes_per_param(n_states, mode="fp32"):
@@ -65,6 +65,7 @@ def bench(n=1 << 22, algorithm="Adam", device="cpu", repeat=10, fmt="bf16"):
                      "GB/s": b * n / best / 1e9})
     return rows
 
+
 def _module(on_cuda):
     return kernel_module("mixed_cuda" if on_cuda else "mixed_cpu")
 
@@ -96,3 +97,97 @@ def run(rule, fmt, p16, g16, master, states, h, c, r, on_cuda, stream=0):
         return
     blocks, threads = module.launch_config(p16.size)
     table[fmt, rule][blocks, threads, stream](*args)
+
+
+_FORMATS = {"bfloat16": "bf16", "float16": "fp16"}
+
+
+class HalfUnit(_engine.Unit):
+    """16-bit torch params (fastlr.torch with master_weights or stochastic_rounding): float32 states,
+    the master copy in ``state[p]["master_param"]``; one launch of the mixed kernels per param."""
+
+    def read(self, allcols):
+        import torch
+        opt = self.engine.opt
+        self.fmt = _FORMATS[self.kind.dtype]
+        self.master = bool(getattr(opt, "master_weights", False))
+        if not (self.master or getattr(opt, "stochastic_rounding", False)):
+            raise TypeError(f"{self.column_name(0, 0)} is {self.kind.dtype}: pass master_weights=True or "
+                            f"stochastic_rounding=True")
+        masters = [st.get("master_param") for st in self.pstates] if self.master else []
+        meta = [[(t.shape, t.stride(), t.dtype, t.data_ptr()) for t in col] for col in allcols + [masters]]
+        if meta != self.checked:
+            self._validate(allcols, masters, torch)
+            self.checked = meta
+        self.objs = allcols
+        self.masters = masters
+
+    def _validate(self, allcols, masters, torch):
+        for r, row in enumerate(zip(*allcols)):
+            p, g = row[0], row[1]
+            if not _dense(p):
+                raise ValueError(f"{self.column_name(r, 0)}: expected a dense tensor")
+            if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device or g.stride() != p.stride():
+                raise ValueError(f"{self.column_name(r, 1)}: expected shape {tuple(p.shape)}, {p.dtype} on "
+                                 f"{p.device} with the param's strides, got {tuple(g.shape)}, {g.dtype} on {g.device}")
+            states = list(row[2:]) + ([masters[r]] if self.master else [])
+            for c, t in enumerate(states):
+                name = self.column_name(r, c + 2) if c + 2 < self.ncols else f"{self.column_name(r, 0)}: master_param"
+                if not isinstance(t, torch.Tensor) or t.shape != p.shape or t.dtype != torch.float32 \
+                        or t.device != p.device or t.stride() != p.stride():
+                    raise ValueError(f"{name}: expected a float32 tensor of shape {tuple(p.shape)} on {p.device} "
+                                     f"with the param's strides")
+
+    def launch(self, rule, htab, hidx, c):
+        from .streams import current_stream
+        rows = htab.tolist()
+        steps = self.engine.front.steps(self.pstates)
+        for r, p in enumerate(self.objs[0]):
+            on_cuda = p.device.type == "cuda"
+            h = rows[0 if hidx is None else int(hidx[r])]
+            states = [_bits(col[r], False) for col in self.objs[2:]]
+            master = _bits(self.masters[r], False) if self.master else None
+            key = seed_mix(self.engine.opt.seed, int(steps[r]), 0, self.labels[r][3]) if not self.master else 0
+            run(rule, self.fmt, _bits(p, True), _bits(self.objs[1][r], True), master, states, h, c, key, on_cuda,
+                current_stream(p) if on_cuda else 0)
+
+    def sumsq(self):
+        import torch
+        return sum(float(torch.linalg.vector_norm(g, dtype=torch.float64) ** 2) for g in self.objs[1])
+
+    def spans(self):
+        out = []
+        for r, p in enumerate(self.objs[0]):
+            n = p.numel() * p.element_size()
+            if n:
+                out.append((p.data_ptr(), p.data_ptr() + n, self.column_name(r, 0)))
+        return out
+
+
+def _dense(t):
+    expect = 1
+    for stride, size in sorted((st, n) for n, st in zip(t.shape, t.stride()) if n != 1):
+        if stride != expect:
+            return False
+        expect *= size
+    return True
+
+
+def _bits(t, half):
+    """A flat kernel view of a dense tensor: 16-bit floats as their bit patterns (uint16 on the CPU,
+    int16 on CUDA), float32 as is."""
+    import torch
+    t = t.detach()
+    if not t.is_contiguous():
+        t = t.as_strided((t.numel(),), (1,))
+    t = t.reshape(-1)
+    if half:
+        t = t.view(torch.int16)
+    if t.device.type == "cpu":
+        a = t.numpy()
+        return a.view(np.uint16) if half else a
+    from numba import cuda
+    return cuda.as_cuda_array(t, sync=False)
+
+
+_engine.register_unit("torch-half", HalfUnit)

@@ -23,10 +23,12 @@ import weakref
 
 import numpy as np
 
-from ._arrays import Buffer, copy_into, full_like, library, to_numpy
-from ._launch import SERIAL_BELOW, cast, kernel_module, no_conditioning
+from . import specs as _specs
+from ._arrays import Buffer, copy_into, full_like, library, same_kind, to_numpy
+from ._launch import SERIAL_BELOW, cast, kernel_module, no_conditioning, sum_of_squares
 from .kernels import rules
-from .optim import Optimizer, grad_conditioning
+from .engine import grad_conditioning
+from .optim import Optimizer
 from .streams import current_stream
 
 __all__ = ["step_rows", "RowWiseAdagrad"]
@@ -80,6 +82,12 @@ def _param_index(optimizer, param):
 
 def _table(optimizer, param):
     i = _param_index(optimizer, param)
+    table = _cached_table(optimizer, i)
+    table.refresh(optimizer)
+    return table
+
+
+def _cached_table(optimizer, i):
     tables = _TABLES.get(optimizer)
     if tables is None:
         with _TABLES_LOCK:
@@ -127,25 +135,30 @@ def _grad_rows(grad_rows, n, table):
 
 # ---------------------------------------------------------------- one table
 class _Table:
-    """A 2-D param of an optimizer: its checked buffer, cached state views and locks."""
+    """A 2-D param of an optimizer: its lock and stripes. The param and its states are read from the
+    optimizer and checked at every call (what the caller holds is the truth)."""
 
     def __init__(self, optimizer, i):
+        self.index = i
+        self.lock = threading.Lock()
+        self.refresh(optimizer)
+
+    def refresh(self, optimizer):
+        """Read the param as it is now (it may have been rebound or reshaped since the last call)."""
         start = 0
         for k, group in enumerate(optimizer.param_groups):
-            if i < start + len(group["params"]):
-                self.group, self.obj = k, group["params"][i - start]
+            if self.index < start + len(group["params"]):
+                self.group, obj = k, group["params"][self.index - start]
                 break
             start += len(group["params"])
-        self.index = i
-        self.buf = Buffer(f"params[{i}]", self.obj)
-        if len(self.buf.shape) != 2:
-            raise ValueError(f"params[{i}]: step_rows needs a 2-D table (rows x dim), got shape {self.buf.shape}")
-        self.n_rows, self.dim = self.buf.shape
-        self.lock = threading.Lock()
-        self.stripes = _Stripes(self.n_rows, N_STRIPES)
-        self.checked = None         # the hyperparameters last checked ...
-        self.names = ()             # ... and the (state name, initial value, array like) they call for
-        self.views = (None, None)   # (state arrays, their flat kernel views)
+        buf = Buffer(f"params[{self.index}]", obj)
+        if len(buf.shape) != 2:
+            raise ValueError(f"params[{self.index}]: step_rows needs a 2-D table (rows x dim), got shape "
+                             f"{buf.shape}")
+        if getattr(self, "n_rows", None) != buf.shape[0]:
+            self.stripes = _Stripes(buf.shape[0], N_STRIPES)
+        self.obj, self.buf = obj, buf
+        self.n_rows, self.dim = buf.shape
 
     def _hyperparameters(self, optimizer, step):
         """The group's hyperparameters for this step (schedule evaluated at the param's step), checked."""
@@ -154,30 +167,35 @@ class _Table:
             hp["lr"] = hp["lr"](step)
             if callable(hp["lr"]):
                 raise TypeError(f"param_groups[{self.group}]: lr schedule returned a callable")
-        if hp != self.checked:  # checks rerun only when a value changed
-            cls = type(optimizer)
-            cls._check_group(hp, f"param_groups[{self.group}]")
-            names = [(n, init, self.obj) for n, init in cls._state_names(hp)]
-            row_names = getattr(cls, "_row_state_names", None)  # states with one value per row
-            if row_names is not None:
-                names += [(n, init, self.obj[:, 0]) for n, init in row_names(hp)]
-            self.checked, self.names = dict(hp), names
+        cls = type(optimizer)
+        cls._check_group(hp, f"param_groups[{self.group}]")
+        hp = optimizer._hyperparameters(hp)
+        self.names = [(n, init, self.obj) for n, init in cls._state_names(hp)]
+        row_names = getattr(cls, "_row_state_names", None)  # states with one value per row
+        if row_names is not None:
+            self.names += [(n, init, self.obj[:, 0]) for n, init in row_names(hp)]
         return hp
 
     def _states(self, optimizer):
-        """The param's state dict and the flat views of its arrays, created on first use."""
+        """The param's state dict and flat views of its arrays (created on first use, checked each call)."""
         pstate = optimizer.state.get(self.index)
         if pstate is None:
-            pstate = optimizer.state[self.index] = {"step": 0, **type(optimizer).scalar_state}
+            pstate = optimizer.state[self.index] = {"step": 0, **optimizer.spec.scalar_state}
         for name, init, like in self.names:
             if name not in pstate:
                 pstate[name] = full_like(like, init)
-        arrays = [pstate[name] for name, _, _ in self.names]
-        cached = self.views[0]
-        if cached is None or len(cached) != len(arrays) or any(a is not b for a, b in zip(arrays, cached)):
-            flat = [Buffer(f"state[{self.index}][{name!r}]", pstate[name]).kernel_view() for name, _, _ in self.names]
-            self.views = (arrays, flat)
-        return pstate, self.views[1]
+        return pstate, [self._state_view(pstate, name, like) for name, _, like in self.names]
+
+    def _state_view(self, pstate, name, like):
+        where = f"state[{self.index}][{name!r}]"
+        buf = Buffer(where, pstate[name])
+        if buf.shape != tuple(like.shape):
+            per = "one value per row of" if like is not self.obj else "as"
+            raise ValueError(f"{where}: expected shape {tuple(like.shape)} ({per} params[{self.index}]), got {buf.shape}")
+        if buf.dtype != self.buf.dtype or buf.device != self.buf.device:
+            raise TypeError(f"{where}: expected dtype {self.buf.dtype} on {self.buf.device} (as params[{self.index}]), "
+                            f"got {buf.dtype} on {buf.device}")
+        return buf.kernel_view()
 
     def update(self, optimizer, gbuf, plan, c):
         """Apply the planned update; c: (scale, lo, hi) conditioning, or None to derive it here."""
@@ -291,6 +309,10 @@ def _parallel_guard():
 _SERIALIZE = threading.Lock()
 
 
+def _sum_of_squares(gbuf):
+    return sum_of_squares(gbuf.kernel_view(), gbuf.on_cuda, current_stream(gbuf.obj) if gbuf.on_cuda else 0)
+
+
 def _coalesced_sumsq(gbuf, dim, order, starts, stream):
     """float64 sum of squares of the coalesced gradient (for max_grad_norm and the non-finite check)."""
     if gbuf.on_cuda:
@@ -300,7 +322,14 @@ def _coalesced_sumsq(gbuf, dim, order, starts, stream):
 
 
 # ---------------------------------------------------------------- row-wise Adagrad
-class RowWiseAdagrad(Optimizer):
+_ROWWISE_ADAGRAD = _specs.Spec(
+    "RowWiseAdagrad", dict(lr=1e-2, eps=1e-10, weight_decay=0, initial_accumulator_value=0, maximize=False),
+    ("maximize",), rule=lambda g: "rowwise_adagrad", states=lambda g: (), scalars="rowwise_adagrad_scalars",
+    reference="FBGEMM EXACT_ROWWISE_ADAGRAD", summary="Row-wise Adagrad: one accumulator per row of a 2-D table.",
+    math="sum[r] <- sum[r] + mean(g[r]^2);  p[r] <- p[r] - lr g[r] / (sqrt(sum[r]) + eps)")
+
+
+class RowWiseAdagrad(Optimizer, spec=_ROWWISE_ADAGRAD):
     """Row-wise Adagrad for 2-D tables (FBGEMM's EXACT_ROWWISE_ADAGRAD): one accumulator per row.
 
     For each updated row r with gradient g (coalesced; g <- -g under maximize, + weight_decay * p):
@@ -324,20 +353,27 @@ class RowWiseAdagrad(Optimizer):
         """States with one value per row: ((name, initial value), ...)."""
         return (("sum", group["initial_accumulator_value"]),)
 
-    scalars = "rowwise_adagrad_scalars"
-
-    @classmethod
-    def _rule(cls, g):
-        return "rowwise_adagrad"
-
     def _arrays(self):
         return [p for group in self.param_groups for p in group["params"]]
 
     def step(self, grads=None):
         """Update every row of every param that has a gradient (grads mirror the params, as Optimizer.step)."""
-        gbufs = self._grads(grads)
+        with self._engine.lock:
+            return self._step(grads)
+
+    def _step(self, grads):
+        arrays = self._arrays()
+        flat = [g for gs in self._grads_per_group(grads) for g in gs]
+        gbufs = []
+        for i, (p, g) in enumerate(zip(arrays, flat)):
+            if g is None:
+                gbufs.append(None)
+                continue
+            gbuf = Buffer(f"grads[{i}]", g, writeable=False)
+            same_kind(f"grads[{i}]", gbuf, Buffer(f"params[{i}]", p), f"params[{i}]")
+            gbufs.append(gbuf)
         tables = [_table(self, i) for i, g in enumerate(gbufs) if g is not None]
-        c = self._conditioning(gbufs)
+        c = grad_conditioning(self, lambda: sum(_sum_of_squares(g) for g in gbufs if g is not None))
         if c is None:
             self.last_step_skipped = True
             self.skipped_steps += 1
@@ -353,8 +389,8 @@ class RowWiseAdagrad(Optimizer):
         arrays = self._arrays()
         sums = {}
         try:
-            index = {key: i for saved, ours in zip(state_dict["param_groups"], self._group_indices())
-                     for key, i in zip(saved["params"], ours)}
+            index = {key: self._first_index(k) + pos for k, saved in enumerate(state_dict["param_groups"])
+                     for pos, key in enumerate(saved["params"])}
             states = dict(state_dict["state"])
         except (KeyError, TypeError):
             index, states = {}, {}  # malformed: the base class says how

@@ -1,166 +1,154 @@
 """fastlr.torch: drop-in ``torch.optim.Optimizer`` subclasses running fastlr's kernels.
 
     import fastlr.torch
-    opt = fastlr.torch.Adam(model.parameters(), lr=1e-3)   # as torch.optim.Adam
+    opt = fastlr.torch.AdamW(model.parameters(), lr=1e-3)   # as torch.optim.AdamW
     loss.backward(); opt.step(); opt.zero_grad()
 
-Every algorithm of ``fastlr.optim`` is here with torch.optim's constructor (the
-torch-only switches ``foreach``, ``fused``, ``capturable``, ``differentiable`` are
-accepted; the last two must stay False). They work with torch's lr schedulers,
-``torch.amp.GradScaler``, ``step(closure)``, param groups and state dicts.
+Every algorithm of ``fastlr.specs`` is here with torch.optim's constructor (the torch-only
+switches ``foreach`` and ``fused`` are accepted and ignored; ``capturable`` and
+``differentiable`` must stay False). A thin layer over fastlr's engine: params keep their
+storage, strides and memory format; grads are read wherever autograd put them (any
+``zero_grad`` mode, no copies); states are ordinary tensors in ``opt.state`` in torch's layout
+and keys (``"step"`` a float32 0-d tensor, ``exp_avg``, ...), created lazily at the first step
+and read from ``opt.state`` at every step, so clearing, replacing or editing them, ``p.data =``,
+``model.double()`` before the first step, ``add_param_group``, schedulers, hooks, deepcopy,
+``torch.save``/``torch.load(weights_only=True)``, ZeroRedundancyOptimizer and DDP bucket views
+behave as with torch.optim. On CPU all params of a group that share a dtype are updated by one
+kernel call over a table of their addresses. DTensor params (FSDP2): each rank updates its
+local shard; ``max_grad_norm`` reduces over the mesh as ``clip_grad_norm_`` does.
 
-Flat buffers: at construction the params of each group are packed into one contiguous
-buffer per (dtype, device) and each param becomes a view of it (``p.data``), as are
-their ``.grad`` and the states, so a step is one kernel launch per buffer. Gradients
-that autograd allocated anew (after ``zero_grad()``, which sets them to None as torch
-does) are copied into the flat gradient buffer in the step; use
-``zero_grad(set_to_none=False)`` to keep them as views (zero-copy accumulation).
-
-State dicts use torch's layout and keys (``state[i]["exp_avg"]``, ``"step"`` as a float
-tensor, ...): a state dict from ``torch.optim.Adam`` loads into ``fastlr.torch.Adam``
-and the reverse. Extra options, shared by every algorithm (see ``fastlr.Optimizer``):
-``max_grad_norm``, ``clip_value``, ``grad_scale``, ``skip_nonfinite`` (fused gradient
-conditioning), and for bfloat16/float16 params ``master_weights=True`` (float32 master
-copy in the optimizer, rounded values written back) or ``stochastic_rounding=True``
-(bfloat16 updated in place with stochastic rounding, deterministic given ``seed``).
-Optimizer states of half-precision params are float32.
+Extra options, shared by every algorithm (see ``fastlr.Optimizer``): ``max_grad_norm``,
+``clip_value``, ``grad_scale``, ``skip_nonfinite`` (fused gradient conditioning), and for
+bfloat16/float16 params ``master_weights=True`` (a float32 master copy in
+``state[p]["master_param"]``, rounded values written back) or ``stochastic_rounding=True``
+(bfloat16 updated in place with stochastic rounding, deterministic given ``seed``). States of
+16-bit params are float32. Inside ``torch.compile``, ``step()`` is one graph break.
 """
 import inspect
 import math
+from collections import defaultdict
+from copy import deepcopy
+from itertools import chain
 
-import numpy as np
 import torch
 
-from . import optim as _core
-from ._launch import NO_CONDITIONING, run, sum_of_squares
+from . import mixed as _mixed  # noqa: F401  (handles 16-bit params: master weights, stochastic rounding)
+from . import specs as _specs
+from .engine import Engine, Front
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion"]
 
-_OPTIONS = ("max_grad_norm", "clip_value", "grad_scale", "skip_nonfinite", "master_weights",
-            "stochastic_rounding", "seed")
-_TORCH_SWITCHES = {"foreach": None, "fused": None, "capturable": False, "differentiable": False}
-_FULL = (torch.float32, torch.float64)
 _HALF = (torch.bfloat16, torch.float16)
-_HALF_NAME = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+_OPTIONS = dict(max_grad_norm=None, clip_value=None, grad_scale=None, skip_nonfinite=False, master_weights=False,
+                stochastic_rounding=False, seed=0)
+_SWITCHES = dict(foreach=None, fused=None, capturable=False, differentiable=False)
 
 
-def _kernel_view(t):
-    """Zero-copy 1-D view of a contiguous tensor for the kernels (half floats as uint16 bits)."""
-    t = t.detach()
-    if t.dtype in _HALF:
-        t = t.view(torch.int16)
-    if t.device.type == "cpu":
-        a = t.numpy()
-        return a.view(np.uint16) if a.dtype == np.int16 else a
-    from numba import cuda
-    return cuda.as_cuda_array(t)
+def _scalar_dtype():
+    return torch.get_default_dtype() if torch.get_default_dtype() in (torch.float32, torch.float64) \
+        else torch.float32
 
 
-def _stream(flat):
-    """The caller's current torch CUDA stream, for numba launches (no device-wide sync)."""
-    if flat.device.type != "cuda":
-        return 0
-    from .streams import current_stream
-    return current_stream(flat)
+class _TorchFront(Front):
+    """torch.optim's state conventions: keyed by the param, ``step`` a float 0-d tensor."""
 
+    def __init__(self, opt):
+        self.opt = opt
+        self.fresh = set()   # ids of states created this step (SGD keeps no step count: first step = fresh)
 
-class _Bucket:
-    """The params of one group sharing a dtype and device, packed into one flat buffer."""
+    def state_key(self, index, param):
+        return param
 
-    def __init__(self, params, mode):
-        self.params = params
-        self.mode = mode  # "plain", "master" or "sr"
-        self.dtype, self.device = params[0].dtype, params[0].device
-        self.sizes = [p.numel() for p in params]
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int).tolist()
-        total = self.offsets[-1]
-        with torch.no_grad():
-            flat = torch.empty(total, dtype=self.dtype, device=self.device)
-            grad = torch.zeros(total, dtype=self.dtype, device=self.device)
-            for p, a, n in zip(params, self.offsets, self.sizes):
-                flat[a:a + n].copy_(p.detach().reshape(-1))
-                if p.grad is not None:
-                    grad[a:a + n].copy_(p.grad.reshape(-1))
-            self.gviews = [grad[a:a + n].view_as(p) for p, a, n in zip(params, self.offsets, self.sizes)]
-            for p, a, n, gv in zip(params, self.offsets, self.sizes, self.gviews):
-                p.data = flat[a:a + n].view_as(p)
-                if p.grad is not None:
-                    p.grad = gv
-        self.flat, self.grad = flat, grad
-        self.state_dtype = torch.float32 if self.dtype in _HALF else self.dtype
-        self.states = {}            # state name -> flat tensor (state_dtype)
-        self.master = None          # float32 copy of the params (master_weights)
-        self.steps = torch.zeros(len(params), dtype=torch.float32)  # torch's per-param float step
-        self.scalars = {}           # scalar state name (NAdam mu_product) -> flat float32 tensor
-        self.pstate = [None] * len(params)  # python step / scalar state per param, None before the first step
-        self.index = 0              # the optimizer's number for this buffer (stochastic rounding streams)
-        self.exposed = None         # state key every param of the bucket exposes, once they all do
-        self._views = {}
+    def init_state(self, pstate, param, spec, created):
+        if spec.name == "SGD":   # torch's SGD keeps no step count: a buffer made now is a first step
+            if created:
+                self.fresh.add(id(pstate))
+        elif "step" not in pstate:
+            pstate["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+        for name, v in spec.scalar_state.items():
+            if name not in pstate:
+                pstate[name] = torch.tensor(v, dtype=_scalar_dtype())
+        if param.dtype in _HALF and self.opt.master_weights and "master_param" not in pstate:
+            pstate["master_param"] = param.detach().to(torch.float32, memory_format=torch.preserve_format)
 
-    def view(self, key, tensor):
-        """Cached kernel view of one of the flat tensors."""
-        v = self._views.get(key)
-        if v is None or v[0] is not tensor:
-            v = self._views[key] = (tensor, _kernel_view(tensor))
-        return v[1]
+    def state_required(self, spec, names):
+        return spec.name != "SGD" or bool(names) or self.opt.master_weights
 
-    def state_flat(self, name, init):
-        if name not in self.states:
-            self.states[name] = torch.full((self.offsets[-1],), float(init), dtype=self.state_dtype,
-                                           device=self.device)
-        return self.states[name]
+    def new_array(self, param, name, init):
+        dtype = torch.float32 if param.dtype in _HALF else param.dtype
+        return torch.full_like(param.detach(), init, dtype=dtype, memory_format=torch.preserve_format)
 
-    def ensure_master(self):
-        if self.master is None:
-            self.master = self.flat.detach().to(torch.float32)
-        return self.master
+    def steps(self, pstates):
+        values = []
+        for st in pstates:
+            t = st.get("step") if st is not None else None
+            if t is None:   # SGD: only whether this is the first step matters
+                values.append(0 if id(st) in self.fresh else 1)
+            else:
+                values.append(t.item() if isinstance(t, torch.Tensor) else t)
+        return values
+
+    def set_steps(self, pstates, values):
+        tensors = []
+        for st, v in zip(pstates, values):
+            t = st.get("step") if st is not None else None
+            if isinstance(t, torch.Tensor):
+                tensors.append(t)
+            elif t is not None:
+                st["step"] = v
+        if tensors:   # every value is the old count + 1, as torch's step_t += 1
+            torch._foreach_add_(tensors, 1.0)
+
+    def set_scalar(self, pstate, name, value):
+        t = pstate.get(name)
+        if isinstance(t, torch.Tensor):
+            t.fill_(value)
+        else:
+            pstate[name] = value
+
+    def names(self, k, j, index):
+        p = f"param_groups[{k}]['params'][{j}]"
+        return p, f"{p}.grad", f"state[{p}][{{!r}}]"
 
 
 class _TorchOptimizer(torch.optim.Optimizer):
-    """Shared machinery; the subclasses only name their fastlr core algorithm."""
+    """Shared machinery: a torch.optim.Optimizer whose step runs fastlr's engine."""
 
-    _core_cls = None           # fastlr.optim class whose rules and checks are used
-    _torch_has_step = True     # torch keeps a "step" state (not SGD)
+    spec = None
 
-    def __init__(self, params, *args, **kwargs):
-        sig = inspect.signature(type(self)._core_cls.__init__)
-        switches = {k: kwargs.pop(k) for k in list(kwargs) if k in _TORCH_SWITCHES}
+    def __init_subclass__(cls, spec=None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if spec is not None:
+            cls.spec = spec
+            cls.__init__ = _make_init(spec)
+            cls.__doc__ = (f"{spec.summary} ({spec.reference})\n\n    fastlr.torch.{spec.name}(params, "
+                           f"{spec.signature_text()}, **options)\n\n    Update: {spec.math}\n    "
+                           f"See fastlr.torch for the options.\n")
+
+    def __init__(self, params, defaults, switches, options):
         for k in ("capturable", "differentiable"):
             if switches.get(k):
-                raise ValueError(f"{k}=True is not supported by fastlr.torch")
-        options = {k: kwargs.pop(k) for k in list(kwargs) if k in _OPTIONS}
-        decoupled = None
-        if issubclass(type(self)._core_cls, _core.Adam):  # torch's Adam has the switch, AdamW sets it
-            decoupled = kwargs.pop("decoupled_weight_decay", type(self)._core_cls.decoupled_weight_decay)
-        bound = sig.bind(None, None, *args, **kwargs)
-        bound.apply_defaults()
-        defaults = {k: v for k, v in bound.arguments.items() if k not in ("self", "params", "conditioning")}
-        if bound.arguments.get("conditioning"):
-            raise TypeError(f"unexpected keyword argument(s) {sorted(bound.arguments['conditioning'])}")
+                raise ValueError(f"{k}=True is not supported by fastlr.torch (use fastlr's own optimizers on "
+                                 f"CUDA arrays for capturable steps)")
+        self._set_options(**options)
         torch_cls = getattr(torch.optim, type(self).__name__, None)
-        if torch_cls is not None:  # torch's own group keys too, so state dicts look the same
-            tsig = inspect.signature(torch_cls.__init__).parameters
-            for k, default in _TORCH_SWITCHES.items():
-                if k in tsig:
-                    defaults[k] = switches.get(k, default)
-        if decoupled is not None:
-            defaults["decoupled_weight_decay"] = decoupled
-        self._init_options(**options)
-        self._buckets = []
+        if torch_cls is not None:   # torch's own group keys too, so state dicts look the same
+            known = inspect.signature(torch_cls.__init__).parameters
+            defaults.update({k: v for k, v in switches.items() if k in known})
+        defaults.update(self.spec.constants)
+        self._engine = Engine(self, self.spec, _TorchFront(self))
+        super().__init__(params, defaults)
         self.last_step_skipped = False
         self.skipped_steps = 0
-        self._checked = {}
-        self._exposed = {}
-        super().__init__(params, defaults)
 
-    def _init_options(self, max_grad_norm=None, clip_value=None, grad_scale=None, skip_nonfinite=False,
-                      master_weights=False, stochastic_rounding=False, seed=0):
+    def _set_options(self, max_grad_norm=None, clip_value=None, grad_scale=None, skip_nonfinite=False,
+                     master_weights=False, stochastic_rounding=False, seed=0):
         for name, v in (("max_grad_norm", max_grad_norm), ("clip_value", clip_value), ("grad_scale", grad_scale)):
             if v is not None:
-                _core._positive(name, v)
+                _specs.positive(name, v)
         for name, v in (("skip_nonfinite", skip_nonfinite), ("master_weights", master_weights),
                         ("stochastic_rounding", stochastic_rounding)):
-            _core._flag(name, v)
+            _specs.flag(name, v)
         if master_weights and stochastic_rounding:
             raise ValueError("master_weights and stochastic_rounding: choose one")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -171,141 +159,50 @@ class _TorchOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------ groups
     def add_param_group(self, param_group):
+        """As torch's, plus fastlr's checks (dtypes, devices, hyperparameters); nothing is added if one fails."""
         if not isinstance(param_group, dict) or "params" not in param_group:
             raise TypeError("param group: expected a dict with a 'params' entry")
-        params = param_group["params"]
-        params = [params] if isinstance(params, torch.Tensor) else list(params)
-        named = params
-        params = [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in params]
-        where = f"param_groups[{len(self.param_groups)}]"
-        for j, p in enumerate(params):
-            if not isinstance(p, torch.Tensor):
-                raise TypeError(f"{where}: params[{j}]: expected a torch.Tensor, got {type(p).__name__}")
-            if not p.is_leaf:
-                raise ValueError(f"{where}: params[{j}] is not a leaf tensor (can't optimize a non-leaf "
-                                 f"Tensor); pass model parameters or tensors made with requires_grad=True")
-            if p.is_sparse or p.layout != torch.strided:
-                raise TypeError(f"{where}: params[{j}]: sparse/non-strided params are not supported")
-            if p.dtype not in _FULL + _HALF:
-                raise TypeError(f"{where}: params[{j}]: expected a float32, float64, bfloat16 or float16 "
-                                f"tensor, got {p.dtype}")
-            if p.dtype in _HALF and not (self.master_weights or self.stochastic_rounding):
-                raise TypeError(f"{where}: params[{j}] is {p.dtype}: pass master_weights=True (float32 "
-                                f"master copy) or stochastic_rounding=True (bfloat16 only)")
-            if p.dtype == torch.float16 and self.stochastic_rounding:
-                raise TypeError(f"{where}: params[{j}]: stochastic_rounding supports bfloat16 only; use "
-                                f"master_weights=True for float16")
-            if p.grad is not None and p.grad.is_sparse:
-                raise TypeError(f"{where}: params[{j}] has a sparse grad; this optimizer is dense")
+        super().add_param_group(param_group)
+        try:
+            self._check_new_group(len(self.param_groups) - 1)
+        except BaseException:
+            self.param_groups.pop()
+            raise
+        self._engine.reset()
+
+    def _check_new_group(self, k):
+        group = self.param_groups[k]
+        where = f"param_groups[{k}]"
+        params = group["params"]
         devices = {str(p.device) for p in params}
         if len(devices) > 1:
-            raise ValueError(f"{where}: params on several devices ({sorted(devices)}); put each device's "
-                             f"params in a group of its own")
-        check = {k: (float(v) if isinstance(v, torch.Tensor) else v)
-                 for k, v in {**self.defaults, **param_group}.items() if k != "params"}
-        type(self)._core_cls._check_group(check, where)
-        seen = {id(p) for b in self._buckets for p in b.params}
-        if any(id(p) in seen for p in params) or len({id(p) for p in params}) != len(params):
-            raise ValueError(f"{where}: some parameters appear in more than one parameter group")
-        super().add_param_group({**param_group, "params": named})
-        group = self.param_groups[-1]
-        by_kind = {}
-        for p in params:
-            by_kind.setdefault((p.dtype, str(p.device)), []).append(p)
-        mode = "master" if self.master_weights else "sr" if self.stochastic_rounding else "plain"
-        group["_buckets"] = [len(self._buckets) + k for k in range(len(by_kind))]
-        for (dtype, _), ps in by_kind.items():
-            self._buckets.append(_Bucket(ps, mode if dtype in _HALF else "plain"))
-            self._buckets[-1].index = len(self._buckets) - 1
+            raise ValueError(f"{where}: params on several devices ({sorted(devices)}); put each device's params "
+                             f"in a group of its own")
+        for j, p in enumerate(params):
+            name = f"{where}['params'][{j}]"
+            if p.is_sparse or p.layout != torch.strided:
+                raise TypeError(f"{name}: sparse/non-strided params are not supported")
+            if p.device.type not in ("cpu", "cuda"):
+                raise ValueError(f"{name}: tensors on device {p.device.type!r} are not supported (CPU or CUDA)")
+            _check_dtype(self, name, p.dtype)
+            for i, q in enumerate(params[:j]):
+                if q is p:
+                    raise ValueError(f"{name} is the same tensor as {where}['params'][{i}]; torch.optim warns and "
+                                     f"updates it twice per step, fastlr refuses: list each param once")
+        _specs.check_group(self.spec, self._hyperparameters(
+            {key: v for key, v in group.items() if key != "params"}), where)
 
-    def __getstate__(self):
-        raise TypeError("pickle the state_dict() of a fastlr.torch optimizer, not the optimizer")
+    @staticmethod
+    def _hyperparameters(hp):
+        """Tensors (torch allows lr as a tensor) as Python numbers."""
+        return {k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else
+                    tuple(x.item() if isinstance(x, torch.Tensor) else x for x in v) if isinstance(v, tuple) else v)
+                for k, v in hp.items()}
+
+    def _first_index(self, k):
+        return sum(len(g["params"]) for g in self.param_groups[:k])
 
     # ------------------------------------------------------------ stepping
-    def _planner(self, hp):
-        cls = type(self)._core_cls
-        if issubclass(cls, _core.Adam):
-            return _core.AdamW if hp.get("decoupled_weight_decay", cls.decoupled_weight_decay) else _core.Adam
-        return cls
-
-    def _resolved(self, k, group):
-        hp = {key: (float(v) if isinstance(v, torch.Tensor) else v) for key, v in group.items()
-              if key not in ("params", "_buckets")}
-        if self._checked.get(k) != hp:
-            self._core_cls._check_group(hp, f"param_groups[{k}]")
-            self._checked[k] = dict(hp)
-        return hp
-
-    def _collect(self):
-        """Per bucket, the params that have a gradient, and grads copied into the flat buffers.
-
-        Everything is checked before any grad is moved."""
-        work = []
-        for k, group in enumerate(self.param_groups):
-            hp = self._resolved(k, group)
-            for b in (self._buckets[i] for i in group["_buckets"]):
-                has, copies = [], []
-                for j, p in enumerate(b.params):
-                    g = p.grad
-                    if g is None:
-                        has.append(False)
-                        continue
-                    if g is b.gviews[j]:  # still the view of the flat buffer: nothing to check or copy
-                        has.append(True)
-                        continue
-                    if g.is_sparse or g.layout != torch.strided:
-                        raise TypeError(f"param_groups[{k}]: a param has a sparse grad; {type(self).__name__} "
-                                        f"is dense (use a sparse optimizer or dense grads)")
-                    if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
-                        raise ValueError(f"param_groups[{k}]: a grad of shape {tuple(g.shape)}, {g.dtype} on "
-                                         f"{g.device} does not match its param ({tuple(p.shape)}, {p.dtype}, "
-                                         f"{p.device})")
-                    has.append(True)
-                    copies.append(j)
-                work.append((hp, b, has, copies))
-        with torch.no_grad():
-            for _, b, _, copies in work:
-                for j in copies:
-                    p, view = b.params[j], b.gviews[j]
-                    if p.grad.data_ptr() != view.data_ptr():
-                        view.copy_(p.grad)
-                    p.grad = view
-        return work
-
-    def _runs(self, b, has):
-        """Maximal runs [j0, j1) of params with grads and equal scalar state: one launch each."""
-        runs, j = [], 0
-        while j < len(has):
-            if not has[j]:
-                j += 1
-                continue
-            j1 = j + 1
-            while j1 < len(has) and has[j1] and b.pstate[j1] == b.pstate[j]:
-                j1 += 1
-            runs.append((j, j1))
-            j = j1
-        return runs
-
-    def _conditioning(self, work):
-        return _core.grad_conditioning(self, lambda: self._sum_of_squares(work))
-
-    def _sum_of_squares(self, work):
-        total, on_device = 0.0, []
-        for _, b, has, _ in work:
-            for j0, j1 in self._runs(b, has):
-                seg = b.grad[b.offsets[j0]:b.offsets[j1]]
-                if b.device.type == "cpu" and b.dtype in _FULL:
-                    total += sum_of_squares(_kernel_view(seg), False)
-                else:  # one reduction pass on the grads' own device/stream, float64 accumulation
-                    on_device.append(torch.linalg.vector_norm(seg, dtype=torch.float64) ** 2)
-        by_device = {}
-        for t in on_device:
-            by_device.setdefault(t.device, []).append(t)
-        for ts in by_device.values():  # one host read per device (GradScaler syncs there too)
-            total += float(torch.stack(ts).sum())
-        return total
-
-    @torch.no_grad()
     def step(self, closure=None):
         """One update of every param that has a grad. Returns the closure's loss (torch semantics).
 
@@ -314,177 +211,216 @@ class _TorchOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        work = self._collect()
-        c = self._conditioning(work)
-        self.last_step_skipped = c is None
-        if c is None:
-            self.skipped_steps += 1
-            return loss
-        plain = c == (1.0, -math.inf, math.inf)
-        for hp, b, has, _ in work:
-            for j0, j1 in self._runs(b, has):
-                self._launch(hp, b, j0, j1, c, plain)
+        self._update()
         return loss
 
-    def _launch(self, hp, b, j0, j1, c, plain):
-        planner = self._planner(hp)
-        names = planner._state_names(hp)
-        ps = dict(b.pstate[j0] or {"step": 0, **planner.scalar_state})
-        ps["step"] += 1
-        rule, h = planner._plan(hp, ps)
-        a, z = b.offsets[j0], b.offsets[j1]
-        states = [b.view(("s", n), b.state_flat(n, init))[a:z] for n, init in names]
-        for j in range(j0, j1):  # one shared dict per run (replaced, never mutated)
-            b.pstate[j] = ps
-        b.steps[j0:j1] = float(ps["step"])
-        for name in planner.scalar_state:
-            flat = b.scalars.setdefault(name, torch.zeros(len(b.params), dtype=torch.float32))
-            flat[j0:j1] = ps[name]
-        self._expose(b, j0, j1, names)
-        stream = _stream(b.flat)
-        on_cuda = b.device.type == "cuda"
-        if b.mode == "plain":
-            run(rule, b.view("p", b.flat)[a:z], b.view("g", b.grad)[a:z], states, h,
-                NO_CONDITIONING if plain else c, on_cuda, stream)
-            return
-        from . import mixed
-        master = b.view("m", b.ensure_master())[a:z] if b.mode == "master" else None
-        mixed.run(rule, _HALF_NAME[b.dtype], b.view("p", b.flat)[a:z], b.view("g", b.grad)[a:z], master,
-                  states, h, c, mixed.seed_mix(self.seed, ps["step"], a, b.index) if b.mode == "sr" else 0,
-                  on_cuda, stream)
+    @torch.compiler.disable
+    def _update(self):
+        with self._engine.lock, torch.no_grad():
+            grads = [list(map(_grad, g["params"])) for g in self.param_groups]
+            try:
+                ok = self._engine.step(grads, self)
+            finally:
+                self._engine.front.fresh.clear()
+            self.last_step_skipped = not ok
+            if not ok:
+                self.skipped_steps += 1
 
-    def _expose(self, b, j0, j1, names):
-        """torch-layout per-param state: views of the flat states, step as a float tensor."""
-        key = (tuple(names), b.master is not None)
-        if b.exposed == key:  # every param of the bucket already shows these states
-            return
-        for j in range(j0, j1):
-            p, a, n = b.params[j], b.offsets[j], b.sizes[j]
-            st = self.state[p]
-            if len(st) and self._exposed.get(id(p)) == key:
-                continue
-            st.clear()
-            if self._torch_has_step:
-                st["step"] = b.steps[j]
-            for name in type(self)._core_cls.scalar_state:
-                st[name] = b.scalars[name][j]
-            for name, _ in names:
-                st[name] = b.states[name][a:a + n].view_as(p)
-            if b.master is not None:
-                st["master_param"] = b.master[a:a + n].view_as(p)
-            self._exposed[id(p)] = key
-        if all(self._exposed.get(id(p)) == key for p in b.params):
-            b.exposed = key
+    _step_count = 0   # schedules as callables are a NumPy-API feature; torch uses lr_scheduler
 
-    # ------------------------------------------------------------ zero_grad / state dicts
-    def zero_grad(self, set_to_none=True):
-        """As torch: grads set to None; with set_to_none=False the flat grad buffers are zeroed in one
-        operation each and the grads stay views of them (zero-copy accumulation by autograd)."""
-        if set_to_none:
-            return super().zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for b in self._buckets:
-                b.grad.zero_()
-                for p, gv in zip(b.params, b.gviews):
-                    if p.grad is not None:
-                        p.grad = gv
+    def _sum_of_squares(self, plans):
+        local = [g for plan in plans for u in plan.units for g in u.grads()]
+        dist = [g for g in local if _is_dtensor(g)]
+        if dist:   # as clip_grad_norm_: the norm over every rank's shard
+            return float(torch.nn.utils.get_total_norm(local, norm_type=2.0).full_tensor()) ** 2 \
+                if hasattr(torch.nn.utils, "get_total_norm") else math.fsum(float(g.pow(2).sum()) for g in local)
+        return sum(u.sumsq() for plan in plans for u in plan.units)
 
-    def state_dict(self):
-        sd = super().state_dict()
-        out = {}
-        for i, st in sd["state"].items():
-            out[i] = {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v) for k, v in st.items()}
-        groups = [{k: v for k, v in g.items() if k != "_buckets"} for g in sd["param_groups"]]
-        return {"state": out, "param_groups": groups}
-
+    # ------------------------------------------------------------ state dicts and copies
     def load_state_dict(self, state_dict):
-        """Load a state dict of torch.optim's layout (from torch.optim.X or fastlr.torch.X); checked first."""
-        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
-            raise ValueError("state_dict: expected a dict with 'state' and 'param_groups'")
-        saved_groups = state_dict["param_groups"]
-        if len(saved_groups) != len(self.param_groups):
-            raise ValueError(f"state_dict: expected {len(self.param_groups)} param group(s), "
-                             f"got {len(saved_groups)}")
-        index = {}
-        for k, (sg, g) in enumerate(zip(saved_groups, self.param_groups)):
-            if len(sg["params"]) != len(g["params"]):
-                raise ValueError(f"state_dict: param_groups[{k}] has {len(sg['params'])} params, "
-                                 f"expected {len(g['params'])}")
-            hp = {**{key: v for key, v in g.items() if key not in ("params", "_buckets")},
-                  **{key: v for key, v in sg.items() if key not in ("params", "param_names")}}
-            hp = {key: (float(v) if isinstance(v, torch.Tensor) else v) for key, v in hp.items()}
-            self._core_cls._check_group(hp, f"state_dict: param_groups[{k}]")
-            index.update(zip(sg["params"], [(p, hp) for p in g["params"]]))
-        loaded = {}
-        for key, st in state_dict["state"].items():
-            if key not in index:
-                raise ValueError(f"state_dict: state for unknown param {key!r}")
-            p, hp = index[key]
-            planner = self._planner(hp)
-            for name, _ in planner._state_names(hp):
-                if name not in st:
-                    raise ValueError(f"state_dict: state[{key}] lacks {name!r} (expected by "
-                                     f"{type(self).__name__} with these options)")
-                if tuple(st[name].shape) != tuple(p.shape):
-                    raise ValueError(f"state_dict: state[{key}][{name!r}] has shape {tuple(st[name].shape)}, "
-                                     f"its param {tuple(p.shape)}")
-            loaded[id(p)] = (st, hp)
-        # Checked: let torch set the groups, then put the states into the flat buffers.
-        buckets = [g["_buckets"] for g in self.param_groups]
-        super().load_state_dict({"state": {}, "param_groups": saved_groups})
-        for g, bk in zip(self.param_groups, buckets):
-            g["_buckets"] = bk
-        self._checked = {}
-        self._exposed = {}
-        self.state.clear()
-        with torch.no_grad():
-            for b in self._buckets:
-                b.pstate = [None] * len(b.params)
-                b.exposed = None
-                for j, (p, a, n) in enumerate(zip(b.params, b.offsets, b.sizes)):
-                    if id(p) not in loaded:
-                        continue
-                    st, hp = loaded[id(p)]
-                    planner = self._planner(hp)
-                    names = planner._state_names(hp)
-                    for name, init in names:
-                        b.state_flat(name, init)[a:a + n].copy_(st[name].detach().reshape(-1))
-                    step = st.get("step")
-                    step = int(float(step)) if step is not None else (1 if names else 0)
-                    ps = {"step": step}
-                    for name, init in planner.scalar_state.items():
-                        ps[name] = float(st[name]) if name in st else init
-                        flat = b.scalars.setdefault(name, torch.zeros(len(b.params), dtype=torch.float32))
-                        flat[j] = ps[name]
-                    b.pstate[j] = ps
-                    b.steps[j] = float(step)
-                    if b.mode == "master":
-                        src = st.get("master_param", p.detach())
-                        b.ensure_master()[a:a + n].copy_(src.detach().reshape(-1))
-                    self._expose(b, j, j + 1, names)
+        """Load a state dict in torch.optim's layout (from torch.optim.X or fastlr.torch.X). Everything is
+        checked before anything changes; states of 16-bit params stay float32."""
+        with self._engine.lock:
+            state_dict = state_dict.copy() if isinstance(state_dict, dict) else state_dict
+            for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+                result = pre_hook(self, state_dict)
+                if result is not None:
+                    state_dict = result
+            state, groups = _checked_load(self, state_dict)
+            self.__setstate__({"state": state, "param_groups": groups})
+            for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+                post_hook(self)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        for name in _OPTIONS:
+            state[name] = getattr(self, name)
+        state["skipped_steps"], state["last_step_skipped"] = self.skipped_steps, self.last_step_skipped
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "_engine" not in self.__dict__:
+            self._engine = Engine(self, self.spec, _TorchFront(self))
+        for name, default in _OPTIONS.items():
+            self.__dict__.setdefault(name, default)
+        self.__dict__.setdefault("skipped_steps", 0)
+        self.__dict__.setdefault("last_step_skipped", False)
+        self._engine.reset()
 
 
-def _make(name):
-    core = getattr(_core, name)
-
-    def __init__(self, params, *args, **kwargs):
-        _TorchOptimizer.__init__(self, params, *args, **kwargs)
-
-    sig = inspect.signature(core.__init__)
-    params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
-    extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in
-             [*_TORCH_SWITCHES.items(), ("max_grad_norm", None), ("clip_value", None), ("grad_scale", None),
-              ("skip_nonfinite", False), ("master_weights", False), ("stochastic_rounding", False), ("seed", 0)]]
-    if issubclass(core, _core.Adam):
-        extra.append(inspect.Parameter("decoupled_weight_decay", inspect.Parameter.KEYWORD_ONLY,
-                                       default=core.decoupled_weight_decay))
-    __init__.__signature__ = sig.replace(parameters=params + extra)
-    cls = type(name, (_TorchOptimizer,), {
-        "__init__": __init__, "_core_cls": core, "_torch_has_step": name != "SGD",
-        "__doc__": f"fastlr's {name} as a torch.optim.Optimizer (see fastlr.torch).\n\n{core.__doc__}",
-        "__module__": __name__})
-    return cls
+def _grad(p):
+    return p.grad
 
 
-for _name in __all__:
-    globals()[_name] = _make(_name)
+def _is_dtensor(t):
+    return type(t).__name__ == "DTensor"
+
+
+def _check_dtype(opt, name, dtype):
+    if dtype in (torch.float32, torch.float64):
+        return
+    if dtype not in _HALF:
+        raise TypeError(f"{name}: expected a float32, float64, bfloat16 or float16 tensor, got {dtype}")
+    if not (opt.master_weights or opt.stochastic_rounding):
+        raise TypeError(f"{name} is {dtype}: pass master_weights=True (float32 master copy) or "
+                        f"stochastic_rounding=True (bfloat16 only)")
+    if dtype == torch.float16 and opt.stochastic_rounding:
+        raise TypeError(f"{name}: stochastic_rounding supports bfloat16 only; use master_weights=True for float16")
+
+
+def _checked_load(opt, sd):
+    """(state, param groups) as torch's load_state_dict would make them, after checking everything."""
+    if not isinstance(sd, dict) or not isinstance(sd.get("state"), dict) \
+            or not isinstance(sd.get("param_groups"), (list, tuple)):
+        raise ValueError("state_dict: expected a dict with 'state' (a dict) and 'param_groups' (a list)")
+    groups, saved_groups = opt.param_groups, deepcopy(list(sd["param_groups"]))
+    if len(groups) != len(saved_groups):
+        raise ValueError(f"state_dict: expected {len(groups)} param group(s), got {len(saved_groups)}")
+    for k, (g, sg) in enumerate(zip(groups, saved_groups)):
+        if not isinstance(sg, dict) or not isinstance(sg.get("params"), (list, tuple)):
+            raise ValueError(f"state_dict: param_groups[{k}]: expected a dict with a 'params' list")
+        if len(sg["params"]) != len(g["params"]):
+            raise ValueError(f"state_dict: param_groups[{k}] has {len(sg['params'])} params, expected "
+                             f"{len(g['params'])}")
+    id_map = dict(zip(chain.from_iterable(g["params"] for g in saved_groups),
+                      chain.from_iterable(g["params"] for g in groups)))
+    where_of = {id(p): (k, j) for k, g in enumerate(groups) for j, p in enumerate(g["params"])}
+    new_groups = []
+    for k, (g, sg) in enumerate(zip(groups, saved_groups)):
+        sg["params"] = g["params"]
+        if "param_names" in g and "param_names" not in sg:
+            sg["param_names"] = g["param_names"]
+        hp = opt._hyperparameters({key: v for key, v in {**opt.spec.constants, **sg}.items()
+                                   if key not in ("params", "param_names")})
+        _specs.check_group(opt.spec, hp, f"state_dict: param_groups[{k}]")
+        new_groups.append(sg)
+    state = defaultdict(dict)
+    for key, saved in sd["state"].items():
+        if key not in id_map:
+            state[key] = saved   # as torch: state of unknown params is kept as it is
+            continue
+        p = id_map[key]
+        k, j = where_of[id(p)]
+        where = f"state_dict: state[{key!r}]"
+        if not isinstance(saved, dict):
+            raise ValueError(f"{where}: expected a dict, got {type(saved).__name__}")
+        hp = opt._hyperparameters({**opt.spec.constants, **new_groups[k]})
+        state[p] = _checked_param_state(opt, where, p, saved, hp)
+    return state, new_groups
+
+
+def _checked_param_state(opt, where, p, saved, hp):
+    """One param's loaded state: tensors cast to the param's device (and dtype; float32 for 16-bit params)."""
+    names = [n for n, _ in opt.spec.states(hp)]
+    expected = names + (["step"] if opt.spec.name != "SGD" else []) + list(opt.spec.scalar_state)
+    missing = [n for n in expected if n not in saved]
+    if missing:
+        raise ValueError(f"{where} lacks {missing} (expected by {type(opt).__name__} with these options)")
+    out = {}
+    state_dtype = torch.float32 if p.dtype in _HALF else p.dtype
+    for name, v in saved.items():
+        if name == "step":
+            out[name] = _checked_step(f"{where}['step']", v)
+        elif name in opt.spec.scalar_state:
+            x = v.item() if isinstance(v, torch.Tensor) else v
+            _specs._number(f"{where}[{name!r}]", x)
+            out[name] = v
+        elif isinstance(v, torch.Tensor) and (name in names or name == "master_param"):
+            if tuple(v.shape) != tuple(p.shape):
+                raise ValueError(f"{where}[{name!r}]: has shape {tuple(v.shape)}, its param {tuple(p.shape)}")
+            if not v.is_floating_point():
+                raise TypeError(f"{where}[{name!r}]: expected a floating-point tensor, got {v.dtype}")
+            if not bool(torch.isfinite(v).all()):
+                raise ValueError(f"{where}[{name!r}]: holds non-finite values (NaN or Inf)")
+            if name in _NON_NEGATIVE and bool((v < 0).any()):
+                raise ValueError(f"{where}[{name!r}]: holds negative values; it is a sum or average of squares")
+            out[name] = v.to(dtype=state_dtype, device=p.device)
+        else:
+            out[name] = v
+    return out
+
+
+_NON_NEGATIVE = {"sum", "square_avg", "acc_delta", "exp_avg_sq", "max_exp_avg_sq", "exp_inf"}
+
+
+def _checked_step(where, v):
+    x = v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0 or x != int(x):
+        raise ValueError(f"{where}: expected a step count (a whole number >= 0), got {v!r}")
+    return v
+
+
+def _make_init(spec):
+    """__init__(self, params, <spec hyperparameters>, *, <torch switches>, <fastlr options>) with a real signature."""
+    names = list(spec.defaults)
+    kw = ", ".join(f"{k}={v!r}" for k, v in {**_SWITCHES, **_OPTIONS}.items())
+    src = (f"def __init__(self, params, {spec.signature_text()}{', ' if spec.keyword_only else ', *, '}{kw}):\n"
+           f"    _TorchOptimizer.__init__(self, params, dict({', '.join(f'{n}={n}' for n in names)}),\n"
+           f"        dict({', '.join(f'{n}={n}' for n in _SWITCHES)}), dict({', '.join(f'{n}={n}' for n in _OPTIONS)}))\n")
+    namespace = {"_TorchOptimizer": _TorchOptimizer}
+    exec(compile(src, f"<fastlr.torch {spec.name}.__init__>", "exec"), namespace)
+    init = namespace["__init__"]
+    init.__qualname__ = f"{spec.name}.__init__"
+    return init
+
+
+class SGD(_TorchOptimizer, spec=_specs.SGD):
+    pass
+
+
+class Adagrad(_TorchOptimizer, spec=_specs.Adagrad):
+    pass
+
+
+class RMSprop(_TorchOptimizer, spec=_specs.RMSprop):
+    pass
+
+
+class Adadelta(_TorchOptimizer, spec=_specs.Adadelta):
+    pass
+
+
+class Adam(_TorchOptimizer, spec=_specs.Adam):
+    pass
+
+
+class AdamW(_TorchOptimizer, spec=_specs.AdamW):
+    pass
+
+
+class Adamax(_TorchOptimizer, spec=_specs.Adamax):
+    pass
+
+
+class NAdam(_TorchOptimizer, spec=_specs.NAdam):
+    pass
+
+
+class RAdam(_TorchOptimizer, spec=_specs.RAdam):
+    pass
+
+
+class Lion(_TorchOptimizer, spec=_specs.Lion):
+    pass
+

@@ -5,7 +5,6 @@ same for every rule; only the number of state arrays differs). They are compiled
 source attributed to the target's own module file, at module level, so numba's
 ``cache=True`` stores and reloads them (factory closures are never reused from cache).
 """
-import ast
 import functools
 import hashlib
 import inspect
@@ -45,14 +44,9 @@ def n_states(rule_name):
     return len(arg_names(rule_name)) - 3
 
 
-@functools.cache
 def scalar_names(rule_name):
-    """The names an element rule unpacks from ``h``: the targets of its ``a, b, ... = h`` statement."""
-    tree = ast.parse(inspect.getsource(getattr(rules, rule_name)))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Name) and node.value.id == "h":
-            return tuple(t.id for t in node.targets[0].elts)
-    raise ValueError(f"rules.{rule_name} does not unpack h")
+    """The per-step scalars an element rule takes, in order: the fields of its contract in rules.py."""
+    return rules.RULE_SCALARS[rule_name]._fields
 
 
 def generate(template, rule_name, kernel_name, module_globals, decorate):

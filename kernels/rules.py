@@ -22,15 +22,37 @@ follows Chen et al. 2023. ``sign`` is -1.0 under ``maximize`` and 1.0 otherwise;
 decoupled factor ``1 - lr * weight_decay`` applied to the parameter.
 """
 import math
+from collections import namedtuple
 
 import numpy as np
 
-# Element rules that get a kernel, in the order kernels are generated.
-ELEMENT_RULES = (
-    "sgd", "sgd_momentum", "adagrad", "rmsprop", "rmsprop_centered",
-    "rmsprop_momentum", "rmsprop_centered_momentum", "adadelta", "adam",
-    "adam_amsgrad", "adamax", "nadam", "radam", "lion",
-)
+# ---------------------------------------------------------------- per-step scalar contracts
+# The named contract between a host rule and its element rules: the host rule returns one of
+# these (float64 values, computed once per step), the kernels pass it on as a plain tuple cast
+# to the params' dtype, and each element rule unpacks it by these names in this order
+# (tests/test_rules.py checks that every element rule's unpacking statement matches).
+SGDScalars = namedtuple("SGDScalars", "sign wd lr buf_coef d_coef nesterov_coef")
+AdagradScalars = namedtuple("AdagradScalars", "sign wd clr eps")
+RMSpropScalars = namedtuple("RMSpropScalars", "sign wd lr alpha one_minus_alpha eps momentum")
+AdadeltaScalars = namedtuple("AdadeltaScalars", "sign wd lr rho one_minus_rho eps")
+AdamScalars = namedtuple("AdamScalars",
+                         "sign wd decay one_minus_beta1 beta2 one_minus_beta2 step_size bc2_sqrt eps")
+AdamaxScalars = namedtuple("AdamaxScalars", "sign wd one_minus_beta1 beta2 eps clr")
+NAdamScalars = namedtuple("NAdamScalars",
+                          "sign wd decay one_minus_beta1 beta2 one_minus_beta2 bias_correction2 eps c_g c_m")
+RAdamScalars = namedtuple("RAdamScalars", "sign wd decay one_minus_beta1 beta2 one_minus_beta2 "
+                                          "bias_correction1 lr bc2_sqrt eps rect")
+LionScalars = namedtuple("LionScalars", "sign decay lr beta1 one_minus_beta1 beta2 one_minus_beta2")
+RowWiseAdagradScalars = namedtuple("RowWiseAdagradScalars", "sign wd lr eps")
+
+# Element rules that get a kernel (in the order kernels are generated) -> their scalars contract.
+ELEMENT_RULES = {
+    "sgd": SGDScalars, "sgd_momentum": SGDScalars, "adagrad": AdagradScalars,
+    "rmsprop": RMSpropScalars, "rmsprop_centered": RMSpropScalars, "rmsprop_momentum": RMSpropScalars,
+    "rmsprop_centered_momentum": RMSpropScalars, "adadelta": AdadeltaScalars, "adam": AdamScalars,
+    "adam_amsgrad": AdamScalars, "adamax": AdamaxScalars, "nadam": NAdamScalars, "radam": RAdamScalars,
+    "lion": LionScalars,
+}
 
 
 def condition(g, c):
@@ -96,8 +118,8 @@ def sgd_momentum(p, g, buf, h):
 def sgd_scalars(step, lr, momentum, dampening, weight_decay, nesterov, maximize):
     """step is 1-based; momentum buffers start as a copy of the first gradient (plain sgd ignores the last 3)."""
     first = step == 1
-    return (-1.0 if maximize else 1.0, weight_decay, lr, 0.0 if first else momentum,
-            1.0 if first else 1.0 - dampening, momentum if nesterov else 0.0)
+    return SGDScalars(-1.0 if maximize else 1.0, weight_decay, lr, 0.0 if first else momentum,
+                      1.0 if first else 1.0 - dampening, momentum if nesterov else 0.0)
 
 
 # ---------------------------------------------------------------- Adagrad
@@ -110,7 +132,7 @@ def adagrad(p, g, state_sum, h):
 
 
 def adagrad_scalars(step, lr, lr_decay, weight_decay, eps, maximize):
-    return (-1.0 if maximize else 1.0, weight_decay, lr / (1 + (step - 1) * lr_decay), eps)
+    return AdagradScalars(-1.0 if maximize else 1.0, weight_decay, lr / (1 + (step - 1) * lr_decay), eps)
 
 
 # ---------------------------------------------------------------- RMSprop
@@ -159,7 +181,7 @@ def rmsprop_centered_momentum(p, g, square_avg, grad_avg, buf, h):
 
 
 def rmsprop_scalars(lr, alpha, eps, weight_decay, momentum, maximize):
-    return (-1.0 if maximize else 1.0, weight_decay, lr, alpha, 1.0 - alpha, eps, momentum)
+    return RMSpropScalars(-1.0 if maximize else 1.0, weight_decay, lr, alpha, 1.0 - alpha, eps, momentum)
 
 
 # ---------------------------------------------------------------- Adadelta
@@ -174,7 +196,7 @@ def adadelta(p, g, square_avg, acc_delta, h):
 
 
 def adadelta_scalars(lr, rho, eps, weight_decay, maximize):
-    return (-1.0 if maximize else 1.0, weight_decay, lr, rho, 1.0 - rho, eps)
+    return AdadeltaScalars(-1.0 if maximize else 1.0, weight_decay, lr, rho, 1.0 - rho, eps)
 
 
 # ---------------------------------------------------------------- Adam / AdamW
@@ -217,8 +239,8 @@ def adam_scalars(step, lr, betas, eps, weight_decay, maximize, decoupled_weight_
     wd, decay = _decay_split(lr, weight_decay, decoupled_weight_decay)
     bias_correction1 = 1 - beta1 ** step
     bias_correction2 = 1 - beta2 ** step
-    return (-1.0 if maximize else 1.0, wd, decay, 1 - beta1, beta2, 1 - beta2,
-            lr / bias_correction1, math.sqrt(bias_correction2), eps)
+    return AdamScalars(-1.0 if maximize else 1.0, wd, decay, 1 - beta1, beta2, 1 - beta2,
+                       lr / bias_correction1, math.sqrt(bias_correction2), eps)
 
 
 # ---------------------------------------------------------------- Adamax
@@ -233,7 +255,7 @@ def adamax(p, g, m, u, h):
 
 def adamax_scalars(step, lr, betas, eps, weight_decay, maximize):
     beta1, beta2 = betas
-    return (-1.0 if maximize else 1.0, weight_decay, 1 - beta1, beta2, eps, lr / (1 - beta1 ** step))
+    return AdamaxScalars(-1.0 if maximize else 1.0, weight_decay, 1 - beta1, beta2, eps, lr / (1 - beta1 ** step))
 
 
 # ---------------------------------------------------------------- NAdam
@@ -268,8 +290,8 @@ def nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_decay
     wd, decay = _decay_split(lr, weight_decay, decoupled_weight_decay)
     mu = nadam_mu(step, beta1, momentum_decay)
     mu_next = nadam_mu(step + 1, beta1, momentum_decay)
-    return (-1.0 if maximize else 1.0, wd, decay, 1 - beta1, beta2, 1 - beta2, 1 - beta2 ** step, eps,
-            lr * (1.0 - mu) / (1.0 - mu_product), lr * mu_next / (1.0 - mu_product * mu_next))
+    return NAdamScalars(-1.0 if maximize else 1.0, wd, decay, 1 - beta1, beta2, 1 - beta2, 1 - beta2 ** step, eps,
+                        lr * (1.0 - mu) / (1.0 - mu_product), lr * mu_next / (1.0 - mu_product * mu_next))
 
 
 # ---------------------------------------------------------------- RAdam
@@ -294,8 +316,8 @@ def radam_scalars(step, lr, betas, eps, weight_decay, maximize, decoupled_weight
     rect = 0.0
     if rho_t > 5.0:
         rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
-    return (-1.0 if maximize else 1.0, wd, decay, 1 - beta1, beta2, 1 - beta2, 1 - beta1 ** step,
-            lr, math.sqrt(bias_correction2), eps, rect)
+    return RAdamScalars(-1.0 if maximize else 1.0, wd, decay, 1 - beta1, beta2, 1 - beta2, 1 - beta1 ** step,
+                        lr, math.sqrt(bias_correction2), eps, rect)
 
 
 # ---------------------------------------------------------------- Lion
@@ -316,7 +338,7 @@ def lion(p, g, m, h):
 
 def lion_scalars(lr, betas, weight_decay, maximize):
     beta1, beta2 = betas
-    return (-1.0 if maximize else 1.0, 1.0 - lr * weight_decay, lr, beta1, 1 - beta1, beta2, 1 - beta2)
+    return LionScalars(-1.0 if maximize else 1.0, 1.0 - lr * weight_decay, lr, beta1, 1 - beta1, beta2, 1 - beta2)
 
 
 # ---------------------------------------------------------------- Mixed precision
@@ -460,4 +482,9 @@ def rowwise_adagrad_update(p, g, state_sum, h):
 
 
 def rowwise_adagrad_scalars(lr, eps, weight_decay, maximize):
-    return (-1.0 if maximize else 1.0, weight_decay, lr, eps)
+    return RowWiseAdagradScalars(-1.0 if maximize else 1.0, weight_decay, lr, eps)
+
+
+# Every rule that takes per-step scalars -> its contract (the element rules and the row-wise parts).
+RULE_SCALARS = {**ELEMENT_RULES, "rowwise_adagrad_grad": RowWiseAdagradScalars,
+                "rowwise_adagrad_update": RowWiseAdagradScalars}

@@ -1,0 +1,664 @@
+"""One optimizer step over what the caller holds now: the engine under both front ends.
+
+    Engine.step(grads)
+      -> each group's hyperparameters for this step (schedules evaluated; checked when changed)
+      -> per group: the params that have a gradient, their grads and their states, read from
+         param_groups and state NOW, split into units (one array kind, dtype and device each)
+      -> each unit compared with what was validated before: unchanged -> reuse the checks;
+         changed -> validate again (raising before anything changes) and rebuild its table
+      -> missing states created (lazily, as torch does) by the params' own library
+      -> gradient conditioning (global norm, clipping, non-finite skip) from one reduction pass
+      -> per unit: step counts advanced, per-step scalars from the host rule, ONE kernel call over
+         the unit's segment table (CPU) or one launch per array (CUDA)
+
+Nothing is cached that the caller cannot see, except validation results keyed on what they
+describe: NumPy arrays' data pointers, dtypes, flags and shapes are read from their object
+structs in native code at every step (``kernels._pointers.gather``); torch tensors' through
+``data_ptr()``, ``stride()``, ``shape`` and ``dtype``, compared with the values validated. So
+``p.data = ...``, replaced or cleared state, ``a.dtype = ...``, ``a.resize(...)``, copies made
+by pickle or deepcopy all take effect, or are rejected with a clear error, at the next step.
+
+A front end (``fastlr.optim.Optimizer``, ``fastlr.torch``) supplies a ``Front``: how a
+param's state is keyed and created, how its step count is stored, how arrays are named in
+messages; and hands the grads to ``Engine.step``.
+"""
+import math
+import operator
+import threading
+from itertools import repeat
+
+import numpy as np
+
+from . import specs as _specs
+from ._arrays import Buffer, describe_kind, full_like, kind_of, same_kind
+from ._launch import NO_CONDITIONING, SERIAL_BELOW, kernel_module
+from .kernels import _codegen, rules
+from .kernels._pointers import STRUCT_OK, describe
+
+__all__ = ["Engine", "Front", "Unit", "grad_conditioning", "NO_CONDITIONING", "plan_scalars", "register_unit"]
+
+# Elements per work row of a segment table: big enough to amortize a call into the element
+# loop, small enough to balance the threads over any mix of sizes.
+CHUNK = 1 << 16
+
+_IS = operator.is_
+
+
+def grad_conditioning(options, sum_of_squares):
+    """(scale, lo, hi) for ``rules.condition``, or None when the step must be skipped.
+
+    options carries max_grad_norm, clip_value, grad_scale and skip_nonfinite; sum_of_squares()
+    gives the gradients' total sum of squares and is called only when the norm is needed
+    (clipping by norm, or the non-finite check).
+    """
+    lo, hi = -math.inf, math.inf
+    if options.clip_value is not None:
+        lo, hi = -options.clip_value, options.clip_value
+    unscale = 1.0 / options.grad_scale if options.grad_scale is not None else 1.0
+    if options.max_grad_norm is None and not options.skip_nonfinite:
+        return unscale, lo, hi
+    norm = math.sqrt(sum_of_squares()) * unscale
+    if options.skip_nonfinite and not math.isfinite(norm):
+        return None
+    scale = 1.0
+    if options.max_grad_norm is not None:  # as clip_grad_norm_: max_norm / (norm + 1e-6), at most 1
+        scale = min(options.max_grad_norm / (norm + 1e-6), 1.0)
+    return scale * unscale, lo, hi
+
+
+def bind(fn_name, spec, group, pstate):
+    """rules.<fn_name>(...), each argument taken by name from the param's scalar state, the group,
+    or the spec's constants."""
+    args = []
+    for n in _codegen.arg_names(fn_name):
+        args.append(pstate[n] if n in pstate else group[n] if n in group else spec.constants[n])
+    return getattr(rules, fn_name)(*args)
+
+
+def plan_scalars(spec, group, pstate):
+    """(rule, float64 scalars) for one param's step; pstate["step"] is already this step's (1-based).
+
+    Sets the spec's scalar states in pstate for this step first (e.g. NAdam's mu_product)."""
+    for name, fn in spec.scalar_updates.items():
+        pstate[name] = bind(fn, spec, group, pstate)
+    return spec.rule(group), tuple(map(float, bind(spec.scalars, spec, group, pstate)))
+
+
+class Front:
+    """How a front end keys, creates and counts a param's state, and names arrays in messages."""
+
+    def state_key(self, index, param):
+        """The param's key in ``opt.state``: its index (NumPy API) or the param itself (torch)."""
+        return index
+
+    def init_state(self, pstate, param, spec, created):
+        """Complete a param's state after its arrays (names in `created` just made) were added: the step
+        count and the spec's scalar states, where missing."""
+        pstate.setdefault("step", 0)
+        for name, v in spec.scalar_state.items():
+            pstate.setdefault(name, v)
+
+    def state_required(self, spec, names):
+        """Whether a param needs a state entry at all (torch's SGD without momentum keeps none)."""
+        return True
+
+    def new_array(self, param, name, init):
+        return full_like(param, init)
+
+    def steps(self, pstates):
+        """The step counts of these states, as numbers."""
+        return list(map(operator.itemgetter("step"), pstates))
+
+    def set_steps(self, pstates, values):
+        for st, v in zip(pstates, values):
+            st["step"] = v
+
+    def set_scalar(self, pstate, name, value):
+        pstate[name] = value
+
+    def names(self, k, j, index):
+        """(param, grad, state-format) names of param j of group k (param number `index` overall)."""
+        return f"params[{index}]", f"grads[{index}]", f"state[{index}][{{!r}}]"
+
+
+class Engine:
+    """The step machinery of one optimizer (see the module docstring)."""
+
+    def __init__(self, opt, spec, front):
+        self.opt, self.spec, self.front = opt, spec, front
+        self.lock = threading.RLock()
+        self.reset()
+
+    def reset(self):
+        """Forget every validation result (after load_state_dict, a copy, or unpickling)."""
+        self._plans = {}      # group index -> _GroupPlan
+        self._resolved = {}   # group index -> (the group as last seen, its resolved hyperparameters)
+
+    # ------------------------------------------------------------ hyperparameters
+    def resolve(self, step_count):
+        """Each group's hyperparameters for this step: schedules evaluated, everything checked."""
+        out = []
+        for k, group in enumerate(self.opt.param_groups):
+            seen, hp = self._resolved.get(k, (None, None))
+            if seen is not None and _same_group(seen, group):
+                out.append(hp)
+                continue
+            if not isinstance(group, dict) or "params" not in group:
+                raise TypeError(f"param_groups[{k}]: expected a dict with a 'params' entry")
+            hp = {**self.spec.constants, **{key: v for key, v in group.items() if key != "params"}}
+            scheduled = callable(hp.get("lr"))
+            if scheduled:
+                hp["lr"] = hp["lr"](step_count)
+                if callable(hp["lr"]):
+                    raise TypeError(f"param_groups[{k}]: lr schedule returned a callable")
+            _specs.check_group(self.spec, hp, f"param_groups[{k}]")
+            hp = self.opt._hyperparameters(hp)
+            static = not scheduled and not any(hasattr(v, "shape") for v in group.values())
+            self._resolved[k] = (dict(group), hp) if static else (None, None)
+            out.append(hp)
+        return out
+
+    # ------------------------------------------------------------ the step
+    def step(self, grads, options, launch=None):
+        """Validate, condition and update. grads: per group, a list aligned with its params (None:
+        no update for that param). Returns False if the step was skipped (non-finite gradients).
+        launch(engine, plan, unit, c) replaces the host-side launch (capturable steps)."""
+        hps = self.resolve(self.opt._step_count)
+        plans = self._plans_for(hps, grads)
+        if any(p.missing for p in plans):   # every check passed: now states may be created
+            for p in plans:
+                p.allocate(self)
+            plans = self._plans_for(hps, grads)
+        _check_disjoint(plans)
+        c = grad_conditioning(options, lambda: self.opt._sum_of_squares(plans))
+        if c is None:
+            return False
+        c = tuple(map(float, c))
+        for plan in plans:
+            for unit in plan.units:
+                (launch or Engine._launch)(self, plan, unit, c)
+        return True
+
+    def _plans_for(self, hps, grads):
+        groups = self.opt.param_groups
+        if len(grads) != len(groups):
+            raise ValueError(f"grads: expected gradients for {len(groups)} param group(s), got {len(grads)}")
+        return [self._plan(k, group, hp, gs) for k, (group, hp, gs) in enumerate(zip(groups, hps, grads))]
+
+    def _plan(self, k, group, hp, gs):
+        """The group's units for this step, validated (cached while what they describe is unchanged)."""
+        params = group["params"]
+        if len(gs) != len(params):
+            raise ValueError(f"grads: param_groups[{k}] has {len(params)} params, got {len(gs)} grads")
+        names = tuple(n for n, _ in self.spec.states(hp))
+        plan = self._plans.get(k)
+        if plan is None or plan.names != names or not _same_list(params, plan.params):
+            plan = self._plans[k] = _GroupPlan(self, k, params, names)
+        plan.hp = hp
+        plan.refresh(self, gs)
+        return plan
+
+    def _launch(self, plan, unit, c):
+        """Advance the unit's step counts, compute its scalars (once when all counts agree), run it."""
+        spec, front, sts = self.spec, self.front, unit.pstates
+        steps = front.steps(sts)
+        first = steps[0]
+        if not spec.scalar_state and all(map(operator.eq, steps, repeat(first))):
+            trial = {"step": first + 1}
+            rule, h = plan_scalars(spec, plan.hp, trial)
+            htab, hidx = np.array([h], np.float64), None
+            front.set_steps(sts, repeat(trial["step"], len(sts)))
+        else:  # different step counts, or scalar state: one row of scalars per param
+            trials = [{"step": t + 1, **{n: _number(st[n]) for n in spec.scalar_state}}
+                      for st, t in zip(sts, steps)]
+            rows = [plan_scalars(spec, plan.hp, trial)[1] for trial in trials]
+            rule = spec.rule(plan.hp)
+            htab, hidx = np.array(rows, np.float64), np.arange(len(rows), dtype=np.int64)
+            front.set_steps(sts, [t["step"] for t in trials])
+            for st, trial in zip(sts, trials):
+                for n in spec.scalar_state:
+                    front.set_scalar(st, n, trial[n])
+        unit.launch(rule, htab, hidx, c)
+
+
+def _number(x):
+    return x if isinstance(x, (int, float)) else float(x)
+
+
+def _same_list(a, b):
+    return len(a) == len(b) and all(map(_IS, a, b))
+
+
+def _same_group(seen, group):
+    """The group holds the same values as when it was resolved (params compared by identity)."""
+    if type(group) is not dict or seen.keys() != group.keys():
+        return False
+    for key, v in seen.items():
+        w = group[key]
+        if v is w:
+            continue
+        if key == "params" or type(v) is not type(w):
+            return False
+        try:
+            if bool(v != w):
+                return False
+        except (TypeError, ValueError):  # values that do not compare plainly: treat as changed
+            return False
+    return True
+
+
+def _check_disjoint(plans):
+    """No two written arrays of different units (groups, dtypes) share memory."""
+    units = [u for plan in plans for u in plan.units]
+    if len(units) <= 1:
+        return  # within a unit the unit's own check covers it
+    spans = sorted(s for u in units for s in u.spans())
+    for (s0, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
+        if s1 < e0:
+            raise ValueError(f"{n1}: shares memory with {n0}; every param and state must have memory of "
+                             f"its own (a view of another param would be updated twice per step)")
+
+
+class _GroupPlan:
+    """A param group as last validated: its params and their units."""
+
+    def __init__(self, engine, k, params, names):
+        self.k, self.params, self.names = k, list(params), names
+        self.hp = None
+        start = engine.opt._first_index(k)
+        self.indices = list(range(start, start + len(params)))
+        self.keys = [engine.front.state_key(i, p) for i, p in zip(self.indices, params)]
+        self.labels = [(*engine.front.names(k, j, i), i) for j, i in enumerate(self.indices)]
+        self.units = []
+        self.pattern = ()     # positions of the params that had grads when the units were made
+        self.missing = False
+
+    def refresh(self, engine, gs):
+        """Read the grads and states as they are now; revalidate what changed."""
+        if type(None) in set(map(type, gs)):
+            pos = [j for j, g in enumerate(gs) if g is not None]
+            grads = [gs[j] for j in pos]
+        else:
+            pos, grads = None, gs
+        params = self.params if pos is None else [self.params[j] for j in pos]
+        keys = self.keys if pos is None else [self.keys[j] for j in pos]
+        labels = self.labels if pos is None else [self.labels[j] for j in pos]
+        pstates = list(map(engine.opt.state.get, keys))
+        self.missing = any(map(_IS, pstates, repeat(None))) and engine.front.state_required(engine.spec, self.names)
+        cols = None
+        if not self.missing:
+            try:
+                cols = [list(map(operator.itemgetter(n), pstates)) for n in self.names]
+            except (KeyError, TypeError):
+                self.missing = True
+        if self.missing:  # check what exists now; states are created once every group has passed
+            self.pending = (params, keys)
+            _check_params(engine, params, grads, labels)
+            self.units = []
+            return
+        pattern = pos if pos is not None else len(params)
+        if pattern != self.pattern or not self.units:
+            self.units = _make_units(engine, self, params, labels)
+            self.pattern = pattern
+        for unit in self.units:
+            unit.refresh(params, grads, cols, pstates)
+
+    def allocate(self, engine):
+        """Create the missing states of this group's params (after every check passed)."""
+        if not self.missing:
+            return
+        params, keys = self.pending
+        state, front, spec = engine.opt.state, engine.front, engine.spec
+        inits = spec.states(self.hp)
+        for p, key in zip(params, keys):
+            st = state.get(key)
+            if st is None:
+                st = state[key] = {}
+            created = [name for name, _ in inits if name not in st]
+            for name, init in inits:
+                if name not in st:
+                    st[name] = front.new_array(p, name, init)
+            front.init_state(st, p, spec, created)
+        self.units = []
+
+
+def _check_params(engine, params, grads, labels):
+    """Validate params and grads alone (their states do not exist yet)."""
+    for p, g, (pname, gname, *_) in zip(params, grads, labels):
+        kind = kind_of(p)
+        if kind is not None and kind.family in _UNITS and kind.family not in ("numpy", "torch-cpu", "cuda"):
+            if kind_of(g) != kind or tuple(g.shape) != tuple(p.shape):
+                raise ValueError(f"{gname}: expected a {kind.dtype} array of shape {tuple(p.shape)} on the "
+                                 f"param's device, got {getattr(g, 'dtype', type(g).__name__)} "
+                                 f"{tuple(getattr(g, 'shape', ()))}")
+            continue
+        pbuf = Buffer(pname, p)
+        same_kind(gname, Buffer(gname, g, writeable=False), pbuf, pname)
+
+
+def _make_units(engine, plan, params, labels):
+    """The group's params partitioned into units by (kind, dtype, device), each in param order."""
+    by = {}
+    for r, (p, label) in enumerate(zip(params, labels)):
+        kind = kind_of(p)
+        if kind is None:
+            raise TypeError(f"{label[0]}: {describe_kind(p)}")
+        by.setdefault(kind.key, (kind, []))[1].append(r)
+    whole = len(by) == 1
+    units = []
+    for kind, rows in by.values():
+        cls = _UNITS.get(kind.family)
+        if cls is None:
+            raise TypeError(f"{labels[rows[0]][0]}: {kind.dtype} params are updated by fastlr.torch with "
+                            f"master_weights=True or stochastic_rounding=True only")
+        units.append(cls(engine, plan, kind, rows, [labels[r] for r in rows], whole))
+    return units
+
+
+# ---------------------------------------------------------------- units
+class Unit:
+    """Arrays of one group sharing an array kind, dtype and device: one kernel call per step."""
+
+    def __init__(self, engine, plan, kind, rows, labels, whole):
+        self.engine, self.kind, self.rows, self.labels = engine, kind, rows, labels
+        self.whole = whole      # every active param of the group is in this unit, in order
+        self.names = plan.names
+        self.ncols = 2 + len(plan.names)
+        self.pstates = None
+        self.checked = None
+
+    def _select(self, seq):
+        return seq if self.whole else [seq[r] for r in self.rows]
+
+    def refresh(self, params, grads, cols, pstates):
+        self.pstates = self._select(pstates)
+        self.given = [self._select(params), self._select(grads), *[self._select(c) for c in cols]]
+        self.read(local_tensors(self.given) if self.kind.family != "numpy" else self.given)
+
+    def grads(self):
+        """The grads of this step as the caller gave them (DTensors stay DTensors)."""
+        return self.given[1]
+
+    def column_name(self, r, c):
+        pname, gname, sname, _ = self.labels[r]
+        return pname if c == 0 else gname if c == 1 else sname.format(self.names[c - 2])
+
+    def validate(self, allcols):
+        """Full Python checks, with messages naming each array; raises on the first bad one."""
+        for r, row in enumerate(zip(*allcols)):
+            pbuf = Buffer(self.column_name(r, 0), row[0])
+            for c in range(1, self.ncols):
+                buf = Buffer(self.column_name(r, c), row[c], writeable=c != 1)
+                same_kind(buf.name, buf, pbuf, pbuf.name)
+
+    def overlap_error(self, idx):
+        r, c = divmod(idx, self.ncols)
+        raise ValueError(f"{self.column_name(r, c)}: shares memory with another array of this step; every "
+                         f"param and state must have memory of its own (and grads must not overlap them)")
+
+
+class _TableUnit(Unit):
+    """CPU arrays updated by one segment-table kernel call per step."""
+
+    def __init__(self, engine, plan, kind, rows, labels, whole):
+        super().__init__(engine, plan, kind, rows, labels, whole)
+        self.dtype = kind.dtype
+        self.like = np.empty(0, self.dtype)
+        self.writable = np.array([1, 0] + [1] * len(self.names), np.int64)
+        self.itemsize = np.full(self.ncols, self.dtype.itemsize, np.int64)
+        self.ptrs = self.sizes = self.work = self.hzero = None
+        self.work_sizes = None
+        self.total = 0
+
+    def _new_sizes(self):
+        if self.work is None or not np.array_equal(self.sizes, self.work_sizes):
+            self.work_sizes = self.sizes.copy()
+            self.work = kernel_module("cpu").make_work(self.sizes, CHUNK)
+            self.total = int(self.sizes.sum())
+            self.hzero = np.zeros(self.sizes.size, np.int64)
+
+    def launch(self, rule, htab, hidx, c):
+        serial = self.total < SERIAL_BELOW
+        kernel = kernel_module("cpu").TABLE_KERNELS[rule + "_serial" if serial else rule]
+        with parallel_guard(serial):
+            kernel(self.ptrs, self.work, self.hzero if hidx is None else hidx, htab, c, self.like)
+
+    def sumsq(self):
+        cpu = kernel_module("cpu")
+        out = np.empty(self.work.shape[0], np.float64)
+        serial = self.total < SERIAL_BELOW
+        with parallel_guard(serial):
+            (cpu.table_sumsq_serial if serial else cpu.table_sumsq)(self.ptrs, self.work, 1, self.like, out)
+        return float(out.sum())
+
+    def spans(self):
+        """(start, end, name) of every written array, for the check across units."""
+        out = []
+        nbytes = self.sizes * self.dtype.itemsize
+        for r in range(self.ptrs.shape[0]):
+            if nbytes[r]:
+                for c in range(self.ncols):
+                    if self.writable[c]:
+                        s = int(self.ptrs[r, c])
+                        out.append((s, s + int(nbytes[r]), self.column_name(r, c)))
+        return out
+
+    def check_overlap(self):
+        bad = kernel_module("_pointers").overlap(self.ptrs, self.sizes, self.itemsize, self.writable)
+        if bad >= 0:
+            self.overlap_error(bad)
+
+
+class _NumpyUnit(_TableUnit):
+    """NumPy arrays: addresses, dtypes, flags and shapes read from the array structs every step."""
+
+    TYPES = np.array([id(np.ndarray), id(np.memmap)], np.int64)
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.cols = None
+        self.python = not STRUCT_OK   # read through Python (no struct access, or an unusual dtype object)
+
+    def read(self, allcols):
+        if self.cols is None or not all(map(_same_list, allcols, self.cols)):
+            self._adopt(allcols)
+        if self.python:
+            self.validate(allcols)
+            for c, col in enumerate(allcols):
+                self.ptrs[:, c] = [a.__array_interface__["data"][0] for a in col]
+            self.sizes[:] = [a.size for a in allcols[0]]
+            self.check_overlap()
+        else:
+            status = kernel_module("_pointers").gather(self.objs, self.TYPES, self.descr, self.itemsize,
+                                                       self.writable, self.ptrs, self.sizes, self.last)
+            if status:
+                self._explain(status, allcols)
+        self._new_sizes()
+
+    def _adopt(self, allcols):
+        """New array objects: check what the struct reader relies on, then record their addresses."""
+        if any(set(map(type, col)) - {np.ndarray, np.memmap} for col in allcols):
+            self.validate(allcols)   # raises for kinds this unit cannot read
+        n = len(allcols[0])
+        self.objs = np.array([list(map(id, col)) for col in allcols], np.int64).T.copy()
+        self.cols = allcols   # holds the objects, so their addresses stay theirs while cached
+        self.descr = np.full(self.ncols, id(self.dtype), np.int64)
+        self.ptrs = np.empty((n, self.ncols), np.int64)
+        self.last = np.zeros((n, self.ncols), np.int64)
+        self.sizes = np.empty(n, np.int64)
+
+    def _explain(self, status, allcols):
+        """Turn a gather() status into the error the Python checks give (or accept an equal dtype
+        under another dtype object, read through Python from then on)."""
+        reason, idx = describe(status)
+        self.validate(allcols)   # raises, naming the array, when one is bad
+        if reason == "overlap":
+            self.overlap_error(idx)
+        self.python = True
+        self.read(allcols)
+
+
+class _TorchCPUUnit(_TableUnit):
+    """CPU torch tensors (any dense layout, equal for a param, its grad and states): pointers and
+    layouts read through torch at every step."""
+
+    def read(self, allcols):
+        import torch
+        stride, ptr = torch.Tensor.stride, torch.Tensor.data_ptr
+        meta = [(list(map(_shape, col)), list(map(stride, col)), list(map(_dtype, col))) for col in allcols]
+        if meta != self.checked:
+            self.validate(allcols)
+            _check_dense(self, allcols)
+            self.checked = meta
+        self.ptrs = np.array([list(map(ptr, col)) for col in allcols], np.int64).T.copy()
+        if self.sizes is None or meta[0][0] != self.checked_shapes:
+            self.sizes = np.array(list(map(torch.Tensor.numel, allcols[0])), np.int64)
+            self.checked_shapes = meta[0][0]
+        if getattr(self, "last", None) is None or not np.array_equal(self.ptrs, self.last):
+            self.check_overlap()
+            self.last = self.ptrs
+        self._new_sizes()
+
+    checked_shapes = None
+
+
+def _shape(t):
+    return t.shape
+
+
+def _dtype(t):
+    return t.dtype
+
+
+def _check_dense(unit, allcols):
+    """Each param is dense (non-overlapping, no gaps) and its grad and states have its strides,
+    so all of them are updated as one flat range of memory."""
+    for r, row in enumerate(zip(*allcols)):
+        p = row[0]
+        if not _dense(p):
+            raise ValueError(f"{unit.column_name(r, 0)}: expected a dense tensor (its elements one flat block of "
+                             f"memory, in any dimension order), got strides {p.stride()} for shape "
+                             f"{tuple(p.shape)}")
+        for c in range(1, unit.ncols):
+            if row[c].stride() != p.stride():
+                raise ValueError(f"{unit.column_name(r, c)}: strides {row[c].stride()} differ from its param's "
+                                 f"{p.stride()} (same memory layout expected)")
+
+
+def _dense(t):
+    """Non-overlapping and dense: ordered by stride, each dim's stride is the product of the sizes below."""
+    expect = 1
+    for stride, size in sorted((st, n) for n, st in zip(t.shape, t.stride()) if n != 1):
+        if stride != expect:
+            return False
+        expect *= size
+    return True
+
+
+class _CudaUnit(Unit):
+    """CUDA arrays (torch, CuPy, numba): one grid-stride launch per array, on the caller's stream."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.views = {}
+
+    def read(self, allcols):
+        meta = [list(map(_cuda_fingerprint, col)) for col in allcols]
+        if meta != self.checked:
+            self.validate(allcols)
+            self.checked = meta
+        self.arrays = [[self._view(x, m) for x, m in zip(col, mcol)] for col, mcol in zip(allcols, meta)]
+        self.objs = allcols
+        if len(self.views) > 4 * self.ncols * (len(allcols[0]) + 1):
+            self.views.clear()   # grads allocated anew each step leave stale views behind
+
+    def _view(self, x, key):
+        """The kernel view of x, cached by (address, size, dtype): exactly what a view is made of."""
+        if key[0] is None:   # the simulator's arrays have no address: a view of the object itself
+            return Buffer("array", x, writeable=False).kernel_view()
+        v = self.views.get(key)
+        if v is None:
+            v = self.views[key] = Buffer("array", x, writeable=False).kernel_view()
+        return v
+
+    def launch(self, rule, htab, hidx, c):
+        from .streams import current_stream
+        cuda = kernel_module("cuda")
+        kernel = cuda.KERNELS[rule]
+        stream = current_stream(self.objs[0][0])
+        rows = htab.tolist()
+        for r, p in enumerate(self.arrays[0]):
+            h = tuple(rows[0 if hidx is None else int(hidx[r])])
+            blocks, threads = cuda.launch_config(p.size)
+            kernel[blocks, threads, stream](p, self.arrays[1][r], *[col[r] for col in self.arrays[2:]], h, c)
+
+    def sumsq(self):
+        from ._launch import sum_of_squares
+        from .streams import current_stream
+        return sum(sum_of_squares(g, True, current_stream(obj)) for g, obj in zip(self.arrays[1], self.objs[1]))
+
+    def spans(self):
+        out = []
+        for r, col in enumerate(zip(*self.checked)):
+            for c, fp in enumerate(col):
+                if c != 1 and fp[0] is not None and fp[1]:
+                    out.append((fp[0], fp[0] + fp[1] * fp[2], self.column_name(r, c)))
+        return out
+
+
+def _cuda_fingerprint(x):
+    """(address, elements, item size, typestr, shape, strides) of a CUDA array; (None, id) where it
+    has no ``__cuda_array_interface__`` (numba's simulator)."""
+    iface = getattr(x, "__cuda_array_interface__", None)
+    if iface is None:
+        return (None, id(x))
+    size = 1
+    for d in iface["shape"]:
+        size *= d
+    typestr = iface["typestr"]
+    return (iface["data"][0], size, int(typestr[2:]), typestr, tuple(iface["shape"]), iface.get("strides"))
+
+
+_UNITS = {"numpy": _NumpyUnit, "torch-cpu": _TorchCPUUnit, "cuda": _CudaUnit}
+
+
+def register_unit(family, cls):
+    """Let a feature module (e.g. fastlr.mixed) handle the arrays of one kind family."""
+    _UNITS[family] = cls
+
+
+def local_tensors(allcols):
+    """DTensors (FSDP2) replaced by their local shards: each rank updates its own, in place."""
+    return [[x.to_local() for x in col] if col and type(col[0]).__name__ == "DTensor" else col for col in allcols]
+
+# ---------------------------------------------------------------- numba's threading layers
+_SERIALIZE = threading.Lock()
+_LAYER = []
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NULL = _Null()
+
+
+def parallel_guard(serial=False):
+    """A context for launching a parallel CPU kernel. numba's workqueue threading layer (the one
+    left when neither TBB nor OpenMP can be loaded) aborts the process when two threads run
+    parallel kernels at once; under it, parallel launches are serialized. Serial kernels and the
+    omp/tbb layers need no guard."""
+    if serial:
+        return _NULL
+    if not _LAYER:
+        import numba
+        try:
+            layer = numba.threading_layer()
+        except ValueError:  # no parallel kernel has run yet: serialize until the layer is known
+            return _SERIALIZE
+        _LAYER.append(_SERIALIZE if layer == "workqueue" else _NULL)
+    return _LAYER[0]
