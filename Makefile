@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo lint test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed-examples
 	$(BIN)/fastlr demo --out demo-out
 
-test: $(VENV)/.installed-test
+# ruff (settings in pyproject.toml) comes with the test extra; `make test` lints first.
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-bench

@@ -21,6 +21,14 @@ from fastlr.demo import MLP, load_digits_split, train
 from fastlr.lr_find import lr_find
 
 
+def minibatch_grads(model, X, y, batch_size, rng):
+    """grad_fn() for lr_find: (loss, grad) of `model` on a fresh random mini-batch each call."""
+    def grad_fn():
+        idx = rng.choice(len(X), min(batch_size, len(X)), replace=False)
+        return model.loss_and_grad(X[idx], y[idx]), model.grad
+    return grad_fn
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="lr_range_test.png")
@@ -50,12 +58,7 @@ def main(argv=None):
     for ax, (name, make) in zip(np.atleast_1d(axes), candidates.items()):
         model = MLP(seed=args.seed)
         opt = make(model.params, 1e-3)
-        rng = np.random.default_rng(args.seed)
-
-        def grad_fn():
-            idx = rng.choice(len(X_tr), min(args.find_batch_size, len(X_tr)), replace=False)
-            return model.loss_and_grad(X_tr[idx], y_tr[idx]), model.grad
-
+        grad_fn = minibatch_grads(model, X_tr, y_tr, args.find_batch_size, np.random.default_rng(args.seed))
         before = model.params.copy()
         res = lr_find(opt, grad_fn, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.num_steps)
         assert np.array_equal(model.params, before), "lr_find restores the params"

@@ -100,7 +100,7 @@ def main(argv=None):
     fig = Figure(figsize=(4.2 * cols, 2.7 * rows))
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     t = np.arange(T)
-    for ax, (name, (title, *fns)) in zip(axes, panels.items()):
+    for ax, (title, *fns) in zip(axes, panels.values()):
         for i, f in enumerate(fns):
             ax.plot(t, [f(int(s)) for s in t], lw=1.5, ls="-" if i == 0 else "--")
         ax.set_title(title, fontsize=7.5)

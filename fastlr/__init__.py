@@ -10,13 +10,14 @@ back-end is ``import fastlr.torch``.
 """
 from . import functional, schedules
 from .lr_find import LRFindResult, lr_find
-from .pack import pack, pack_like
-from .warmup import warmup
 from .optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, Optimizer, RAdam, RMSprop
+from .pack import pack, pack_like
 from .schedules import ReduceLROnPlateau
 from .sparse import RowWiseAdagrad
+from .warmup import warmup
 
 __version__ = "0.1.0"
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam",
-           "RAdam", "Lion", "RowWiseAdagrad", "functional", "schedules", "pack", "pack_like", "warmup", "ReduceLROnPlateau", "lr_find", "LRFindResult"]
+           "RAdam", "Lion", "RowWiseAdagrad", "functional", "schedules", "pack", "pack_like", "warmup",
+           "ReduceLROnPlateau", "lr_find", "LRFindResult"]

@@ -298,9 +298,9 @@ def bench_one(algo, n, dtype, gpu, repeat, min_time, with_numpy=True):
 def first_step_in_fresh_process(dtype="float32", n=1 << 20):
     """Seconds for `import fastlr`, and for the first Adam step (kernel from numba's cache)."""
     code = ("import time, json; t0 = time.perf_counter(); import fastlr; t1 = time.perf_counter();"
-            "import numpy as np; w = np.zeros(%d, '%s'); g = np.ones_like(w); opt = fastlr.Adam(w);"
+            f"import numpy as np; w = np.zeros({n:d}, '{dtype}'); g = np.ones_like(w); opt = fastlr.Adam(w);"
             "t2 = time.perf_counter(); opt.step(g); t3 = time.perf_counter();"
-            "print(json.dumps({'import_s': t1 - t0, 'first_step_s': t3 - t2}))") % (n, dtype)
+            "print(json.dumps({'import_s': t1 - t0, 'first_step_s': t3 - t2}))")
     runs = []
     for _ in range(3):
         t = time.perf_counter()

@@ -70,6 +70,7 @@ def _index_add_case(table, ids, grads):
 def sparse_cases(with_torch=True):
     """(name, setup(table, ids, grads) -> step(i)) for every case."""
     import fastlr
+
     from .sparse import RowWiseAdagrad
     cases = [("fastlr step_rows Adam (lazy)", _fastlr_case(lambda t: fastlr.Adam(t, lr=1e-3))),
              ("fastlr step_rows Adagrad", _fastlr_case(lambda t: fastlr.Adagrad(t, lr=1e-2))),

@@ -8,6 +8,15 @@ import math
 
 import numpy as np
 
+RTOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+def assert_close(actual, desired, dtype, err_msg=""):
+    """rtol per element, plus the same rtol of the array's scale for elements that pass near 0."""
+    desired = np.asarray(desired, np.float64)
+    rtol = RTOL[np.dtype(dtype).type]
+    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * np.abs(desired).max(), err_msg=err_msg)
+
 
 def _prep(p, g, weight_decay, maximize):
     g = -g if maximize else g.copy()

@@ -5,7 +5,7 @@ import pytest
 import fastlr
 from cases import ALL, case_id
 from conftest import make_data
-from test_reference import assert_close
+from reference import assert_close
 
 torch = pytest.importorskip("torch")
 

@@ -35,7 +35,8 @@ BAD_GRADS = [
     (lambda a, b: [np.ones(11, np.float32), np.ones_like(b)], ValueError, r"grads\[0\]: expected shape \(10,\)"),
     (lambda a, b: [np.ones_like(a)], ValueError, r"grads: expected 2 gradient"),
     (lambda a, b: [np.ones(10, np.float64), np.ones_like(b)], TypeError, r"grads\[0\]: expected dtype float32"),
-    (lambda a, b: [np.ones(10, np.int32), np.ones_like(b)], TypeError, r"grads\[0\]: expected dtype float32 or float64"),
+    (lambda a, b: [np.ones(10, np.int32), np.ones_like(b)], TypeError,
+     r"grads\[0\]: expected dtype float32 or float64"),
     (lambda a, b: [np.ones(20, np.float32)[::2], np.ones_like(b)], ValueError, r"grads\[0\]: expected a C-contiguous"),
     (lambda a, b: [np.ones_like(a), "x"], TypeError, r"grads\[1\]: expected a NumPy array"),
     # the second gradient is bad: the first param must not have been updated either

@@ -1,7 +1,10 @@
 """fastlr.bench (quick mode), the asv benchmark modules on tiny sizes, and the stream kernels."""
 import importlib
 import json
+import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -103,13 +106,22 @@ def test_asv_overhead_benchmarks_tiny(asv_modules):
     m = mod.ManyBuffers()
     m.setup(4000, 20)
     m.time_step(4000, 20)
-    assert "import fastlr" in mod.Import().timeraw_import()
+
+
+def test_asv_timeraw_snippets_run_in_a_fresh_interpreter(asv_modules):
+    """asv runs each timeraw_* method's code in a new interpreter: each must run there as written."""
+    bench_import = asv_modules("overhead").Import()
+    snippets = {name: getattr(bench_import, name)() for name in dir(bench_import) if name.startswith("timeraw_")}
+    assert snippets
+    for name, code in snippets.items():
+        proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, f"{name}:\n{proc.stderr}"
+    assert 0 < bench_import.track_import_s() < 60
 
 
 def test_gpu_path_under_cuda_simulator(tmp_path):
     """--device gpu end to end on numba's CUDA simulator (no GPU needed; tiny size)."""
-    import os
-    import subprocess
     out = tmp_path / "g.json"
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     subprocess.run([sys.executable, "-m", "fastlr.bench", "--device", "gpu", "--quick", "--algos", "adam",

@@ -1,45 +1,11 @@
-"""capturable=True: device-side step counts and lr, checked under the CUDA simulator, and real
-CUDA-graph capture and replay on a GPU (skipped without one)."""
+"""capturable=True: what needs no device, and real CUDA-graph capture and replay on a GPU (skipped
+without one). The device-side step counts and lr are checked on the CUDA simulator by
+tests/cudasim/test_sim_capturable.py."""
 import numpy as np
 import pytest
 
 import fastlr
 from cases import ALL, case_id
-from conftest import run_under_simulator
-
-
-@pytest.fixture(scope="module")
-def sim():
-    return run_under_simulator("capturable_sim_check.py")
-
-
-def test_every_option_combination_equals_eager_steps_bit_for_bit(sim):
-    checked = {(r["name"], r["hp"]) for r in sim["results"]}
-    assert checked >= {(name, repr(hp)) for name, hp in ALL}
-    for r in sim["results"]:
-        where = f"{r['name']} {r['hp']} {r['dtype']}"
-        assert r["params_equal"] and r["states_equal"], where
-        assert r["err"] < (1e-5 if r["dtype"] == "float32" else 1e-12), where
-        assert r["step"] == r["steps"] and r["step_on_device"] == "FakeCUDAArray", where
-
-
-def test_lr_read_from_device_memory(sim):
-    assert sim["lr_array_ok"], "a device lr array updated in place between steps"
-    assert sim["float_lr_ok"], "a float lr changed between steps"
-    assert sim["clip_ok"], "clip_value with capturable steps"
-
-
-def test_state_dict_round_trip_between_capturable_and_eager(sim):
-    assert sim["resume_ok"]
-
-
-@pytest.mark.parametrize("case, match", [
-    ("cpu", "params\\[0\\]: on the cpu"), ("max_grad_norm", "max_grad_norm"), ("grad_scale", "grad_scale"),
-    ("schedule", "schedule"), ("schedule_later", "schedule"), ("lr_shape", "one-element"),
-    ("step_rows", "step_rows")])
-def test_refused_options_say_why(sim, case, match):
-    import re
-    assert sim["errors"][case] is not None and re.search(match, sim["errors"][case]), sim["errors"][case]
 
 
 def test_cpu_params_refused_without_simulator():

@@ -97,8 +97,6 @@ def _script_cases():
         marks = []
         if script == "optuna_search.py" and importlib.util.find_spec("optuna") is None:
             marks.append(pytest.mark.skip(reason="optuna is not installed"))
-        if script == "lr_range_test.py" and importlib.util.find_spec("fastlr.lr_find") is None:
-            marks.append(pytest.mark.skip(reason="fastlr.lr_find is missing"))
         out.append(pytest.param(script, args, png, marks=marks, id=script))
     return out
 

@@ -1,10 +1,10 @@
 """Property test: random hyperparameters, sizes and data, every algorithm, float64 against the reference."""
 import numpy as np
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fastlr
-from reference import REFERENCES
-from test_reference import assert_close
+from reference import REFERENCES, assert_close
 
 unit = st.floats(0.0, 0.999)
 

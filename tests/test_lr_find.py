@@ -102,8 +102,9 @@ def test_schedule_lr_and_state_are_restored_with_groups():
 def test_no_divergence_runs_all_steps():
     w, grad_fn = regression(seed=3)
     opt = fastlr.SGD(w, lr=0.1)
-    res = lr_find(opt, grad_fn, start_lr=1e-6, end_lr=1e-2, num_steps=30, smooth=0.0)
-    assert not res.diverged and len(res.lrs) == 30
+    num_steps = 30
+    res = lr_find(opt, grad_fn, start_lr=1e-6, end_lr=1e-2, num_steps=num_steps, smooth=0.0)
+    assert not res.diverged and len(res.lrs) == num_steps
     assert res.lrs[-1] == pytest.approx(1e-2)
     assert res.losses == res.raw_losses  # smooth=0: no smoothing
     assert np.all(np.diff(res.losses) <= 0)  # small lrs on a quadratic: the loss only falls

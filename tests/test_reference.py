@@ -1,20 +1,13 @@
 """Every algorithm x option combination against the float64 NumPy reference of torch's formulas."""
+import zlib
+
 import numpy as np
 import pytest
 
 import fastlr
 from cases import ALL, case_id
 from conftest import make_data
-from reference import REFERENCES
-
-RTOL = {np.float32: 1e-5, np.float64: 1e-12}
-
-
-def assert_close(actual, desired, dtype, err_msg=""):
-    """rtol per element, plus the same rtol of the array's scale for elements that pass near 0."""
-    desired = np.asarray(desired, np.float64)
-    rtol = RTOL[np.dtype(dtype).type]
-    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * np.abs(desired).max(), err_msg=err_msg)
+from reference import REFERENCES, assert_close
 
 
 def run_fastlr(name, hp, p, grads):
@@ -35,28 +28,15 @@ def run_reference(name, hp, p, grads):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name,hp", ALL, ids=[case_id(n, h) for n, h in ALL])
 def test_matches_reference(name, hp, dtype):
-    p, grads = make_data(50, 257, dtype, seed=hash(case_id(name, hp)) % 2**32)
+    # a seed of its own per case, the same in every run (str hash() is salted per process)
+    p, grads = make_data(50, 257, dtype, seed=zlib.crc32(case_id(name, hp).encode()))
     ref_p, ref_state = run_reference(name, hp, p, grads)
     opt = run_fastlr(name, hp, p, grads)
     assert_close(p, ref_p, dtype)
     state = opt.state[0]
-    assert state["step"] == 50
+    assert state["step"] == len(grads)
     for key, value in ref_state.items():
         assert_close(state[key], value, dtype, err_msg=key)
-
-
-@pytest.mark.parametrize("name", list(REFERENCES))
-def test_serial_and_parallel_paths_agree(name, monkeypatch):
-    """Buffers below and above the serial threshold give identical bits."""
-    from fastlr import _launch
-    p, grads = make_data(5, 5000, np.float32, seed=1)
-    out = []
-    for threshold in (1, 10**9):
-        monkeypatch.setattr(_launch, "SERIAL_BELOW", threshold)
-        q = p.copy()
-        run_fastlr(name, {}, q, grads)
-        out.append(q)
-    np.testing.assert_array_equal(out[0], out[1])
 
 
 def test_functional_matches_class():

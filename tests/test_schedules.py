@@ -1,4 +1,6 @@
-"""fastlr.schedules: closed-form values (optax's), torch.optim.lr_scheduler agreement, checks."""
+"""fastlr.schedules: closed-form values, optax's values (a committed table made by
+tests/optax_schedules.py), torch.optim.lr_scheduler agreement, argument checks."""
+import json
 import math
 
 import numpy as np
@@ -6,6 +8,9 @@ import pytest
 
 import fastlr
 from fastlr import schedules as S
+from optax_schedules import CASES as OPTAX_CASES
+from optax_schedules import STEPS as OPTAX_STEPS
+from optax_schedules import build, case_id, load_table
 
 approx = lambda x: pytest.approx(x, rel=1e-12, abs=1e-15)  # noqa: E731
 
@@ -105,6 +110,34 @@ def test_torch_forms_closed_form():
     # cycles of 2, 4, 8 steps: restarts at t = 2 and t = 6
     assert [w(t) for t in (0, 1, 2, 3, 4, 5, 6)] == [approx(v) for v in (
         1, 0.5, 1, (1 + math.cos(math.pi / 4)) / 2, 0.5, (1 + math.cos(3 * math.pi / 4)) / 2, 1)]
+
+
+# ---------------------------------------------------------------- against optax 0.2.8
+TORCH_STYLE = {"step_lr", "multistep_lr", "cosine_annealing_warm_restarts", "ReduceLROnPlateau", "ScaledSchedule"}
+OPTAX_TABLE = load_table()
+
+
+def test_optax_table_is_current_and_covers_every_optax_schedule():
+    cases, values, version = OPTAX_TABLE
+    assert cases == json.loads(json.dumps(OPTAX_CASES)), "rerun tests/optax_schedules.py"
+    assert version == "0.2.8"
+    for v in values.values():
+        assert v.shape == (len(OPTAX_CASES), OPTAX_STEPS)
+    assert {c["name"] for c in OPTAX_CASES} == set(S.__all__) - TORCH_STYLE
+
+
+# optax's float32 output carries float32 rounding: rtol 1e-6 per value plus 1e-6 of the schedule's
+# largest value (for values that cancel towards 0, e.g. a cosine's end). In float64, optax computes
+# the same formulas in the same order, so its values must match to rounding.
+@pytest.mark.parametrize("dtype,rtol", [("float32", 1e-6), ("float64", 1e-14)])
+@pytest.mark.parametrize("i", range(len(OPTAX_CASES)), ids=[case_id(i, c) for i, c in enumerate(OPTAX_CASES)])
+def test_against_optax_table(i, dtype, rtol):
+    cases, values, _ = OPTAX_TABLE
+    expected = values[dtype][i].astype(np.float64)
+    schedule = build(S, cases[i])
+    got = [schedule(t) for t in range(OPTAX_STEPS)]
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol * np.abs(expected).max(),
+                               err_msg=json.dumps(cases[i]))
 
 
 # ---------------------------------------------------------------- bad arguments

@@ -1,6 +1,7 @@
 """Lion and SGD-momentum kernels vs the stream kernel with the same traffic, on the SAME fresh
 16M arrays, kept alive across trials (docs/PERFORMANCE.md, "Lion")."""
 import time
+from functools import partial
 
 import numpy as np
 
@@ -26,8 +27,8 @@ h_lion, h_sgd = (1.0, 1.0, 1e-4, 0.9, 0.1, 0.99, 0.01), (1.0, 0.0, 1e-4, 0.9, 1.
 for trial in range(3):
     p, g = bench._data(n, "float32", 0)
     m = np.zeros(n, np.float32)
-    a = median_ms(lambda: lion(p, g, m, h_lion, NO_CONDITIONING))
-    b = median_ms(lambda: sgd_m(p, g, m, h_sgd, NO_CONDITIONING))
-    c = median_ms(lambda: STREAM[1](p, g, m, np.float32(1e-3), np.float32(0.5)))
+    a = median_ms(partial(lion, p, g, m, h_lion, NO_CONDITIONING))
+    b = median_ms(partial(sgd_m, p, g, m, h_sgd, NO_CONDITIONING))
+    c = median_ms(partial(STREAM[1], p, g, m, np.float32(1e-3), np.float32(0.5)))
     print(f"trial {trial}: lion {a:.1f} ms, sgd_momentum {b:.1f} ms, stream {c:.1f} ms")
     keep.append((p, g, m))
