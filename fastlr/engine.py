@@ -22,6 +22,7 @@ A front end (``fastlr.optim.Optimizer``, ``fastlr.torch``) supplies a ``Front``:
 param's state is keyed and created, how its step count is stored, how arrays are named in
 messages; and hands the grads to ``Engine.step``.
 """
+import functools
 import math
 import operator
 import threading
@@ -33,7 +34,6 @@ from . import specs as _specs
 from ._arrays import Buffer, describe_kind, full_like, kind_of, same_kind
 from ._launch import NO_CONDITIONING, SERIAL_BELOW, kernel_module
 from .kernels import _codegen, rules
-from .kernels._pointers import STRUCT_OK, describe
 
 __all__ = ["Engine", "Front", "Unit", "grad_conditioning", "NO_CONDITIONING", "plan_scalars", "register_unit"]
 
@@ -190,11 +190,15 @@ class Engine:
         params = group["params"]
         if len(gs) != len(params):
             raise ValueError(f"grads: param_groups[{k}] has {len(params)} params, got {len(gs)} grads")
-        names = tuple(n for n, _ in self.spec.states(hp))
         plan = self._plans.get(k)
-        if plan is None or plan.names != names or not _same_list(params, plan.params):
-            plan = self._plans[k] = _GroupPlan(self, k, params, names)
-        plan.hp = hp
+        if plan is None or plan.hp is not hp:
+            names = tuple(n for n, _ in self.spec.states(hp))
+            if plan is None or plan.names != names or not _same_list(params, plan.params):
+                plan = self._plans[k] = _GroupPlan(self, k, params, names)
+            plan.use(self.spec, hp)
+        elif not _same_list(params, plan.params):
+            plan = self._plans[k] = _GroupPlan(self, k, params, plan.names)
+            plan.use(self.spec, hp)
         plan.refresh(self, gs)
         return plan
 
@@ -203,22 +207,22 @@ class Engine:
         spec, front, sts = self.spec, self.front, unit.pstates
         steps = front.steps(sts)
         first = steps[0]
-        if not spec.scalar_state and all(map(operator.eq, steps, repeat(first))):
-            trial = {"step": first + 1}
-            rule, h = plan_scalars(spec, plan.hp, trial)
-            htab, hidx = np.array([h], np.float64), None
-            front.set_steps(sts, repeat(trial["step"], len(sts)))
-        else:  # different step counts, or scalar state: one row of scalars per param
-            trials = [{"step": t + 1, **{n: _number(st[n]) for n in spec.scalar_state}}
-                      for st, t in zip(sts, steps)]
-            rows = [plan_scalars(spec, plan.hp, trial)[1] for trial in trials]
-            rule = spec.rule(plan.hp)
-            htab, hidx = np.array(rows, np.float64), np.arange(len(rows), dtype=np.int64)
-            front.set_steps(sts, [t["step"] for t in trials])
-            for st, trial in zip(sts, trials):
-                for n in spec.scalar_state:
-                    front.set_scalar(st, n, trial[n])
-        unit.launch(rule, htab, hidx, c)
+        if plan.uniform is not None and all(map(operator.eq, steps, repeat(first))):
+            h = plan.uniform(first + 1)
+            if unit.htab.shape[1] != len(h):
+                unit.htab = np.zeros((1, len(h)), np.float64)
+            unit.htab[0] = h
+            front.set_steps(sts, repeat(first + 1, len(sts)))
+            unit.launch(plan.rule, unit.htab, None, c)
+            return
+        # different step counts, or scalar state: one row of scalars per param
+        trials = [{"step": t + 1, **{n: _number(st[n]) for n in spec.scalar_state}} for st, t in zip(sts, steps)]
+        rows = [plan_scalars(spec, plan.hp, trial)[1] for trial in trials]
+        front.set_steps(sts, [t["step"] for t in trials])
+        for st, trial in zip(sts, trials):
+            for n in spec.scalar_state:
+                front.set_scalar(st, n, trial[n])
+        unit.launch(plan.rule, np.array(rows, np.float64), np.arange(len(rows), dtype=np.int64), c)
 
 
 def _number(x):
@@ -264,7 +268,7 @@ class _GroupPlan:
 
     def __init__(self, engine, k, params, names):
         self.k, self.params, self.names = k, list(params), names
-        self.hp = None
+        self.hp = self.rule = self.uniform = None
         start = engine.opt._first_index(k)
         self.indices = list(range(start, start + len(params)))
         self.keys = [engine.front.state_key(i, p) for i, p in zip(self.indices, params)]
@@ -272,6 +276,16 @@ class _GroupPlan:
         self.units = []
         self.pattern = ()     # positions of the params that had grads when the units were made
         self.missing = False
+
+    def use(self, spec, hp):
+        """Take this step's hyperparameters: the rule, and the host rule bound to them (all but the step)."""
+        self.hp, self.rule = hp, spec.rule(hp)
+        self.uniform = None
+        if not spec.scalar_state:
+            names = _codegen.arg_names(spec.scalars)
+            fixed = functools.partial(getattr(rules, spec.scalars),
+                                      **{n: hp[n] if n in hp else spec.constants[n] for n in names if n != "step"})
+            self.uniform = (lambda step: fixed()) if "step" not in names else (lambda step: fixed(step=step))
 
     def refresh(self, engine, gs):
         """Read the grads and states as they are now; revalidate what changed."""
@@ -366,6 +380,7 @@ class Unit:
         self.ncols = 2 + len(plan.names)
         self.pstates = None
         self.checked = None
+        self.htab = np.zeros((1, 0), np.float64)   # this step's scalars, when every param shares them
 
     def _select(self, seq):
         return seq if self.whole else [seq[r] for r in self.rows]
@@ -407,15 +422,13 @@ class _TableUnit(Unit):
         self.writable = np.array([1, 0] + [1] * len(self.names), np.int64)
         self.itemsize = np.full(self.ncols, self.dtype.itemsize, np.int64)
         self.ptrs = self.sizes = self.work = self.hzero = None
-        self.work_sizes = None
         self.total = 0
 
     def _new_sizes(self):
-        if self.work is None or not np.array_equal(self.sizes, self.work_sizes):
-            self.work_sizes = self.sizes.copy()
-            self.work = kernel_module("cpu").make_work(self.sizes, CHUNK)
-            self.total = int(self.sizes.sum())
-            self.hzero = np.zeros(self.sizes.size, np.int64)
+        """The work list and totals for the current sizes."""
+        self.work = kernel_module("cpu").make_work(self.sizes, CHUNK)
+        self.total = int(self.sizes.sum())
+        self.hzero = np.zeros(self.sizes.size, np.int64)
 
     def launch(self, rule, htab, hidx, c):
         serial = self.total < SERIAL_BELOW
@@ -452,12 +465,11 @@ class _TableUnit(Unit):
 class _NumpyUnit(_TableUnit):
     """NumPy arrays: addresses, dtypes, flags and shapes read from the array structs every step."""
 
-    TYPES = np.array([id(np.ndarray), id(np.memmap)], np.int64)
-
     def __init__(self, *args):
         super().__init__(*args)
         self.cols = None
-        self.python = not STRUCT_OK   # read through Python (no struct access, or an unusual dtype object)
+        # read through Python where struct access is unavailable, or for an unusual dtype object
+        self.python = not kernel_module("_pointers").STRUCT_OK
 
     def read(self, allcols):
         if self.cols is None or not all(map(_same_list, allcols, self.cols)):
@@ -468,12 +480,13 @@ class _NumpyUnit(_TableUnit):
                 self.ptrs[:, c] = [a.__array_interface__["data"][0] for a in col]
             self.sizes[:] = [a.size for a in allcols[0]]
             self.check_overlap()
-        else:
-            status = kernel_module("_pointers").gather(self.objs, self.TYPES, self.descr, self.itemsize,
-                                                       self.writable, self.ptrs, self.sizes, self.last)
-            if status:
-                self._explain(status, allcols)
-        self._new_sizes()
+            self._new_sizes()
+            return
+        status = kernel_module("_pointers").gather(self.objs, self.meta, self.ptrs, self.sizes, self.last)
+        if status > 0:
+            self._explain(status, allcols)
+        elif status < 0:
+            self._new_sizes()
 
     def _adopt(self, allcols):
         """New array objects: check what the struct reader relies on, then record their addresses."""
@@ -482,15 +495,19 @@ class _NumpyUnit(_TableUnit):
         n = len(allcols[0])
         self.objs = np.array([list(map(id, col)) for col in allcols], np.int64).T.copy()
         self.cols = allcols   # holds the objects, so their addresses stay theirs while cached
-        self.descr = np.full(self.ncols, id(self.dtype), np.int64)
+        self.meta = np.zeros((4, max(2, self.ncols)), np.int64)
+        self.meta[0, :2] = id(np.ndarray), id(np.memmap)
+        self.meta[1, :self.ncols] = id(self.dtype)
+        self.meta[2, :self.ncols] = self.itemsize
+        self.meta[3, :self.ncols] = self.writable
         self.ptrs = np.empty((n, self.ncols), np.int64)
         self.last = np.zeros((n, self.ncols), np.int64)
-        self.sizes = np.empty(n, np.int64)
+        self.sizes = np.full(n, -1, np.int64)
 
     def _explain(self, status, allcols):
         """Turn a gather() status into the error the Python checks give (or accept an equal dtype
         under another dtype object, read through Python from then on)."""
-        reason, idx = describe(status)
+        reason, idx = kernel_module("_pointers").describe(status)
         self.validate(allcols)   # raises, naming the array, when one is bad
         if reason == "overlap":
             self.overlap_error(idx)
@@ -502,6 +519,8 @@ class _TorchCPUUnit(_TableUnit):
     """CPU torch tensors (any dense layout, equal for a param, its grad and states): pointers and
     layouts read through torch at every step."""
 
+    last = None
+
     def read(self, allcols):
         import torch
         stride, ptr = torch.Tensor.stride, torch.Tensor.data_ptr
@@ -509,17 +528,15 @@ class _TorchCPUUnit(_TableUnit):
         if meta != self.checked:
             self.validate(allcols)
             _check_dense(self, allcols)
+            if self.checked is None or meta[0][0] != self.checked[0][0]:
+                self.sizes = np.array(list(map(torch.Tensor.numel, allcols[0])), np.int64)
+                self._new_sizes()
             self.checked = meta
         self.ptrs = np.array([list(map(ptr, col)) for col in allcols], np.int64).T.copy()
-        if self.sizes is None or meta[0][0] != self.checked_shapes:
-            self.sizes = np.array(list(map(torch.Tensor.numel, allcols[0])), np.int64)
-            self.checked_shapes = meta[0][0]
-        if getattr(self, "last", None) is None or not np.array_equal(self.ptrs, self.last):
+        written = self.ptrs[:, self.writable.astype(bool)].tobytes()
+        if written != self.last:   # params or states moved: check that written arrays do not overlap
             self.check_overlap()
-            self.last = self.ptrs
-        self._new_sizes()
-
-    checked_shapes = None
+            self.last = written
 
 
 def _shape(t):

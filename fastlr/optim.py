@@ -7,6 +7,8 @@ validation, schedules, gradient conditioning and state dicts, over ``fastlr.engi
 import math
 import numbers
 
+import numpy as np
+
 from . import capturable as _capturable
 from . import specs as _specs
 from ._arrays import Buffer, copy_into, describe_kind, full_like, host_scalar, kind_of, library, same_kind, \
@@ -17,6 +19,7 @@ from .kernels import rules  # noqa: F401  (re-exported for scripts that bind rul
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax",
            "NAdam", "RAdam", "Lion"]
 
+_ARRAY_TYPES = {np.ndarray, type(None)}
 _OPTIONS = dict(max_grad_norm=None, clip_value=None, grad_scale=None, skip_nonfinite=False, capturable=False)
 
 
@@ -165,6 +168,8 @@ class Optimizer:
                     flat.append(p.grad)
         elif library(grads) is not None:
             flat = [grads]
+        elif type(grads) is list and set(map(type, grads)) <= _ARRAY_TYPES:
+            flat = grads   # the common case, checked at C speed: a flat list of NumPy arrays (and None)
         else:
             try:
                 flat = [g for item in grads

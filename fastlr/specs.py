@@ -10,6 +10,7 @@ Adding an algorithm: its element rule(s), scalars contract and host rule in rule
 ``Spec`` here (added to ``SPECS``), a float64 reference in tests/reference.py, and a
 two-line class in fastlr/optim.py and fastlr/torch.py. See docs/DESIGN.md.
 """
+import itertools
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -127,8 +128,16 @@ class Spec:
     scalar_updates: dict = field(default_factory=dict)  # scalar state -> rules fn giving this step's value
     check: Callable = None       # cross-hyperparameter checks: check(group, where)
     constants: dict = field(default_factory=dict)       # fixed rules arguments, e.g. decoupled_weight_decay
-    test_grid: dict = field(default_factory=dict)       # option axes the tests sweep
+    eager_state: bool = False    # torch creates the states at construction (Adagrad), not at the first step
+    test_grid: dict = field(default_factory=dict)       # option axes the tests sweep (every combination)
+    test_extra: tuple = ()                              # further option sets, e.g. nesterov=True
     test_base: dict = field(default_factory=dict)       # hyperparameters every test case sets
+
+    def test_cases(self):
+        """The option sets the tests run: every combination of test_grid, then test_extra, each with test_base."""
+        keys = list(self.test_grid)
+        grid = [dict(zip(keys, values)) for values in itertools.product(*self.test_grid.values())]
+        return [{**case, **self.test_base} for case in grid + [dict(c) for c in self.test_extra]]
 
     def signature_text(self):
         """The hyperparameters as a Python parameter list (for docstrings and generated signatures)."""
@@ -164,11 +173,13 @@ SGD = Spec(
     math="b <- momentum b + (1 - dampening) g  (b = g at the first step);  p <- p - lr (g + momentum b if "
          "nesterov else b)",
     test_grid=dict(momentum=[0, 0.9], dampening=[0, 0.1], weight_decay=[0, 0.01], maximize=[False, True]),
+    test_extra=tuple(dict(momentum=0.9, nesterov=True, weight_decay=wd, maximize=mx)
+                     for wd in (0, 0.01) for mx in (False, True)),
     test_base=dict(lr=0.01))
 
 Adagrad = Spec(
     "Adagrad", dict(lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10, maximize=False),
-    ("maximize",), rule=lambda g: "adagrad",
+    ("maximize",), rule=lambda g: "adagrad", eager_state=True,
     states=lambda g: (("sum", g["initial_accumulator_value"]),),
     scalars="adagrad_scalars", reference="torch.optim.Adagrad",
     summary="Adagrad: per-element learning rates from the sum of squared gradients.",

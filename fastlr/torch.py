@@ -169,6 +169,26 @@ class _TorchOptimizer(torch.optim.Optimizer):
             self.param_groups.pop()
             raise
         self._engine.reset()
+        if self.spec.eager_state:   # as torch's Adagrad: states exist from construction on
+            self._make_states(self.param_groups[-1])
+
+    def _make_states(self, group):
+        """Create (or, while never used, remake in the params' dtype and device) the group's states."""
+        hp = self._hyperparameters({**self.spec.constants, **{k: v for k, v in group.items() if k != "params"}})
+        front = self._engine.front
+        for p in group["params"]:
+            st = self.state[p]
+            fresh = not st or (_step_zero(st) and any(
+                isinstance(v, torch.Tensor) and v.shape == p.shape and (v.dtype != _state_dtype(p) or
+                                                                        v.device != p.device)
+                for v in st.values()))
+            if fresh:
+                st.clear()
+                created = []
+                for name, init in self.spec.states(hp):
+                    st[name] = front.new_array(p, name, init)
+                    created.append(name)
+                front.init_state(st, p, self.spec, created)
 
     def _check_new_group(self, k):
         group = self.param_groups[k]
@@ -217,6 +237,9 @@ class _TorchOptimizer(torch.optim.Optimizer):
     @torch.compiler.disable
     def _update(self):
         with self._engine.lock, torch.no_grad():
+            if self.spec.eager_state and not self._states_used:
+                for group in self.param_groups:   # params moved (dtype, device) before the first step
+                    self._make_states(group)
             grads = [list(map(_grad, g["params"])) for g in self.param_groups]
             try:
                 ok = self._engine.step(grads, self)
@@ -225,8 +248,11 @@ class _TorchOptimizer(torch.optim.Optimizer):
             self.last_step_skipped = not ok
             if not ok:
                 self.skipped_steps += 1
+            else:
+                self._states_used = all(not _step_zero(st) for st in self.state.values())
 
     _step_count = 0   # schedules as callables are a NumPy-API feature; torch uses lr_scheduler
+    _states_used = False
 
     def _sum_of_squares(self, plans):
         local = [g for plan in plans for u in plan.units for g in u.grads()]
@@ -271,6 +297,15 @@ class _TorchOptimizer(torch.optim.Optimizer):
 
 def _grad(p):
     return p.grad
+
+
+def _step_zero(st):
+    t = st.get("step")
+    return t is not None and float(t) == 0
+
+
+def _state_dtype(p):
+    return torch.float32 if p.dtype in _HALF else p.dtype
 
 
 def _is_dtensor(t):

@@ -66,22 +66,25 @@ C_CONTIGUOUS, ALIGNED, WRITEABLE = 0x0001, 0x0100, 0x0400
 
 # gather() status codes: 0 is ok; otherwise code + 8 * (row * columns + column).
 BAD_TYPE, BAD_DTYPE, NOT_CONTIGUOUS, NOT_ALIGNED, READ_ONLY, BAD_SHAPE, OVERLAP = 1, 2, 3, 4, 5, 6, 7
+# gather() returns -1 when every array is fine but some row's size changed.
 
 
 @njit(cache=True, nogil=True)
-def gather(objs, type_ptrs, descr, itemsize, writable, ptrs, sizes, last):
+def gather(objs, meta, ptrs, sizes, last):
     """Read and check the arrays whose object addresses fill objs (rows: tensors; columns: p, g, states).
 
-    type_ptrs: addresses of the accepted Python types; descr[c]: address of column c's dtype
-    object, itemsize[c] its item size; writable[c]: column c is written by the update. On success fills ptrs (data addresses) and
-    sizes (elements per row) and returns 0. Every array must have row's column 0 shape, be
-    C-contiguous and aligned, and no written array may overlap another array (checked whenever an
-    address differs from ``last``, which then takes the new addresses). Otherwise returns a
-    status code (see BAD_TYPE ...) locating the first offending array; nothing is written to
-    ``last`` then.
+    meta rows: [0] the addresses of the accepted Python types (two), [1] each column's dtype object
+    address, [2] its item size, [3] 1 where the column is written by the update. On success fills
+    ptrs (data addresses) and sizes (elements per row) and returns 0, or -1 when some size changed
+    since the last call (the work list must be rebuilt). Every array must have its row's column 0
+    shape, be C-contiguous and aligned; no written array may overlap another array (checked
+    whenever an address differs from ``last``, which then takes the new addresses). Otherwise
+    returns a status code (see BAD_TYPE ...) locating the first offending array; ``last`` is then
+    left as it was.
     """
     n, k = objs.shape
     changed = False
+    resized = False
     for t in range(n):
         a0 = objs[t, 0]
         nd0 = load_i32(a0 + OFF_ND)
@@ -93,19 +96,16 @@ def gather(objs, type_ptrs, descr, itemsize, writable, ptrs, sizes, last):
             a = objs[t, c]
             where = 8 * (t * k + c)
             tp = load_i64(a + OFF_TYPE)
-            accepted = False
-            for x in type_ptrs:
-                accepted |= tp == x
-            if not accepted:
+            if tp != meta[0, 0] and tp != meta[0, 1]:
                 return BAD_TYPE + where
-            if load_i64(a + OFF_DESCR) != descr[c]:
+            if load_i64(a + OFF_DESCR) != meta[1, c]:
                 return BAD_DTYPE + where
             flags = load_i32(a + OFF_FLAGS)
             if flags & C_CONTIGUOUS == 0:
                 return NOT_CONTIGUOUS + where
             if flags & ALIGNED == 0:
                 return NOT_ALIGNED + where
-            if writable[c] and flags & WRITEABLE == 0:
+            if meta[3, c] and flags & WRITEABLE == 0:
                 return READ_ONLY + where
             if c > 0:
                 if load_i32(a + OFF_ND) != nd0:
@@ -118,13 +118,15 @@ def gather(objs, type_ptrs, descr, itemsize, writable, ptrs, sizes, last):
             if p != last[t, c]:
                 changed = True
             ptrs[t, c] = p
-        sizes[t] = size
+        if sizes[t] != size:
+            resized = True
+            sizes[t] = size
     if changed:
-        bad = overlap(ptrs, sizes, itemsize, writable)
+        bad = overlap(ptrs, sizes, meta[2], meta[3])
         if bad >= 0:
             return OVERLAP + 8 * bad
         last[:, :] = ptrs
-    return 0
+    return -1 if resized else 0
 
 
 @njit(cache=True, nogil=True)

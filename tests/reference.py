@@ -104,8 +104,8 @@ def _decay(p, g, lr, weight_decay, maximize, decoupled):
 
 
 def adam(p, g, state, t, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False,
-         maximize=False, decoupled=False):
-    g = _decay(p, g, lr, weight_decay, maximize, decoupled)
+         maximize=False, decoupled_weight_decay=False):
+    g = _decay(p, g, lr, weight_decay, maximize, decoupled_weight_decay)
     m, v = _moments(p, g, state, betas)
     bc1, bc2 = 1 - betas[0] ** t, 1 - betas[1] ** t
     if amsgrad:
@@ -116,7 +116,7 @@ def adam(p, g, state, t, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, 
 
 
 def adamw(p, g, state, t, weight_decay=1e-2, **hp):
-    adam(p, g, state, t, weight_decay=weight_decay, decoupled=True, **hp)
+    adam(p, g, state, t, weight_decay=weight_decay, decoupled_weight_decay=True, **hp)
 
 
 def adamax(p, g, state, t, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, maximize=False):
