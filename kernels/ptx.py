@@ -34,10 +34,13 @@ import types
 import numpy as np
 
 FLOATS = (np.float32, np.float64)
+# Modules outside this package with CUDA kernels and a ptx_cases() (the GPU check's own kernels).
+OTHER_MODULES = ("fastlr.gpuchecks",)
 
 
 def kernel_modules():
-    """Names of this package's modules that define CUDA kernels (their source says cuda.jit)."""
+    """Names of the modules that define CUDA kernels: this package's whose source says cuda.jit,
+    and OTHER_MODULES."""
     package = importlib.import_module(__package__)
     names = []
     for info in pkgutil.iter_modules(package.__path__):
@@ -46,7 +49,7 @@ def kernel_modules():
             with open(importlib.util.find_spec(name).origin) as f:
                 if "cuda.jit" in f.read():
                     names.append(name)
-    return names
+    return names + list(OTHER_MODULES)
 
 
 def is_kernel(obj):
