@@ -122,7 +122,7 @@ def run_one(chk, limit_s, registry, tiny, env=None):
                         f"the check's process ended with code {proc.returncode} and no result")
     finally:
         os.unlink(result_path)
-    if row["status"] != "pass":
+    if row["status"] not in ("pass", "skipped"):
         row["output_tail"] = output[-3000:]
     return row
 
