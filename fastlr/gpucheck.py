@@ -140,7 +140,11 @@ def write_report(path, report):
     os.replace(tmp, path)
 
 
-def run_checks(checks, out_dir, budget_s, registry=REGISTRY, tiny=False, printer=print):
+def _say(text):
+    print(text, flush=True)   # seen as each check ends, even if the run is cut short
+
+
+def run_checks(checks, out_dir, budget_s, registry=REGISTRY, tiny=False, printer=_say):
     """Run the checks in order within budget_s seconds; return the report (also written to out_dir)."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, REPORT_NAME)
