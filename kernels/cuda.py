@@ -46,6 +46,9 @@ DEVICE_H_KERNELS = {name: generate(_TEMPLATE_DEVICE_H, name, name + "_device_h",
                                    cuda.jit(cache=not _SIMULATOR))
                     for name in rules.ELEMENT_RULES}
 
+# Device values are read as float64 (a float32 lr included): the host rule then computes in
+# float64 as on the host, and h is a tuple of one type, which numba can index at run time
+# (a float32 lr made it a mixed tuple, which the real compiler rejects; the simulator ran it).
 _PREPARE = """
 def {name}(step, lr, {device_args}hout, {consts}):
     if cuda.grid(1) == 0:
@@ -68,7 +71,7 @@ def prepare_kernel(scalars, updates, device_names, const_names, arg_names):
     on_device, arg_names = {"step", "lr", *device_names}, dict(arg_names)
 
     def call(fn):
-        return ", ".join(f"{n}[0]" if n in on_device else n for n in arg_names[fn])
+        return ", ".join(f"np.float64({n}[0])" if n in on_device else n for n in arg_names[fn])
     updates_src = "".join(f"        {name}[0] = R.{fn}({call(fn)})\n" for name, fn in updates)
     return generate_source(_PREPARE, f"prepare_{scalars}" + "".join(f"_{n}" for n in device_names),
                            globals(), cuda.jit(cache=not _SIMULATOR),
@@ -126,3 +129,17 @@ def sumsq(g, out):
         x = np.float64(g[i])
         s += x * x
     block_sum_into(s, out)
+
+
+def ptx_cases():
+    """(label, kernel, example args) of each kernel here, typed as launched (fastlr.kernels.ptx)."""
+    from ._codegen import n_states, scalar_names
+    c = (1.0, -math.inf, math.inf)   # floats, as fastlr._launch passes them
+    for dtype in (np.float32, np.float64):
+        a, d = np.zeros(1, dtype), dtype.__name__
+        for rule in rules.ELEMENT_RULES:
+            arrays, n_h = (a,) * (2 + n_states(rule)), len(scalar_names(rule))
+            yield f"KERNELS[{rule}] {d}", KERNELS[rule], (*arrays, (1.0,) * n_h, c)
+            yield f"DEVICE_H_KERNELS[{rule}] {d}", DEVICE_H_KERNELS[rule], (*arrays, np.zeros(n_h, dtype), c)
+        yield f"sumsq {d}", sumsq, (a, np.zeros(1))
+    yield "fill_scalar", fill_scalar, (np.zeros(1), 1.0)

@@ -45,3 +45,18 @@ for _rule in rules.ELEMENT_RULES:
                                        globals(), cuda.jit(cache=not _SIMULATOR))
     STOCHASTIC["bf16", _rule] = generate(_template(STOCHASTIC_TEMPLATE, "bf16"), _rule, f"{_rule}_sr_bf16",
                                          globals(), cuda.jit(cache=not _SIMULATOR))
+
+
+def ptx_cases():
+    """(label, kernel, example args) of each kernel here, typed as launched (fastlr.kernels.ptx):
+    int16 views of the 16-bit arrays, float32 states, h and c as float32 (fastlr.mixed.run)."""
+    from ._codegen import n_states, scalar_names
+    bits, f32, one = np.zeros(1, np.int16), np.zeros(1, np.float32), np.float32(1.0)
+    c = (one, np.float32(-np.inf), np.float32(np.inf))
+    for (fmt, rule), kernel in MASTER.items():
+        h = (one,) * len(scalar_names(rule))
+        yield f"MASTER[{fmt}, {rule}]", kernel, (bits, bits, f32, *(f32,) * n_states(rule), h, c)
+    for (fmt, rule), kernel in STOCHASTIC.items():
+        h = (one,) * len(scalar_names(rule))
+        yield f"STOCHASTIC[{fmt}, {rule}]", kernel, (bits, bits, *(f32,) * n_states(rule), h, c,
+                                                     (np.int64(1), np.int64(0)))

@@ -118,3 +118,21 @@ def coalesced_sumsq(g, dim, order, starts, stream=0):
     if stream:
         stream.synchronize()
     return float(host[0])
+
+
+def ptx_cases():
+    """(label, kernel, example args) of each kernel here, typed as launched (fastlr.kernels.ptx):
+    the int64 plan arrays of sparse_cpu.plan, h and c in the table's dtype (fastlr.sparse)."""
+    from . import rules
+    from ._codegen import n_states, scalar_names
+    plan = (np.zeros(1, np.int64),) * 3
+    for dtype in (np.float32, np.float64):
+        a, d = np.zeros(1, dtype), dtype.__name__
+        c = (dtype(1.0), dtype(-np.inf), dtype(np.inf))
+        for rule in rules.ELEMENT_RULES:
+            h = (dtype(1.0),) * len(scalar_names(rule))
+            yield f"rows_{rule} {d}", row_kernel(rule), (a, a, 1, *plan, 1, *(a,) * n_states(rule), h, c)
+        h = (dtype(1.0),) * len(scalar_names("rowwise_adagrad_update"))
+        for j, kernel in enumerate(row_kernel("rowwise_adagrad")):
+            yield f"rowwise_adagrad[{j}] {d}", kernel, (a, a, 1, *plan, 1, a, h, c)
+        yield f"_sumsq {d}", _sumsq, (a, 1, *plan[:2], 1, np.zeros(1))

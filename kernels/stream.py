@@ -72,3 +72,12 @@ def CUDA_STREAM(k):
 def bytes_per_param(k, itemsize):
     """Bytes one step moves per parameter with k state arrays: (k + 2) reads, (k + 1) writes."""
     return (2 * k + 3) * itemsize
+
+
+def ptx_cases():
+    """(label, kernel, example args) of the CUDA stream kernels, as fastlr.bench launches them."""
+    import numpy as np
+    for k in range(MAX_STATES + 1):
+        for dtype in (np.float32, np.float64):
+            yield f"CUDA_STREAM({k}) {dtype.__name__}", CUDA_STREAM(k), (
+                *(np.zeros(1, dtype),) * (k + 2), dtype(1e-3), dtype(0.5))
