@@ -104,26 +104,37 @@ class _DeviceState:
         self.h = Buffer("h", full_like(obj, 0.0, (len(_codegen.scalar_names(rule)),))).kernel_view()
 
 
+def prepare(spec, group, pstate):
+    """(prepare kernel, names of the scalar states it reads from device memory, its constant arguments)
+    for one param of an algorithm: the kernel ``k(step, lr, *device scalars, hout, *consts)`` that
+    advances the step count and writes this step's scalars (see ``kernels.cuda.prepare_kernel``)."""
+    names, const_names, arg_names = _layout(spec)
+    kernel = kernel_module("cuda").prepare_kernel(spec.scalars, tuple(spec.scalar_updates.items()), names,
+                                                  const_names, arg_names)
+    consts = [_const(pstate[n] if n in pstate else group[n] if n in group else spec.constants[n])
+              for n in const_names]
+    return kernel, names, consts
+
+
 def _launch_unit(engine, plan, unit, c):
     """Prepare and update kernels for every param of a CUDA unit, on the caller's stream."""
     from .streams import current_stream
     opt, spec, hp = engine.opt, engine.spec, plan.hp
     cuda = kernel_module("cuda")
     rule = spec.rule(hp)
-    names, const_names, arg_names = _layout(spec)
-    prepare = cuda.prepare_kernel(spec.scalars, tuple(spec.scalar_updates.items()), names, const_names, arg_names)
     devices = engine.__dict__.setdefault("device_state", {})   # dropped with the engine on copies
     lrs = engine.__dict__.setdefault("lr_device", {})
     for r, pstate in enumerate(unit.pstates):
         obj = unit.objs[0][r]
         stream = current_stream(obj)
         _to_device(spec, obj, pstate)
+        names = tuple(spec.scalar_state)
         dev = devices.get(id(pstate))
         if dev is None or dev.rule != rule or dev.owner is not pstate["step"]:
             dev = devices[id(pstate)] = _DeviceState(obj, pstate, names, rule)
         lr = _lr_view(lrs, plan.k, hp["lr"], obj, stream)
-        consts = [_const(pstate[n] if n in pstate else hp[n] if n in hp else spec.constants[n]) for n in const_names]
-        prepare[1, 1, stream](dev.step, lr, *dev.scalars, dev.h, *consts)
+        kernel, names, consts = prepare(spec, hp, pstate)
+        kernel[1, 1, stream](dev.step, lr, *dev.scalars, dev.h, *consts)
         p = unit.arrays[0][r]
         blocks, threads = cuda.launch_config(p.size)
         cuda.DEVICE_H_KERNELS[rule][blocks, threads, stream](p, unit.arrays[1][r],

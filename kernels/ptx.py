@@ -96,23 +96,16 @@ def cases():
 
 
 def prepare_cases():
-    """The prepare kernel of every capturable optimizer, built as ``fastlr.capturable.step_param``
-    builds and launches it: float32/float64 params x float32/float64 device lr."""
-    from .. import capturable, optim
-    from . import cuda
+    """The prepare kernel of every algorithm (fastlr.specs), built as ``fastlr.capturable`` builds and
+    launches it: float32/float64 params x float32/float64 device lr."""
+    from .. import capturable, specs
     from ._codegen import scalar_names
 
-    for name in optim.__all__:
-        cls = getattr(optim, name)
-        if not (isinstance(cls, type) and issubclass(cls, optim.Optimizer)) or cls.scalars is None:
-            continue
-        names, const_names, arg_names = capturable._layout(cls)
-        group = cls(np.zeros(1)).param_groups[0]
-        pstate = {"step": 0, **cls.scalar_state}
-        consts = [capturable._const(cls._arg(n, group, pstate)) for n in const_names]
-        kernel = cuda.prepare_kernel(cls.scalars, tuple(cls.scalar_updates.items()), names, const_names,
-                                     arg_names)
-        n_h = len(scalar_names(cls._rule(group)))
+    for name, spec in specs.SPECS.items():
+        group = {**spec.constants, **spec.defaults}
+        pstate = {"step": 0, **spec.scalar_state}
+        kernel, names, consts = capturable.prepare(spec, group, pstate)
+        n_h = len(scalar_names(spec.rule(group)))
         for p_dtype in FLOATS:
             for lr_dtype in FLOATS:
                 args = (np.zeros(1), np.zeros(1, lr_dtype), *[np.zeros(1) for _ in names],
