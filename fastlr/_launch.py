@@ -5,6 +5,7 @@ never touches numba.cuda unless a GPU array shows up.
 """
 import importlib
 import math
+import threading
 
 import numpy as np
 
@@ -53,8 +54,9 @@ def run(rule, param, grad, states, h, c, on_cuda, stream=0):
         c = tuple(map(float, c))
     module = _kernels(on_cuda)
     if not on_cuda:
-        name = rule if param.size >= SERIAL_BELOW else rule + "_serial"
-        module.KERNELS[name](param, grad, *states, h, c)
+        serial = param.size < SERIAL_BELOW
+        with parallel_guard(serial):
+            module.KERNELS[rule + "_serial" if serial else rule](param, grad, *states, h, c)
         return
     blocks, threads = module.launch_config(param.size)
     module.KERNELS[rule][blocks, threads, stream](param, grad, *states, h, c)
@@ -64,6 +66,42 @@ def sum_of_squares(flat, on_cuda, stream=0):
     """float64 sum of squares of one flat buffer (a single reduction pass)."""
     module = _kernels(on_cuda)
     if not on_cuda:
-        return float(module.sumsq(flat) if flat.size >= SERIAL_BELOW else module.sumsq_serial(flat))
+        serial = flat.size < SERIAL_BELOW
+        with parallel_guard(serial):
+            return float(module.sumsq_serial(flat) if serial else module.sumsq(flat))
     from .streams import sum_of_squares_on
     return sum_of_squares_on(flat, stream)
+
+
+# ---------------------------------------------------------------- numba's threading layers
+_SERIALIZE = threading.Lock()
+_LAYER = []
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NULL = _Null()
+
+
+def parallel_guard(serial=False):
+    """The context every parallel CPU kernel of fastlr is launched in. numba's workqueue threading
+    layer (the one left when neither TBB nor OpenMP can be loaded, or when NUMBA_THREADING_LAYER
+    asks for it) aborts the process when two threads run parallel kernels at once; under it,
+    parallel launches are serialized by one process-wide lock. Serial kernels and the omp/tbb
+    layers need no guard."""
+    if serial:
+        return _NULL
+    if not _LAYER:
+        import numba
+        try:
+            layer = numba.threading_layer()
+        except ValueError:  # no parallel kernel has run yet: serialize until the layer is known
+            return _SERIALIZE
+        _LAYER.append(_SERIALIZE if layer == "workqueue" else _NULL)
+    return _LAYER[0]

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import specs as _specs
 from ._arrays import Buffer, describe_kind, full_like, kind_of, same_kind
-from ._launch import NO_CONDITIONING, SERIAL_BELOW, kernel_module
+from ._launch import NO_CONDITIONING, SERIAL_BELOW, kernel_module, parallel_guard
 from .kernels import _codegen, rules
 
 __all__ = ["Engine", "Front", "Unit", "grad_conditioning", "NO_CONDITIONING", "plan_scalars", "register_unit"]
@@ -647,35 +647,3 @@ def register_unit(family, cls):
 def local_tensors(allcols):
     """DTensors (FSDP2) replaced by their local shards: each rank updates its own, in place."""
     return [[x.to_local() for x in col] if col and type(col[0]).__name__ == "DTensor" else col for col in allcols]
-
-# ---------------------------------------------------------------- numba's threading layers
-_SERIALIZE = threading.Lock()
-_LAYER = []
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-_NULL = _Null()
-
-
-def parallel_guard(serial=False):
-    """A context for launching a parallel CPU kernel. numba's workqueue threading layer (the one
-    left when neither TBB nor OpenMP can be loaded) aborts the process when two threads run
-    parallel kernels at once; under it, parallel launches are serialized. Serial kernels and the
-    omp/tbb layers need no guard."""
-    if serial:
-        return _NULL
-    if not _LAYER:
-        import numba
-        try:
-            layer = numba.threading_layer()
-        except ValueError:  # no parallel kernel has run yet: serialize until the layer is known
-            return _SERIALIZE
-        _LAYER.append(_SERIALIZE if layer == "workqueue" else _NULL)
-    return _LAYER[0]

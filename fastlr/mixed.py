@@ -15,7 +15,7 @@ Memory per param: float32 16 B (p, g, m, v); bf16 + master 16 B; bf16 stochastic
 import numpy as np
 
 from . import engine as _engine
-from ._launch import SERIAL_BELOW, cast, kernel_module
+from ._launch import SERIAL_BELOW, cast, kernel_module, parallel_guard
 from .kernels import rules
 
 
@@ -93,7 +93,9 @@ def run(rule, fmt, p16, g16, master, states, h, c, r, on_cuda, stream=0):
             raise TypeError("stochastic rounding: bfloat16 only (use master weights for float16)")
         table, args = module.STOCHASTIC, (p16, g16, *states, h, c, r)
     if not on_cuda:
-        table[fmt, rule if p16.size >= SERIAL_BELOW else rule + "_serial"](*args)
+        serial = p16.size < SERIAL_BELOW
+        with parallel_guard(serial):
+            table[fmt, rule + "_serial" if serial else rule](*args)
         return
     blocks, threads = module.launch_config(p16.size)
     table[fmt, rule][blocks, threads, stream](*args)

@@ -16,7 +16,6 @@ order of their step numbers and the result equals running the calls one after th
 that order (the number each call returns). Do not run a dense ``step()`` of the same param
 at the same time.
 """
-import contextlib
 import math
 import threading
 import weakref
@@ -25,7 +24,7 @@ import numpy as np
 
 from . import specs as _specs
 from ._arrays import Buffer, copy_into, full_like, library, same_kind, to_numpy
-from ._launch import SERIAL_BELOW, cast, kernel_module, no_conditioning, sum_of_squares
+from ._launch import SERIAL_BELOW, cast, kernel_module, no_conditioning, parallel_guard, sum_of_squares
 from .kernels import rules
 from .engine import grad_conditioning
 from .optim import Optimizer
@@ -232,7 +231,7 @@ class _Table:
 
         def launch(lo, hi):
             parallel = (hi - lo) * self.dim >= SERIAL_BELOW
-            with _parallel_guard() if parallel else contextlib.nullcontext():
+            with parallel_guard(not parallel):
                 row_kernel(rule, parallel)(p, g, self.dim, order, starts, rows, lo, hi, *states, h, c)
 
         self.stripes.run(work, launch)
@@ -291,24 +290,6 @@ class _Stripes:
             raise failed
 
 
-_GUARD = []
-
-
-def _parallel_guard():
-    """numba's workqueue threading layer must not run two parallel kernels at once (omp and tbb can)."""
-    if not _GUARD:
-        import numba
-        try:
-            layer = numba.threading_layer()
-        except ValueError:  # no parallel kernel has run yet: serialize the first one
-            return _SERIALIZE
-        _GUARD.append(_SERIALIZE if layer == "workqueue" else contextlib.nullcontext())
-    return _GUARD[0]
-
-
-_SERIALIZE = threading.Lock()
-
-
 def _sum_of_squares(gbuf):
     return sum_of_squares(gbuf.kernel_view(), gbuf.on_cuda, current_stream(gbuf.obj) if gbuf.on_cuda else 0)
 
@@ -317,7 +298,7 @@ def _coalesced_sumsq(gbuf, dim, order, starts, stream):
     """float64 sum of squares of the coalesced gradient (for max_grad_norm and the non-finite check)."""
     if gbuf.on_cuda:
         return kernel_module("sparse_cuda").coalesced_sumsq(gbuf.kernel_view(), dim, order, starts, stream)
-    with _parallel_guard():
+    with parallel_guard():
         return float(kernel_module("sparse_cpu").coalesced_sumsq(gbuf.kernel_view(), dim, order, starts))
 
 

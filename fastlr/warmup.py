@@ -2,7 +2,7 @@
 compilation inside their first steps."""
 import numpy as np
 
-from ._launch import NO_CONDITIONING, kernel_module
+from ._launch import NO_CONDITIONING, kernel_module, parallel_guard
 from .kernels import _codegen, rules
 
 __all__ = ["warmup"]
@@ -25,7 +25,8 @@ def warmup(dtypes=("float32", "float64"), progress=False):
             k = _codegen.n_states(rule)
             arrays = [np.ones(1, dtype) for _ in range(2 + k)]
             h = tuple(0.5 for _ in _codegen.scalar_names(rule))
-            cpu.KERNELS[rule + suffix](*arrays, h, NO_CONDITIONING)
+            with parallel_guard(suffix == "_serial"):
+                cpu.KERNELS[rule + suffix](*arrays, h, NO_CONDITIONING)
             count += 1
     return count
 
