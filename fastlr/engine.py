@@ -402,9 +402,19 @@ class Unit:
         """Full Python checks, with messages naming each array; raises on the first bad one."""
         for r, row in enumerate(zip(*allcols)):
             pbuf = Buffer(self.column_name(r, 0), row[0])
+            self.check_kind(r, row[0])
             for c in range(1, self.ncols):
                 buf = Buffer(self.column_name(r, c), row[c], writeable=c != 1)
                 same_kind(buf.name, buf, pbuf, pbuf.name)
+
+    def check_kind(self, r, p):
+        """Param r is still of the unit's kind: ``p.dtype = ...`` or ``p.data = p.data.double()`` in place
+        can change it, and the unit's kernels are typed for its kind."""
+        kind = kind_of(p)
+        if kind is not None and kind.key != self.kind.key:
+            was, now = (" ".join(map(str, k.key[1:])) for k in (self.kind, kind))
+            raise TypeError(f"{self.column_name(r, 0)}: changed from {was} to {now} after its states were made; "
+                            f"clear its state (del opt.state[...]) to start again as {now}")
 
     def overlap_error(self, idx):
         r, c = divmod(idx, self.ncols)

@@ -127,6 +127,7 @@ class HalfUnit(_engine.Unit):
     def _validate(self, allcols, masters, torch):
         for r, row in enumerate(zip(*allcols)):
             p, g = row[0], row[1]
+            self.check_kind(r, p)
             if not _dense(p):
                 raise ValueError(f"{self.column_name(r, 0)}: expected a dense tensor")
             if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device or g.stride() != p.stride():
