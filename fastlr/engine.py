@@ -113,12 +113,41 @@ class Front:
         for st, v in zip(pstates, values):
             st["step"] = v
 
+    def check_counts(self, spec, units):
+        """Before anything is launched: every step count, as ``steps()`` reads it from opt.state now (it
+        may have been edited), is a whole number in [0, 2**53], and every scalar state (NAdam's
+        mu_product) a finite number; raise naming the entry otherwise. One cheap pass when all agree."""
+        for unit in units:
+            try:
+                steps = self.steps(unit.pstates)
+                first = steps[0]
+                if not spec.scalar_state and type(first) in _COUNT_TYPES and 0 <= first <= _specs.MAX_STEP \
+                        and first % 1 == 0 and all(map(operator.eq, steps, repeat(first))):
+                    continue
+            except (KeyError, TypeError, ValueError, RuntimeError):
+                pass
+            for r, st in enumerate(unit.pstates):
+                where = unit.labels[r][2]
+                try:
+                    value = self.steps([st])[0]
+                except KeyError:
+                    raise ValueError(f"{where.format('step')}: missing (expected the param's step count); clear the "
+                                     f"param's state to start again") from None
+                except (TypeError, ValueError, RuntimeError):
+                    value = st.get("step")
+                _specs.step_count(where.format("step"), value)
+                for n in spec.scalar_state:
+                    _specs.finite(where.format(n), st.get(n))
+
     def set_scalar(self, pstate, name, value):
         pstate[name] = value
 
     def names(self, k, j, index):
         """(param, grad, state-format) names of param j of group k (param number `index` overall)."""
         return f"params[{index}]", f"grads[{index}]", f"state[{index}][{{!r}}]"
+
+
+_COUNT_TYPES = (int, float)
 
 
 class Engine:
@@ -166,10 +195,13 @@ class Engine:
         hps = self.resolve(self.opt._step_count)
         plans = self._plans_for(hps, grads)
         if any(p.missing for p in plans):   # every check passed: now states may be created
+            _check_state_entries(self, plans)
             for p in plans:
                 p.allocate(self)
             plans = self._plans_for(hps, grads)
         _check_disjoint(plans)
+        if launch is None:   # (capturable steps keep their counts in device memory)
+            self.front.check_counts(self.spec, [u for plan in plans for u in plan.units])
         c = grad_conditioning(options, lambda: self.opt._sum_of_squares(plans))
         if c is None:
             return False
@@ -249,6 +281,19 @@ def _same_group(seen, group):
         except (TypeError, ValueError):  # values that do not compare plainly: treat as changed
             return False
     return True
+
+
+def _check_state_entries(engine, plans):
+    """The existing state entries of params whose states are about to be completed are dicts."""
+    state = engine.opt.state
+    for plan in plans:
+        if plan.missing:
+            labels = dict(zip(plan.keys, plan.labels))
+            for key in plan.pending[1]:
+                st, label = state.get(key), labels[key]
+                if st is not None and not isinstance(st, dict):
+                    raise TypeError(f"{label[2].split('[{')[0]}: expected a dict of state entries (or no entry), "
+                                    f"got {type(st).__name__}")
 
 
 def _check_disjoint(plans):
@@ -402,10 +447,10 @@ class Unit:
         """Full Python checks, with messages naming each array; raises on the first bad one."""
         for r, row in enumerate(zip(*allcols)):
             pbuf = Buffer(self.column_name(r, 0), row[0])
-            self.check_kind(r, row[0])
             for c in range(1, self.ncols):
                 buf = Buffer(self.column_name(r, c), row[c], writeable=c != 1)
                 same_kind(buf.name, buf, pbuf, pbuf.name)
+            self.check_kind(r, row[0])
 
     def check_kind(self, r, p):
         """Param r is still of the unit's kind: ``p.dtype = ...`` or ``p.data = p.data.double()`` in place

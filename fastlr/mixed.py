@@ -127,7 +127,6 @@ class HalfUnit(_engine.Unit):
     def _validate(self, allcols, masters, torch):
         for r, row in enumerate(zip(*allcols)):
             p, g = row[0], row[1]
-            self.check_kind(r, p)
             if not _dense(p):
                 raise ValueError(f"{self.column_name(r, 0)}: expected a dense tensor")
             if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device or g.stride() != p.stride():
@@ -140,6 +139,7 @@ class HalfUnit(_engine.Unit):
                         or t.device != p.device or t.stride() != p.stride():
                     raise ValueError(f"{name}: expected a float32 tensor of shape {tuple(p.shape)} on {p.device} "
                                      f"with the param's strides")
+            self.check_kind(r, p)
 
     def launch(self, rule, htab, hidx, c):
         from .streams import current_stream

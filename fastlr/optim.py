@@ -11,8 +11,7 @@ import numpy as np
 
 from . import capturable as _capturable
 from . import specs as _specs
-from ._arrays import Buffer, copy_into, describe_kind, full_like, host_scalar, kind_of, library, same_kind, \
-    to_numpy
+from ._arrays import Buffer, copy_into, describe_kind, full_like, kind_of, library, same_kind, to_numpy
 from .engine import Engine, Front, plan_scalars
 from .kernels import rules  # noqa: F401  (re-exported for scripts that bind rules by name)
 
@@ -158,7 +157,12 @@ class Optimizer:
 
     def _grads_per_group(self, grads):
         """The grads as one list per group, aligned with its params (count checked)."""
-        n = sum(len(g["params"]) for g in self.param_groups)
+        try:
+            n = sum(len(g["params"]) for g in self.param_groups)
+        except (KeyError, TypeError):
+            n = None
+        if n is None or not isinstance(self.state, dict):
+            _check_layout(self)
         if grads is None:
             flat = []
             for g in self.param_groups:
@@ -300,7 +304,8 @@ class Optimizer:
         ref = Buffer("param", param)
         pstate = {"step": _step_value(f"{where}['step']", saved["step"])}
         for n in self.spec.scalar_state:
-            pstate[n] = _specs._number(f"{where}[{n!r}]", host_scalar(saved[n]))
+            _specs.finite(f"{where}[{n!r}]", saved[n])
+            pstate[n] = _specs._number(f"{where}[{n!r}]", saved[n])
         for n in expected:
             value = saved[n]
             buf = Buffer(f"{where}[{n!r}]", value, writeable=False) if kind_of(value) else None
@@ -335,6 +340,20 @@ class Optimizer:
 
 class _NumpyFront(Front):
     """State of the NumPy API: keyed by param index, step counts as Python ints."""
+
+
+def _check_layout(opt):
+    """param_groups a list of dicts with 'params', state a dict (both may be edited between steps)."""
+    if not isinstance(opt.state, dict):
+        raise TypeError(f"state: expected a dict (param index -> state entries), got {type(opt.state).__name__}")
+    for k, group in enumerate(opt.param_groups):
+        if not isinstance(group, dict) or "params" not in group:
+            raise TypeError(f"param_groups[{k}]: expected a dict with a 'params' entry")
+        try:
+            len(group["params"])
+        except TypeError:
+            raise TypeError(f"param_groups[{k}]['params']: expected a list of arrays, got "
+                            f"{type(group['params']).__name__}") from None
 
 
 def _plain(v):
@@ -392,17 +411,11 @@ def _span(p):
 
 
 def _step_value(where, value):
-    """A saved step count: a non-negative whole number (int, integral float, or one-element array)."""
-    value = host_scalar(value) if library(value) is not None else value
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{where}: expected a step count (a whole number >= 0), got {value!r}")
-    try:
-        f = float(value)
-    except OverflowError:
-        raise ValueError(f"{where}: expected a step count (a whole number >= 0), got {value!r}") from None
-    if not math.isfinite(f) or f < 0 or f != int(f):
-        raise ValueError(f"{where}: expected a step count (a whole number >= 0), got {value!r}")
-    return int(f)
+    """A saved step count: a whole number >= 0 (int, integral float, or a one-element array of any library)."""
+    if library(value) is not None:
+        host = to_numpy(value)
+        value = host.reshape(-1)[0].item() if host.size == 1 else host
+    return _specs.step_count(where, value)
 
 
 def _step_count(value):

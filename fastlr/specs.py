@@ -18,60 +18,84 @@ from typing import Callable
 
 from ._arrays import library
 
-__all__ = ["Spec", "SPECS", "check_group"]
+__all__ = ["Spec", "SPECS", "check_group", "step_count"]
 
 
 # ---------------------------------------------------------------- hyperparameter checks
+def _shown(value):
+    """repr(value) for a message, cut short (a 400-digit int names the problem in its first digits)."""
+    r = repr(value)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
 def _number(name, value):
     """A real number as float; rejects bools, NaN, arrays of several values and numbers too large for a float."""
     if library(value) is not None or hasattr(value, "__array__"):
-        size = getattr(value, "size", None)
-        size = size() if callable(size) else size
+        numel = getattr(value, "numel", None)   # torch: size() is the shape, numel() the count
+        size = numel() if callable(numel) else getattr(value, "size", None)
         if size != 1:
             raise ValueError(f"{name}: expected a real number, got an array of shape {tuple(value.shape)}")
-        value = value.item() if hasattr(value, "item") else value
+        try:
+            value = value.item() if hasattr(value, "item") else value
+        except (RuntimeError, TypeError, ValueError):   # e.g. a torch tensor on the meta device
+            raise ValueError(f"{name}: expected a real number, got {_shown(value)}") from None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name}: expected a real number, got {value!r}")
+        raise ValueError(f"{name}: expected a real number, got {_shown(value)}")
     try:
         value = float(value)
     except OverflowError:
-        raise ValueError(f"{name}: expected a real number representable as a float, got {value!r}") from None
+        raise ValueError(f"{name}: expected a real number representable as a float, got {_shown(value)}") from None
     if math.isnan(value):
         raise ValueError(f"{name}: expected a real number, got nan")
     return value
 
 
+# Step counts are used in float64 host arithmetic: whole numbers are exact up to 2**53.
+MAX_STEP = 2**53
+
+
+def step_count(name, value):
+    """A step count as an int: a whole number in [0, 2**53] (int, integral float, one-element array)."""
+    try:
+        f = _number(name, value)
+    except ValueError:
+        f = math.nan
+    if not 0 <= f <= MAX_STEP or f != int(f):
+        raise ValueError(f"{name}: expected a step count (a whole number in [0, 2**53]), got {_shown(value)}")
+    return int(f)
+
+
 def non_negative(name, value):
     if _number(name, value) < 0 or math.isinf(float(value)):
-        raise ValueError(f"{name}: expected a finite value >= 0, got {value!r}")
+        raise ValueError(f"{name}: expected a finite value >= 0, got {_shown(value)}")
 
 
 def positive(name, value):
     if _number(name, value) <= 0 or math.isinf(float(value)):
-        raise ValueError(f"{name}: expected a finite value > 0, got {value!r}")
+        raise ValueError(f"{name}: expected a finite value > 0, got {_shown(value)}")
 
 
 def unit_interval(name, value):
     if not 0.0 <= _number(name, value) <= 1.0:
-        raise ValueError(f"{name}: expected a value in [0, 1], got {value!r}")
+        raise ValueError(f"{name}: expected a value in [0, 1], got {_shown(value)}")
 
 
 def finite(name, value):
     if math.isinf(_number(name, value)):
-        raise ValueError(f"{name}: expected a finite value, got {value!r}")
+        raise ValueError(f"{name}: expected a finite value, got {_shown(value)}")
 
 
 def betas(name, value):
     if not (isinstance(value, (tuple, list)) and len(value) == 2):
-        raise ValueError(f"{name}: expected a pair (beta1, beta2), got {value!r}")
+        raise ValueError(f"{name}: expected a pair (beta1, beta2), got {_shown(value)}")
     for i, b in enumerate(value):
         if not 0.0 <= _number(f"{name}[{i}]", b) < 1.0:
-            raise ValueError(f"{name}[{i}]: expected a value in [0, 1), got {b!r}")
+            raise ValueError(f"{name}[{i}]: expected a value in [0, 1), got {_shown(b)}")
 
 
 def flag(name, value):
     if not isinstance(value, bool):
-        raise TypeError(f"{name}: expected True or False, got {value!r}")
+        raise TypeError(f"{name}: expected True or False, got {_shown(value)}")
 
 
 def learning_rate(name, value):
@@ -84,8 +108,11 @@ def learning_rate(name, value):
 
 
 def _on_device(x):
-    device = getattr(x, "device", None)
-    return getattr(device, "type", "cuda") != "cpu" and library(x) != "numpy"
+    """A CUDA array (a torch tensor on another device, e.g. "meta", is not one)."""
+    lib = library(x)
+    if lib == "torch":
+        return x.device.type == "cuda"
+    return lib in ("cupy", "numba", "cuda")
 
 
 # One check per hyperparameter name, shared by every algorithm that has it.

@@ -28,7 +28,6 @@ import inspect
 import math
 from collections import defaultdict
 from copy import deepcopy
-from itertools import chain
 
 import torch
 
@@ -98,6 +97,15 @@ class _TorchFront(Front):
                 st["step"] = v
         if tensors:   # every value is the old count + 1, as torch's step_t += 1
             torch._foreach_add_(tensors, 1.0)
+
+    def check_counts(self, spec, units):
+        if spec.name != "SGD":   # torch's states always hold a step count, except SGD's
+            for unit in units:
+                for r, st in enumerate(unit.pstates):
+                    if "step" not in st:
+                        raise ValueError(f"{unit.labels[r][2].format('step')}: missing (the state of {spec.name} "
+                                         f"holds a step count); clear the param's state to start again")
+        super().check_counts(spec, units)
 
     def set_scalar(self, pstate, name, value):
         t = pstate.get(name)
@@ -214,10 +222,8 @@ class _TorchOptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _hyperparameters(hp):
-        """Tensors (torch allows lr as a tensor) as Python numbers."""
-        return {k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else
-                    tuple(x.item() if isinstance(x, torch.Tensor) else x for x in v) if isinstance(v, tuple) else v)
-                for k, v in hp.items()}
+        """One-element tensors (torch allows lr as a tensor) as Python numbers; others are left for the checks."""
+        return {k: tuple(map(_item, v)) if isinstance(v, tuple) else _item(v) for k, v in hp.items()}
 
     def _first_index(self, k):
         return sum(len(g["params"]) for g in self.param_groups[:k])
@@ -237,6 +243,8 @@ class _TorchOptimizer(torch.optim.Optimizer):
     @torch.compiler.disable
     def _update(self):
         with self._engine.lock, torch.no_grad():
+            if not isinstance(self.state, dict):
+                raise TypeError(f"state: expected a dict (param -> state entries), got {type(self.state).__name__}")
             if self.spec.eager_state and not self._states_used:
                 for group in self.param_groups:   # params moved (dtype, device) before the first step
                     self._make_states(group)
@@ -299,6 +307,13 @@ def _grad(p):
     return p.grad
 
 
+def _item(v):
+    """A one-element CPU/CUDA tensor as a Python number; anything else as it is."""
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and v.device.type in ("cpu", "cuda"):
+        return v.item()
+    return v
+
+
 def _step_zero(st):
     t = st.get("step")
     return t is not None and float(t) == 0
@@ -338,8 +353,16 @@ def _checked_load(opt, sd):
         if len(sg["params"]) != len(g["params"]):
             raise ValueError(f"state_dict: param_groups[{k}] has {len(sg['params'])} params, expected "
                              f"{len(g['params'])}")
-    id_map = dict(zip(chain.from_iterable(g["params"] for g in saved_groups),
-                      chain.from_iterable(g["params"] for g in groups)))
+    id_map = {}
+    for k, (g, sg) in enumerate(zip(groups, saved_groups)):
+        for key, p in zip(sg["params"], g["params"]):
+            try:
+                seen = key in id_map
+            except TypeError:
+                raise ValueError(f"state_dict: param_groups[{k}]: expected param ids (ints), got {key!r}") from None
+            if seen:
+                raise ValueError(f"state_dict: param_groups[{k}]: param id {key!r} appears twice")
+            id_map[key] = p
     where_of = {id(p): (k, j) for k, g in enumerate(groups) for j, p in enumerate(g["params"])}
     new_groups = []
     for k, (g, sg) in enumerate(zip(groups, saved_groups)):
@@ -378,19 +401,10 @@ def _checked_param_state(opt, where, p, saved, hp):
         if name == "step":
             out[name] = _checked_step(f"{where}['step']", v)
         elif name in opt.spec.scalar_state:
-            x = v.item() if isinstance(v, torch.Tensor) else v
-            _specs._number(f"{where}[{name!r}]", x)
+            _specs.finite(f"{where}[{name!r}]", v)
             out[name] = v
-        elif isinstance(v, torch.Tensor) and (name in names or name == "master_param"):
-            if tuple(v.shape) != tuple(p.shape):
-                raise ValueError(f"{where}[{name!r}]: has shape {tuple(v.shape)}, its param {tuple(p.shape)}")
-            if not v.is_floating_point():
-                raise TypeError(f"{where}[{name!r}]: expected a floating-point tensor, got {v.dtype}")
-            if not bool(torch.isfinite(v).all()):
-                raise ValueError(f"{where}[{name!r}]: holds non-finite values (NaN or Inf)")
-            if name in _NON_NEGATIVE and bool((v < 0).any()):
-                raise ValueError(f"{where}[{name!r}]: holds negative values; it is a sum or average of squares")
-            out[name] = v.to(dtype=state_dtype, device=p.device)
+        elif name in names or name == "master_param":
+            out[name] = _checked_state_tensor(f"{where}[{name!r}]", name, v, p, state_dtype)
         else:
             out[name] = v
     return out
@@ -399,10 +413,30 @@ def _checked_param_state(opt, where, p, saved, hp):
 _NON_NEGATIVE = {"sum", "square_avg", "acc_delta", "exp_avg_sq", "max_exp_avg_sq", "exp_inf"}
 
 
+def _checked_state_tensor(where, name, v, p, state_dtype):
+    """A saved state tensor as the param's state: dense, real floating point, of the param's shape, finite
+    (and >= 0 for sums of squares) once cast to the state dtype; cast and moved to the param's device."""
+    if not isinstance(v, torch.Tensor):
+        raise TypeError(f"{where}: expected a tensor, got {type(v).__name__}")
+    if v.layout != torch.strided or v.device.type not in ("cpu", "cuda"):
+        raise TypeError(f"{where}: expected a dense CPU or CUDA tensor, got {v.layout} on {v.device.type!r}")
+    if not v.is_floating_point():
+        raise TypeError(f"{where}: expected a floating-point tensor, got {v.dtype}")
+    if tuple(v.shape) != tuple(p.shape):
+        raise ValueError(f"{where}: has shape {tuple(v.shape)}, its param {tuple(p.shape)}")
+    out = v.to(dtype=state_dtype, device=p.device)
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"{where}: holds non-finite values (NaN or Inf) as {state_dtype}")
+    if name in _NON_NEGATIVE and bool((out < 0).any()):
+        raise ValueError(f"{where}: holds negative values; it is a sum or average of squares")
+    return out
+
+
 def _checked_step(where, v):
-    x = v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0 or x != int(x):
-        raise ValueError(f"{where}: expected a step count (a whole number >= 0), got {v!r}")
+    """A saved step count, checked; integer tensors become torch's float step tensor (fastlr adds 1.0 to them)."""
+    n = _specs.step_count(where, v)
+    if isinstance(v, torch.Tensor) and not v.is_floating_point():
+        return torch.tensor(float(n), dtype=_scalar_dtype())
     return v
 
 
