@@ -239,6 +239,35 @@ def to_numpy(x):
     return cuda.as_cuda_array(x).copy_to_host()
 
 
+def max_abs(x):
+    """The largest |element| of any supported array as a float (NaN if one is NaN, 0.0 if empty), computed
+    by its own library; a DTensor's over every rank."""
+    lib = library(x)
+    if lib == "torch":
+        if x.numel() == 0:
+            return 0.0
+        v = x.detach().abs().max()
+        return float(v.full_tensor() if type(v).__name__ == "DTensor" else v)
+    if lib == "cupy":
+        import cupy
+        return float(cupy.abs(x).max()) if x.size else 0.0
+    a = x if lib == "numpy" else to_numpy(x)
+    return float(np.abs(a).max()) if a.size else 0.0
+
+
+def scaled_sumsq(x, m):
+    """sum((x / m)**2) in float64, for a norm that no square overflows (m: the largest |element|)."""
+    lib = library(x)
+    if lib == "torch":
+        v = (x.detach().double() / m).square().sum()
+        return float(v.full_tensor() if type(v).__name__ == "DTensor" else v)
+    if lib == "cupy":
+        import cupy
+        return float(cupy.square(x.astype(np.float64) / m).sum())
+    a = (x if lib == "numpy" else to_numpy(x)).astype(np.float64).reshape(-1) / m
+    return float(a @ a)
+
+
 def copy_into(dst, src):
     """Copy host or device data `src` into the existing array `dst`, in place."""
     lib = library(dst)

@@ -31,7 +31,7 @@ from itertools import repeat
 import numpy as np
 
 from . import specs as _specs
-from ._arrays import Buffer, describe_kind, full_like, kind_of, same_kind
+from ._arrays import Buffer, describe_kind, full_like, kind_of, max_abs, same_kind, scaled_sumsq
 from ._launch import NO_CONDITIONING, SERIAL_BELOW, kernel_module, parallel_guard
 from .kernels import _codegen, rules
 
@@ -44,12 +44,18 @@ CHUNK = 1 << 16
 _IS = operator.is_
 
 
-def grad_conditioning(options, sum_of_squares):
+def grad_conditioning(options, sum_of_squares, grads=None):
     """(scale, lo, hi) for ``rules.condition``, or None when the step must be skipped.
 
     options carries max_grad_norm, clip_value, grad_scale and skip_nonfinite; sum_of_squares()
-    gives the gradients' total sum of squares and is called only when the norm is needed
-    (clipping by norm, or the non-finite check).
+    gives the gradients' total sum of squares (float64) and is called only when the norm is needed
+    (clipping by norm, or the non-finite check). grads() lists the gradients as (array, dtype the
+    kernels compute in) pairs; it is called only where the sum cannot settle the question: a
+    float64 sum that overflowed (finite float64 gradients past 1e154), or a grad_scale so small
+    that the unscaled gradients may pass their dtype's largest value.
+
+    A step is skipped exactly when a gradient divided by grad_scale, as the kernels compute it in
+    the params' dtype, is NaN or Inf.
     """
     lo, hi = -math.inf, math.inf
     if options.clip_value is not None:
@@ -57,13 +63,64 @@ def grad_conditioning(options, sum_of_squares):
     unscale = 1.0 / options.grad_scale if options.grad_scale is not None else 1.0
     if options.max_grad_norm is None and not options.skip_nonfinite:
         return unscale, lo, hi
-    norm = math.sqrt(sum_of_squares()) * unscale
-    if options.skip_nonfinite and not math.isfinite(norm):
+    norm = math.sqrt(sum_of_squares())    # of the gradients as given; NaN or Inf when one of them is
+    listed = _Listed(grads)
+    if norm == math.inf and grads is not None:   # an Inf, or float64 squares past float64's range
+        norm = _overflow_safe_norm(listed())
+    if options.skip_nonfinite and not _unscaled_finite(norm, unscale, listed):
         return None
+    norm *= unscale
     scale = 1.0
     if options.max_grad_norm is not None:  # as clip_grad_norm_: max_norm / (norm + 1e-6), at most 1
         scale = min(options.max_grad_norm / (norm + 1e-6), 1.0)
     return scale * unscale, lo, hi
+
+
+# Below this, g * unscale (|g| <= the norm) is finite in float32 and every wider dtype, rounding included.
+_F32_SAFE = float(np.finfo(np.float32).max) * 0.999
+
+
+class _Listed:
+    """grads() called once, when first needed."""
+
+    def __init__(self, grads):
+        self.grads, self.value = grads, None
+
+    def __call__(self):
+        if self.value is None:
+            self.value = list(self.grads()) if self.grads is not None else None
+        return self.value
+
+
+def _overflow_safe_norm(pairs):
+    """The L2 norm of every gradient, scaled by the largest |element| so no square overflows
+    (Inf when an element is Inf, or when the norm itself is past float64's range)."""
+    m = max((max_abs(g) for g, _ in pairs), default=0.0)
+    if not math.isfinite(m) or m == 0.0:
+        return m
+    return m * math.sqrt(math.fsum(scaled_sumsq(g, m) for g, _ in pairs))
+
+
+def _unscaled_finite(norm, unscale, listed):
+    """Whether every gradient times unscale, computed in its kernels' dtype, is finite (|g| <= norm)."""
+    if math.isnan(norm):
+        return False
+    if norm * unscale < _F32_SAFE and unscale < _F32_SAFE:
+        return True
+    pairs = listed()
+    if pairs is None:   # no way to look at the elements: decide on the norm
+        return math.isfinite(norm * unscale)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for g, dtype in pairs:
+            t = np.dtype(dtype).type
+            if _size(g) and not np.isfinite(t(max_abs(g)) * t(unscale)):   # max_abs: an element of g, exact
+                return False
+    return True
+
+
+def _size(g):
+    numel = getattr(g, "numel", None)
+    return numel() if callable(numel) else g.size
 
 
 def bind(fn_name, spec, group, pstate):
@@ -202,7 +259,7 @@ class Engine:
         _check_disjoint(plans)
         if launch is None:   # (capturable steps keep their counts in device memory)
             self.front.check_counts(self.spec, [u for plan in plans for u in plan.units])
-        c = grad_conditioning(options, lambda: self.opt._sum_of_squares(plans))
+        c = grad_conditioning(options, lambda: self.opt._sum_of_squares(plans), lambda: _grad_pairs(plans))
         if c is None:
             return False
         c = tuple(map(float, c))
@@ -281,6 +338,12 @@ def _same_group(seen, group):
         except (TypeError, ValueError):  # values that do not compare plainly: treat as changed
             return False
     return True
+
+
+def _grad_pairs(plans):
+    """(grad, the dtype the kernels compute in) of every unit: 16-bit grads are computed in float32."""
+    return [(g, u.kind.dtype if isinstance(u.kind.dtype, np.dtype) else np.dtype(np.float32))
+            for plan in plans for u in plan.units for g in u.grads()]
 
 
 def _check_state_entries(engine, plans):

@@ -202,7 +202,8 @@ class _Table:
         on_cuda = self.buf.on_cuda
         stream = current_stream(self.obj) if on_cuda else 0
         if c is None:
-            c = grad_conditioning(optimizer, lambda: _coalesced_sumsq(gbuf, self.dim, order, starts, stream))
+            c = grad_conditioning(optimizer, lambda: _coalesced_sumsq(gbuf, self.dim, order, starts, stream),
+                                  lambda: [(_coalesced_rows(gbuf, self.dim, order, starts), gbuf.dtype)])
         with self.lock:
             pstate = optimizer.state.get(self.index)
             hp = self._hyperparameters(optimizer, pstate["step"] if pstate else 0)
@@ -302,6 +303,14 @@ def _coalesced_sumsq(gbuf, dim, order, starts, stream):
         return float(kernel_module("sparse_cpu").coalesced_sumsq(gbuf.kernel_view(), dim, order, starts))
 
 
+def _coalesced_rows(gbuf, dim, order, starts):
+    """The coalesced gradient rows on the host, duplicates added in the dtype and order the row kernels use
+    (for the rare non-finite checks the sum of squares cannot settle)."""
+    g = to_numpy(gbuf.obj).reshape(-1, dim)[order]
+    with np.errstate(over="ignore", invalid="ignore"):   # an Inf sum is the answer sought
+        return np.add.reduceat(g, starts[:-1], axis=0) if g.shape[0] else g
+
+
 # ---------------------------------------------------------------- row-wise Adagrad
 _ROWWISE_ADAGRAD = _specs.Spec(
     "RowWiseAdagrad", dict(lr=1e-2, eps=1e-10, weight_decay=0, initial_accumulator_value=0, maximize=False),
@@ -354,7 +363,8 @@ class RowWiseAdagrad(Optimizer, spec=_ROWWISE_ADAGRAD):
             same_kind(f"grads[{i}]", gbuf, Buffer(f"params[{i}]", p), f"params[{i}]")
             gbufs.append(gbuf)
         tables = [_table(self, i) for i, g in enumerate(gbufs) if g is not None]
-        c = grad_conditioning(self, lambda: sum(_sum_of_squares(g) for g in gbufs if g is not None))
+        c = grad_conditioning(self, lambda: sum(_sum_of_squares(g) for g in gbufs if g is not None),
+                              lambda: [(g.obj, g.dtype) for g in gbufs if g is not None])
         if c is None:
             self.last_step_skipped = True
             self.skipped_steps += 1
