@@ -239,6 +239,27 @@ def to_numpy(x):
     return cuda.as_cuda_array(x).copy_to_host()
 
 
+def memory_span(p):
+    """(start, end) byte addresses of a contiguous array's memory, or None when it has none to compare."""
+    lib = library(p)
+    if lib == "numpy":
+        if p.size == 0:
+            return None
+        start = p.__array_interface__["data"][0]
+        return start, start + p.nbytes
+    if lib == "torch":
+        if p.numel() == 0:
+            return None
+        return p.data_ptr(), p.data_ptr() + p.numel() * p.element_size()
+    iface = getattr(p, "__cuda_array_interface__", None)
+    if iface is None:
+        return None
+    n = 1
+    for d in iface["shape"]:
+        n *= d
+    return (iface["data"][0], iface["data"][0] + n * int(iface["typestr"][2:])) if n else None
+
+
 def max_abs(x):
     """The largest |element| of any supported array as a float (NaN if one is NaN, 0.0 if empty), computed
     by its own library; a DTensor's over every rank."""

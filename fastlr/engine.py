@@ -365,7 +365,7 @@ def _check_disjoint(plans):
     if len(units) <= 1:
         return  # within a unit the unit's own check covers it
     spans = sorted(s for u in units for s in u.spans())
-    for (s0, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
+    for (_, e0, n0), (s1, _, n1) in zip(spans, spans[1:]):
         if s1 < e0:
             raise ValueError(f"{n1}: shares memory with {n0}; every param and state must have memory of "
                              f"its own (a view of another param would be updated twice per step)")

@@ -4,14 +4,13 @@ Each class is one line over its entry in ``fastlr.specs`` (hyperparameters and d
 rule chooser, host scalars); the shared ``Optimizer`` base holds no algorithm logic: param groups,
 validation, schedules, gradient conditioning and state dicts, over ``fastlr.engine``.
 """
-import math
 import numbers
 
 import numpy as np
 
 from . import capturable as _capturable
 from . import specs as _specs
-from ._arrays import Buffer, copy_into, describe_kind, full_like, kind_of, library, same_kind, to_numpy
+from ._arrays import Buffer, copy_into, describe_kind, full_like, kind_of, library, memory_span, same_kind, to_numpy
 from .engine import Engine, Front, plan_scalars
 from .kernels import rules  # noqa: F401  (re-exported for scripts that bind rules by name)
 
@@ -379,35 +378,15 @@ def _check_distinct(arrays):
         if id(p) in seen:
             raise ValueError(f"params[{i}]: this array appears in more than one place (also params[{seen[id(p)]}])")
         seen[id(p)] = i
-        span = _span(p)
+        span = memory_span(p)
         if span is not None:
             spans.append((*span, i))
     spans.sort()
-    for (s0, e0, i0), (s1, e1, i1) in zip(spans, spans[1:]):
+    for (_, e0, i0), (s1, _, i1) in zip(spans, spans[1:]):
         if s1 < e0:
+            i0, i1 = sorted((i0, i1))
             raise ValueError(f"params[{i1}]: shares memory with params[{i0}] (views of one array); every param "
                              f"must have memory of its own, or it would be updated twice per step")
-
-
-def _span(p):
-    """(start, end) byte addresses of an array's memory, or None when it has none to compare."""
-    lib = library(p)
-    if lib == "numpy":
-        if p.size == 0:
-            return None
-        start = p.__array_interface__["data"][0]
-        return start, start + p.nbytes
-    if lib == "torch":
-        if p.numel() == 0:
-            return None
-        return p.data_ptr(), p.data_ptr() + p.numel() * p.element_size()
-    iface = getattr(p, "__cuda_array_interface__", None)
-    if iface is None:
-        return None
-    n = 1
-    for d in iface["shape"]:
-        n *= d
-    return (iface["data"][0], iface["data"][0] + n * int(iface["typestr"][2:])) if n else None
 
 
 def _step_value(where, value):

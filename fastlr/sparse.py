@@ -23,10 +23,10 @@ import weakref
 import numpy as np
 
 from . import specs as _specs
-from ._arrays import Buffer, copy_into, full_like, library, same_kind, to_numpy
+from ._arrays import Buffer, copy_into, full_like, library, memory_span, same_kind, to_numpy
 from ._launch import SERIAL_BELOW, cast, kernel_module, no_conditioning, parallel_guard, sum_of_squares
-from .kernels import rules
 from .engine import grad_conditioning
+from .kernels import rules
 from .optim import Optimizer
 from .streams import current_stream
 
@@ -175,22 +175,48 @@ class _Table:
             self.names += [(n, init, self.obj[:, 0]) for n, init in row_names(hp)]
         return hp
 
-    def _states(self, optimizer):
-        """The param's state dict and flat views of its arrays (created on first use, checked each call)."""
+    def _checked_entry(self, optimizer):
+        """(the param's state entry, its step count), checked before anything changes; (None, 0) while it
+        has none (or an empty one)."""
+        if not isinstance(optimizer.state, dict):
+            raise TypeError(f"state: expected a dict (param index -> state entries), got "
+                            f"{type(optimizer.state).__name__}")
         pstate = optimizer.state.get(self.index)
+        if pstate is None or pstate == {}:
+            return None, 0
+        where = f"state[{self.index}]"
+        if not isinstance(pstate, dict):
+            raise TypeError(f"{where}: expected a dict of state entries (or no entry), got {type(pstate).__name__}")
+        if "step" not in pstate:
+            raise ValueError(f"{where}['step']: missing (expected the param's step count); clear the param's "
+                             f"state to start again")
+        count = _specs.step_count(f"{where}['step']", pstate["step"])
+        for n in optimizer.spec.scalar_state:
+            _specs.finite(f"{where}[{n!r}]", pstate.get(n))
+        return pstate, count
+
+    def _states(self, optimizer, pstate, gbuf):
+        """The param's state dict and flat views of its arrays: those that exist checked (kind, shape, no
+        memory shared with the table, the gradient rows or each other), then missing ones created."""
+        existing = pstate if pstate is not None else {}
+        views = {name: self._state_view(existing, name, like) for name, _, like in self.names if name in existing}
+        _check_disjoint([(f"params[{self.index}]", self.obj)] +
+                        [(f"state[{self.index}][{n!r}]", existing[n]) for n in views], ("grad_rows", gbuf.obj))
         if pstate is None:
             pstate = optimizer.state[self.index] = {"step": 0, **optimizer.spec.scalar_state}
         for name, init, like in self.names:
             if name not in pstate:
                 pstate[name] = full_like(like, init)
-        return pstate, [self._state_view(pstate, name, like) for name, _, like in self.names]
+                views[name] = self._state_view(pstate, name, like)
+        return pstate, [views[name] for name, _, _ in self.names]
 
     def _state_view(self, pstate, name, like):
         where = f"state[{self.index}][{name!r}]"
         buf = Buffer(where, pstate[name])
         if buf.shape != tuple(like.shape):
             per = "one value per row of" if like is not self.obj else "as"
-            raise ValueError(f"{where}: expected shape {tuple(like.shape)} ({per} params[{self.index}]), got {buf.shape}")
+            raise ValueError(f"{where}: expected shape {tuple(like.shape)} ({per} params[{self.index}]), "
+                             f"got {buf.shape}")
         if buf.dtype != self.buf.dtype or buf.device != self.buf.device:
             raise TypeError(f"{where}: expected dtype {self.buf.dtype} on {self.buf.device} (as params[{self.index}]), "
                             f"got {buf.dtype} on {buf.device}")
@@ -205,14 +231,14 @@ class _Table:
             c = grad_conditioning(optimizer, lambda: _coalesced_sumsq(gbuf, self.dim, order, starts, stream),
                                   lambda: [(_coalesced_rows(gbuf, self.dim, order, starts), gbuf.dtype)])
         with self.lock:
-            pstate = optimizer.state.get(self.index)
-            hp = self._hyperparameters(optimizer, pstate["step"] if pstate else 0)
+            pstate, count = self._checked_entry(optimizer)
+            hp = self._hyperparameters(optimizer, count)
             if c is None:
                 optimizer.last_step_skipped = True
                 optimizer.skipped_steps = getattr(optimizer, "skipped_steps", 0) + 1
-                return pstate["step"] if pstate else 0
-            pstate, states = self._states(optimizer)
-            trial = dict(pstate, step=pstate["step"] + 1)
+                return count
+            pstate, states = self._states(optimizer, pstate, gbuf)
+            trial = dict(pstate, step=count + 1)
             rule, h = type(optimizer)._plan(hp, trial)   # may update scalar states of `trial`
             if rule not in rules.ELEMENT_RULES and rule != "rowwise_adagrad":
                 raise NotImplementedError(f"step_rows: {type(optimizer).__name__} with these options runs "
@@ -301,6 +327,20 @@ def _coalesced_sumsq(gbuf, dim, order, starts, stream):
         return kernel_module("sparse_cuda").coalesced_sumsq(gbuf.kernel_view(), dim, order, starts, stream)
     with parallel_guard():
         return float(kernel_module("sparse_cpu").coalesced_sumsq(gbuf.kernel_view(), dim, order, starts))
+
+
+def _check_disjoint(written, grad):
+    """No written array ((name, array) pairs: the table, its states) shares memory with another one or
+    with the gradient rows (the kernels would read what they just wrote)."""
+    items = [(name, a, True) for name, a in written] + [(*grad, False)]
+    numpy = all(type(a) is np.ndarray for _, a, _ in items)   # np.may_share_memory: a bounds check in C
+    if not numpy:
+        items = [(name, memory_span(a), w) for name, a, w in items]
+    for i, (n1, a1, _) in enumerate(items):
+        for n0, a0, w0 in items[:i]:
+            if w0 and (np.may_share_memory(a0, a1) if numpy else a0 and a1 and a1[0] < a0[1] and a0[0] < a1[1]):
+                raise ValueError(f"{n1}: shares memory with {n0}; the table and each of its states must have "
+                                 f"memory of their own, and the gradient rows must not overlap them")
 
 
 def _coalesced_rows(gbuf, dim, order, starts):

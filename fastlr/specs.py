@@ -13,8 +13,8 @@ two-line class in fastlr/optim.py and fastlr/torch.py. See docs/DESIGN.md.
 import itertools
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ._arrays import library
 
