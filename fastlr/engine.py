@@ -251,16 +251,23 @@ class Engine:
         launch(engine, plan, unit, c) replaces the host-side launch (capturable steps)."""
         hps = self.resolve(self.opt._step_count)
         plans = self._plans_for(hps, grads)
+        undo = None
         if any(p.missing for p in plans):   # every check passed: now states may be created
-            _check_state_entries(self, plans)
-            for p in plans:
-                p.allocate(self)
-            plans = self._plans_for(hps, grads)
-        _check_disjoint(plans)
-        if launch is None:   # (capturable steps keep their counts in device memory)
-            self.front.check_counts(self.spec, [u for plan in plans for u in plan.units])
-        c = grad_conditioning(options, lambda: self.opt._sum_of_squares(plans), lambda: _grad_pairs(plans))
+            undo = _allocate(self, plans)
+        try:
+            if undo is not None:
+                plans = self._plans_for(hps, grads)
+            _check_disjoint(plans)
+            if launch is None:   # (capturable steps keep their counts in device memory)
+                self.front.check_counts(self.spec, [u for plan in plans for u in plan.units])
+            c = grad_conditioning(options, lambda: self.opt._sum_of_squares(plans), lambda: _grad_pairs(plans))
+        except BaseException:
+            if undo is not None:   # a rejected step leaves no states behind
+                undo()
+            raise
         if c is None:
+            if undo is not None:   # nor does a skipped one
+                undo()
             return False
         c = tuple(map(float, c))
         for plan in plans:
@@ -335,7 +342,7 @@ def _same_group(seen, group):
         try:
             if bool(v != w):
                 return False
-        except (TypeError, ValueError):  # values that do not compare plainly: treat as changed
+        except Exception:  # values that do not compare plainly (arrays, tensors): treat as changed
             return False
     return True
 
@@ -344,6 +351,31 @@ def _grad_pairs(plans):
     """(grad, the dtype the kernels compute in) of every unit: 16-bit grads are computed in float32."""
     return [(g, u.kind.dtype if isinstance(u.kind.dtype, np.dtype) else np.dtype(np.float32))
             for plan in plans for u in plan.units for g in u.grads()]
+
+
+def _allocate(engine, plans):
+    """Create the missing states; returns undo(), which puts opt.state back as it was (for a step that is
+    then rejected or skipped)."""
+    _check_state_entries(engine, plans)
+    state, before = engine.opt.state, {}
+    for plan in plans:
+        if plan.missing:
+            for key in plan.pending[1]:
+                st = state.get(key)
+                before[key] = (key in state, st, set(st) if isinstance(st, dict) else None)
+    for plan in plans:
+        plan.allocate(engine)
+
+    def undo():
+        for key, (present, st, names) in before.items():
+            if not present:
+                state.pop(key, None)
+                continue
+            state[key] = st
+            if names is not None:
+                for n in [n for n in st if n not in names]:
+                    del st[n]
+    return undo
 
 
 def _check_state_entries(engine, plans):

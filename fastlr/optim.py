@@ -101,6 +101,10 @@ class Optimizer:
     # ------------------------------------------------------------ groups
     def add_param_group(self, group):
         """Add a group ``{"params": [...], **hyperparameters}``; missing ones take the defaults."""
+        with self._engine.lock:   # not in the middle of another thread's step
+            self._add_param_group(group)
+
+    def _add_param_group(self, group):
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError("param group: expected a dict with a 'params' entry")
         arrays = group["params"]
@@ -245,7 +249,8 @@ class Optimizer:
         with self._engine.lock:
             groups, state, step_count = self._checked_state_dict(state_dict)
             for group, new in zip(self.param_groups, groups):
-                group.clear()
+                for key in [k for k in group if k not in new]:   # (no moment without 'params' or 'lr')
+                    del group[key]
                 group.update(new)
             self.state = state
             self._step_count = step_count
@@ -291,8 +296,10 @@ class Optimizer:
             if not isinstance(saved, dict):
                 raise ValueError(f"{where}: expected a dict, got {type(saved).__name__}")
             hp = {**self.spec.constants, **new_groups[k]}
-            expected = [n for n, _ in self.spec.states(hp)]
-            missing = [n for n in ["step", *expected, *self.spec.scalar_state] if n not in saved]
+            # a state array it lacks (max_exp_avg_sq after amsgrad was switched on) starts from its initial
+            # value at the next step, as any missing state does; the counts must be there
+            expected = [n for n, _ in self.spec.states(hp) if n in saved]
+            missing = [n for n in ["step", *self.spec.scalar_state] if n not in saved]
             if missing:
                 raise ValueError(f"{where} lacks {missing} (expected by {name} with these options)")
             loaded[i] = self._checked_param_state(where, saved, expected, arrays[i])

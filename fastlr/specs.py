@@ -66,12 +66,14 @@ def step_count(name, value):
 
 
 def non_negative(name, value):
-    if _number(name, value) < 0 or math.isinf(float(value)):
+    x = _number(name, value)
+    if x < 0 or math.isinf(x):
         raise ValueError(f"{name}: expected a finite value >= 0, got {_shown(value)}")
 
 
 def positive(name, value):
-    if _number(name, value) <= 0 or math.isinf(float(value)):
+    x = _number(name, value)
+    if x <= 0 or math.isinf(x):
         raise ValueError(f"{name}: expected a finite value > 0, got {_shown(value)}")
 
 

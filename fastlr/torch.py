@@ -170,15 +170,16 @@ class _TorchOptimizer(torch.optim.Optimizer):
         """As torch's, plus fastlr's checks (dtypes, devices, hyperparameters); nothing is added if one fails."""
         if not isinstance(param_group, dict) or "params" not in param_group:
             raise TypeError("param group: expected a dict with a 'params' entry")
-        super().add_param_group(param_group)
-        try:
-            self._check_new_group(len(self.param_groups) - 1)
-        except BaseException:
-            self.param_groups.pop()
-            raise
-        self._engine.reset()
-        if self.spec.eager_state:   # as torch's Adagrad: states exist from construction on
-            self._make_states(self.param_groups[-1])
+        with self._engine.lock:   # not in the middle of another thread's step
+            super().add_param_group(param_group)
+            try:
+                self._check_new_group(len(self.param_groups) - 1)
+            except BaseException:
+                self.param_groups.pop()
+                raise
+            self._engine.reset()
+            if self.spec.eager_state:   # as torch's Adagrad: states exist from construction on
+                self._make_states(self.param_groups[-1])
 
     def _make_states(self, group):
         """Create (or, while never used, remake in the params' dtype and device) the group's states."""
@@ -391,7 +392,9 @@ def _checked_load(opt, sd):
 def _checked_param_state(opt, where, p, saved, hp):
     """One param's loaded state: tensors cast to the param's device (and dtype; float32 for 16-bit params)."""
     names = [n for n, _ in opt.spec.states(hp)]
-    expected = names + (["step"] if opt.spec.name != "SGD" else []) + list(opt.spec.scalar_state)
+    # a state tensor it lacks (max_exp_avg_sq after amsgrad was switched on) starts from its initial value at
+    # the next step, as any missing state does; the counts must be there
+    expected = (["step"] if opt.spec.name != "SGD" else []) + list(opt.spec.scalar_state)
     missing = [n for n in expected if n not in saved]
     if missing:
         raise ValueError(f"{where} lacks {missing} (expected by {type(opt).__name__} with these options)")
