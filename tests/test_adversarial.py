@@ -607,26 +607,27 @@ def test_two_threads_stepping_one_torch_optimizer_equal_a_sequential_run():
 
 WORKQUEUE_SCRIPT = r"""
 import threading, numpy as np, numba, torch, fastlr, fastlr.torch as ft, fastlr.functional as F
-N = 1 << 16
+N, STEPS = 1 << 17, 20
 def dense():
     w = np.zeros(N, np.float32); o = fastlr.Adam(w, max_grad_norm=1.0); g = np.ones(N, np.float32)
-    for _ in range(10): o.step(g)
+    for _ in range(STEPS): o.step(g)
 def rows():
     w = np.zeros((N // 16, 16), np.float32); o = fastlr.Adam(w, max_grad_norm=1.0)
-    for _ in range(10): o.step_rows(np.arange(N // 16), np.ones((N // 16, 16), np.float32))
+    for _ in range(STEPS): o.step_rows(np.arange(N // 16), np.ones((N // 16, 16), np.float32))
 def functional():
     w, m, v, g = (np.zeros(N, np.float32) for _ in range(4))
-    for t in range(1, 11): F.adam_(w, g, m, v, step=t)
+    for t in range(1, STEPS + 1): F.adam_(w, g, m, v, step=t)
 def rowwise():
     o = fastlr.RowWiseAdagrad(np.zeros((N // 16, 16), np.float32), max_grad_norm=1.0)
-    for _ in range(10): o.step(np.ones((N // 16, 16), np.float32))
+    for _ in range(STEPS): o.step(np.ones((N // 16, 16), np.float32))
 def half():
     p = torch.nn.Parameter(torch.zeros(N, dtype=torch.bfloat16)); o = ft.Adam([p], master_weights=True)
-    for _ in range(10): p.grad = torch.ones(N, dtype=torch.bfloat16); o.step()
-for a, b in [(dense, dense), (dense, rows), (functional, rowwise), (half, dense)]:
-    ts = [threading.Thread(target=f) for f in (a, b)]
+    for _ in range(STEPS): p.grad = torch.ones(N, dtype=torch.bfloat16); o.step()
+for pair in [(dense, dense), (dense, rows), (functional, functional), (rowwise, rowwise), (half, half), (half, dense)]:
+    ts = [threading.Thread(target=f) for f in pair]
     for t in ts: t.start()
     for t in ts: t.join()
+    print("ok", *(f.__name__ for f in pair), flush=True)
 print("layer", numba.threading_layer())
 """
 
