@@ -260,6 +260,21 @@ def memory_span(p):
     return (iface["data"][0], iface["data"][0] + n * int(iface["typestr"][2:])) if n else None
 
 
+def check_disjoint(written, read):
+    """Raise unless no array of `written` shares memory with another array of either list ((name,
+    array) pairs of contiguous arrays): an update would read what it just wrote, or write twice."""
+    items = [(name, a, True) for name, a in written] + [(name, a, False) for name, a in read]
+    numpy = all(type(a) is np.ndarray for _, a, _ in items)   # np.may_share_memory: a bounds check in C
+    if not numpy:
+        items = [(name, memory_span(a), w) for name, a, w in items]
+    for i, (n1, a1, w1) in enumerate(items):
+        for n0, a0, w0 in items[:i]:
+            if (w0 or w1) and (np.may_share_memory(a0, a1) if numpy else
+                               a0 and a1 and a1[0] < a0[1] and a0[0] < a1[1]):
+                raise ValueError(f"{n1}: shares memory with {n0}; each array written by an update must have "
+                                 f"memory of its own, not overlapping any other array of the update")
+
+
 def max_abs(x):
     """The largest |element| of any supported array as a float (NaN if one is NaN, 0.0 if empty), computed
     by its own library; a DTensor's over every rank."""

@@ -9,7 +9,7 @@ array changes. Returns the param's scalar state after the update (``{"step": t}`
 ``mu_product`` for NAdam, which must be passed back in on the next call).
 """
 from . import specs as _specs
-from ._arrays import Buffer, same_kind
+from ._arrays import Buffer, check_disjoint, same_kind
 from ._launch import run
 from .engine import NO_CONDITIONING, plan_scalars
 from .streams import current_stream
@@ -31,8 +31,9 @@ def _functional(spec):
         _specs.check_group(spec, group, name)
         if callable(group["lr"]):
             raise TypeError(f"{name}: lr must be a number here (evaluate the schedule first)")
-        if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-            raise ValueError(f"{name}: step: expected the 1-based step count (an int >= 1), got {step!r}")
+        if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= _specs.MAX_STEP:
+            raise ValueError(f"{name}: step: expected the 1-based step count (an int in [1, 2**53]), got "
+                             f"{_specs._shown(step)}")
         names = [n for n, _ in spec.states(group)]
         if len(states) != len(names):
             raise TypeError(f"{name}: expected state arrays ({', '.join(names)}) for these options, "
@@ -43,6 +44,7 @@ def _functional(spec):
         sbufs = [Buffer(n, s) for n, s in zip(names, states)]
         for n, b in zip(names, sbufs):
             same_kind(n, b, pbuf, "param")
+        check_disjoint([("param", param), *zip(names, states)], [("grad", grad)])
         scalar_state = {}
         for k, v in spec.scalar_state.items():
             scalar_state[k] = _specs._number(f"{name}: {k}", hyperparameters.get(k, v))

@@ -23,7 +23,7 @@ import weakref
 import numpy as np
 
 from . import specs as _specs
-from ._arrays import Buffer, copy_into, full_like, library, memory_span, same_kind, to_numpy
+from ._arrays import Buffer, check_disjoint, copy_into, full_like, library, same_kind, to_numpy
 from ._launch import SERIAL_BELOW, cast, kernel_module, no_conditioning, parallel_guard, sum_of_squares
 from .engine import grad_conditioning
 from .kernels import rules
@@ -200,8 +200,8 @@ class _Table:
         memory shared with the table, the gradient rows or each other), then missing ones created."""
         existing = pstate if pstate is not None else {}
         views = {name: self._state_view(existing, name, like) for name, _, like in self.names if name in existing}
-        _check_disjoint([(f"params[{self.index}]", self.obj)] +
-                        [(f"state[{self.index}][{n!r}]", existing[n]) for n in views], ("grad_rows", gbuf.obj))
+        check_disjoint([(f"params[{self.index}]", self.obj)] +
+                       [(f"state[{self.index}][{n!r}]", existing[n]) for n in views], [("grad_rows", gbuf.obj)])
         if pstate is None:
             pstate = optimizer.state[self.index] = {"step": 0, **optimizer.spec.scalar_state}
         for name, init, like in self.names:
@@ -327,20 +327,6 @@ def _coalesced_sumsq(gbuf, dim, order, starts, stream):
         return kernel_module("sparse_cuda").coalesced_sumsq(gbuf.kernel_view(), dim, order, starts, stream)
     with parallel_guard():
         return float(kernel_module("sparse_cpu").coalesced_sumsq(gbuf.kernel_view(), dim, order, starts))
-
-
-def _check_disjoint(written, grad):
-    """No written array ((name, array) pairs: the table, its states) shares memory with another one or
-    with the gradient rows (the kernels would read what they just wrote)."""
-    items = [(name, a, True) for name, a in written] + [(*grad, False)]
-    numpy = all(type(a) is np.ndarray for _, a, _ in items)   # np.may_share_memory: a bounds check in C
-    if not numpy:
-        items = [(name, memory_span(a), w) for name, a, w in items]
-    for i, (n1, a1, _) in enumerate(items):
-        for n0, a0, w0 in items[:i]:
-            if w0 and (np.may_share_memory(a0, a1) if numpy else a0 and a1 and a1[0] < a0[1] and a0[0] < a1[1]):
-                raise ValueError(f"{n1}: shares memory with {n0}; the table and each of its states must have "
-                                 f"memory of their own, and the gradient rows must not overlap them")
 
 
 def _coalesced_rows(gbuf, dim, order, starts):

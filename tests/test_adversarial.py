@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import fastlr
+import fastlr.functional as F
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")   # np.matrix, on purpose
@@ -293,6 +294,17 @@ def test_overlapping_torch_params_change_nothing(groups):
     opt = ft.SGD([{"params": [a, b]}] if groups == 1 else [{"params": [a]}, {"params": [b]}], lr=0.1)
     a.grad, b.grad = torch.ones(4), torch.ones(4)
     rejected(opt, opt.step, ValueError, r"shares memory")
+
+
+def test_functional_updates_reject_aliased_arrays_and_huge_steps():
+    w, m, v = np.ones(4), np.zeros(4), np.zeros(4)
+    snap = [a.tobytes() for a in (w, m, v)]
+    for call, match in [(lambda: F.adam_(w, np.ones(4), m, m, step=1), r"exp_avg_sq: shares memory with exp_avg"),
+                        (lambda: F.adam_(w, w, m, v, step=1), r"grad: shares memory with param"),
+                        (lambda: F.adam_(w, np.ones(4), m, v, step=HUGE), r"step: expected the 1-based step")]:
+        with pytest.raises(ValueError, match=match):
+            call()
+    assert [a.tobytes() for a in (w, m, v)] == snap
 
 
 # ---------------------------------------------------------------- state dicts (NumPy API)
