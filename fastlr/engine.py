@@ -98,6 +98,21 @@ class Front:
         for name, v in spec.scalar_state.items():
             pstate.setdefault(name, v)
 
+    def read_states(self, state, keys, names, cache):
+        """(the params' state dicts, one list per state name of the arrays they hold), read from ``state``
+        now; cols is None when a state dict or array is missing (it will be created)."""
+        pstates = list(map(state.get, keys))
+        if any(map(_IS, pstates, repeat(None))):
+            return pstates, None
+        try:
+            return pstates, [list(map(operator.itemgetter(n), pstates)) for n in names]
+        except (KeyError, TypeError):
+            return pstates, None
+
+    def new_dict(self):
+        """An empty state dict for one param."""
+        return {}
+
     def state_required(self, spec, names):
         """Whether a param needs a state entry at all (torch's SGD without momentum keeps none)."""
         return True
@@ -105,11 +120,12 @@ class Front:
     def new_array(self, param, name, init):
         return full_like(param, init)
 
-    def steps(self, pstates):
-        """The step counts of these states, as numbers."""
+    def steps(self, pstates, cache):
+        """The step counts of these states, as numbers (cache: a dict kept per unit, for the front's use)."""
         return list(map(operator.itemgetter("step"), pstates))
 
-    def set_steps(self, pstates, values):
+    def set_steps(self, pstates, values, cache):
+        """Set the counts to values (each the count read by steps() + 1)."""
         for st, v in zip(pstates, values):
             st["step"] = v
 
@@ -205,20 +221,20 @@ class Engine:
     def _launch(self, plan, unit, c):
         """Advance the unit's step counts, compute its scalars (once when all counts agree), run it."""
         spec, front, sts = self.spec, self.front, unit.pstates
-        steps = front.steps(sts)
+        steps = front.steps(sts, unit.front_cache)
         first = steps[0]
         if plan.uniform is not None and all(map(operator.eq, steps, repeat(first))):
             h = plan.uniform(first + 1)
             if unit.htab.shape[1] != len(h):
                 unit.htab = np.zeros((1, len(h)), np.float64)
             unit.htab[0] = h
-            front.set_steps(sts, repeat(first + 1, len(sts)))
+            front.set_steps(sts, repeat(first + 1, len(sts)), unit.front_cache)
             unit.launch(plan.rule, unit.htab, None, c)
             return
         # different step counts, or scalar state: one row of scalars per param
         trials = [{"step": t + 1, **{n: _number(st[n]) for n in spec.scalar_state}} for st, t in zip(sts, steps)]
         rows = [plan_scalars(spec, plan.hp, trial)[1] for trial in trials]
-        front.set_steps(sts, [t["step"] for t in trials])
+        front.set_steps(sts, [t["step"] for t in trials], unit.front_cache)
         for st, trial in zip(sts, trials):
             for n in spec.scalar_state:
                 front.set_scalar(st, n, trial[n])
@@ -230,7 +246,7 @@ def _number(x):
 
 
 def _same_list(a, b):
-    return len(a) == len(b) and all(map(_IS, a, b))
+    return a is b or (len(a) == len(b) and all(map(_IS, a, b)))
 
 
 def _same_group(seen, group):
@@ -276,6 +292,7 @@ class _GroupPlan:
         self.units = []
         self.pattern = ()     # positions of the params that had grads when the units were made
         self.missing = False
+        self.state_cache = {}  # the front's, for reading states
 
     def use(self, spec, hp):
         """Take this step's hyperparameters: the rule, and the host rule bound to them (all but the step)."""
@@ -297,14 +314,8 @@ class _GroupPlan:
         params = self.params if pos is None else [self.params[j] for j in pos]
         keys = self.keys if pos is None else [self.keys[j] for j in pos]
         labels = self.labels if pos is None else [self.labels[j] for j in pos]
-        pstates = list(map(engine.opt.state.get, keys))
-        self.missing = any(map(_IS, pstates, repeat(None))) and engine.front.state_required(engine.spec, self.names)
-        cols = None
-        if not self.missing:
-            try:
-                cols = [list(map(operator.itemgetter(n), pstates)) for n in self.names]
-            except (KeyError, TypeError):
-                self.missing = True
+        pstates, cols = engine.front.read_states(engine.opt.state, keys, self.names, self.state_cache)
+        self.missing = cols is None and engine.front.state_required(engine.spec, self.names)
         if self.missing:  # check what exists now; states are created once every group has passed
             self.pending = (params, keys)
             _check_params(engine, params, grads, labels)
@@ -327,7 +338,7 @@ class _GroupPlan:
         for p, key in zip(params, keys):
             st = state.get(key)
             if st is None:
-                st = state[key] = {}
+                st = state[key] = front.new_dict()
             created = [name for name, _ in inits if name not in st]
             for name, init in inits:
                 if name not in st:
@@ -381,6 +392,7 @@ class Unit:
         self.pstates = None
         self.checked = None
         self.htab = np.zeros((1, 0), np.float64)   # this step's scalars, when every param shares them
+        self.front_cache = {}
 
     def _select(self, seq):
         return seq if self.whole else [seq[r] for r in self.rows]
@@ -516,27 +528,55 @@ class _NumpyUnit(_TableUnit):
 
 
 class _TorchCPUUnit(_TableUnit):
-    """CPU torch tensors (any dense layout, equal for a param, its grad and states): pointers and
-    layouts read through torch at every step."""
+    """CPU torch tensors (any dense layout, equal for a param, its grad and states), read through torch
+    at every step. Params and states: the same objects at the same addresses as when validated
+    (``p.data = ...``, a replaced state or a moved tensor changes one of them); grads, new objects
+    every step after ``zero_grad()``: their shapes, strides and dtypes equal to the validated params'
+    (autograd gives a grad its param's layout, so a param whose layout changed in place shows here
+    too). Anything else is validated again in full."""
 
-    last = None
+    held = held_ptrs = pmeta = None
 
     def read(self, allcols):
         import torch
-        stride, ptr = torch.Tensor.stride, torch.Tensor.data_ptr
-        meta = [(list(map(_shape, col)), list(map(stride, col)), list(map(_dtype, col))) for col in allcols]
-        if meta != self.checked:
-            self.validate(allcols)
-            _check_dense(self, allcols)
-            if self.checked is None or meta[0][0] != self.checked[0][0]:
-                self.sizes = np.array(list(map(torch.Tensor.numel, allcols[0])), np.int64)
-                self._new_sizes()
-            self.checked = meta
-        self.ptrs = np.array([list(map(ptr, col)) for col in allcols], np.int64).T.copy()
-        written = self.ptrs[:, self.writable.astype(bool)].tobytes()
-        if written != self.last:   # params or states moved: check that written arrays do not overlap
-            self.check_overlap()
-            self.last = written
+        ptrs = [list(map(torch.Tensor.data_ptr, col)) for col in allcols]
+        grads = allcols[1]
+        gmeta = (list(map(_shape, grads)), list(map(torch.Tensor.stride, grads)), list(map(_dtype, grads)))
+        written, wptrs = [allcols[0], *allcols[2:]], [ptrs[0], *ptrs[2:]]
+        if not (gmeta == self.pmeta and wptrs == self.held_ptrs and all(map(_same_list, written, self.held))):
+            allcols = self._check(allcols, gmeta)
+            ptrs[1] = list(map(torch.Tensor.data_ptr, allcols[1]))
+        self.ptrs = np.array(ptrs, np.int64).T.copy()
+
+    def _check(self, allcols, gmeta):
+        """Validate everything; returns the columns to use (a dense grad whose strides differ from its
+        param's is copied into the param's layout for this step)."""
+        import torch
+        params = allcols[0]
+        grads = [g if g.stride() == p.stride() or not _dense(g) else _in_layout_of(p, g)
+                 for p, g in zip(params, allcols[1])]
+        allcols = [params, grads, *allcols[2:]]
+        self.validate(allcols)
+        _check_dense(self, allcols)
+        pmeta = (list(map(_shape, params)), list(map(torch.Tensor.stride, params)), list(map(_dtype, params)))
+        if self.pmeta is None or pmeta[0] != self.pmeta[0]:
+            self.sizes = np.array(list(map(torch.Tensor.numel, params)), np.int64)
+            self._new_sizes()
+        self.ptrs = np.array([list(map(torch.Tensor.data_ptr, col)) for col in allcols], np.int64).T.copy()
+        self.check_overlap()
+        # what the fast path compares with next time (a copied grad never matches: checked again)
+        self.pmeta = pmeta if grads is allcols[1] and gmeta == pmeta else None
+        self.held = [params, *allcols[2:]]
+        self.held_ptrs = [list(map(torch.Tensor.data_ptr, col)) for col in self.held]
+        return allcols
+
+
+def _in_layout_of(p, g):
+    """g copied into a new tensor with p's strides (e.g. a contiguous grad of a channels_last param)."""
+    import torch
+    out = torch.empty_like(p.detach(), memory_format=torch.preserve_format)
+    out.copy_(g)
+    return out
 
 
 def _shape(t):

@@ -141,7 +141,7 @@ class HalfUnit(_engine.Unit):
     def launch(self, rule, htab, hidx, c):
         from .streams import current_stream
         rows = htab.tolist()
-        steps = self.engine.front.steps(self.pstates)
+        steps = self.engine.front.steps(self.pstates, self.front_cache)
         for r, p in enumerate(self.objs[0]):
             on_cuda = p.device.type == "cuda"
             h = rows[0 if hidx is None else int(hidx[r])]

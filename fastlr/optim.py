@@ -6,6 +6,8 @@ validation, schedules, gradient conditioning and state dicts, over ``fastlr.engi
 """
 import math
 import numbers
+from collections import deque
+from itertools import repeat
 
 import numpy as np
 
@@ -79,11 +81,11 @@ class Optimizer:
         self.skip_nonfinite = skip_nonfinite or grad_scale is not None
         self.capturable = capturable
         self.param_groups = []
-        self.state = {}
+        self.state = StateDict()
         self._step_count = 0
         self.skipped_steps = 0
         self.last_step_skipped = False
-        self._engine = Engine(self, self.spec, _NumpyFront())
+        self._engine = Engine(self, self.spec, _NumpyFront(self))
         if library(params) is not None:
             params = [params]
         try:
@@ -244,7 +246,7 @@ class Optimizer:
             for group, new in zip(self.param_groups, groups):
                 group.clear()
                 group.update(new)
-            self.state = state
+            self.state = StateDict.adopt(state)
             self._step_count = step_count
             self._engine.reset()
 
@@ -323,7 +325,8 @@ class Optimizer:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._engine = Engine(self, self.spec, _NumpyFront())
+        self.state = StateDict.adopt(self.state)
+        self._engine = Engine(self, self.spec, _NumpyFront(self))
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]
@@ -333,8 +336,110 @@ class Optimizer:
         return "\n".join(lines + [")"])
 
 
+class _Counter:
+    __slots__ = ("n",)
+
+    def __init__(self):
+        self.n = 0
+
+
+class StateDict(dict):
+    """``opt.state`` of the NumPy API and each param's entry in it: ordinary dicts that count their
+    changes in a counter they share, so a step can tell at once that no state was replaced, added or
+    removed since the last one (then the arrays it validated are the ones held; their addresses,
+    dtypes and shapes are still read at every step). A dict assigned by the caller is read in full
+    at every step instead."""
+
+    __slots__ = ("_counter",)
+
+    def __init__(self, *args, counter=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._counter = counter if counter is not None else _Counter()
+
+    def _changed(self):
+        counter = getattr(self, "_counter", None)
+        if counter is not None:
+            counter.n += 1
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self._changed()
+
+    def __delitem__(self, key):
+        super().__delitem__(key)
+        self._changed()
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def clear(self):
+        super().clear()
+        self._changed()
+
+    def pop(self, *args):
+        self._changed()
+        return super().pop(*args)
+
+    def popitem(self):
+        self._changed()
+        return super().popitem()
+
+    def setdefault(self, key, default=None):
+        self._changed()
+        return super().setdefault(key, default)
+
+    def update(self, *args, **kwargs):
+        super().update(*args, **kwargs)
+        self._changed()
+
+    def __reduce__(self):   # copies are plain dicts until their optimizer adopts them
+        return dict, (dict(self),)
+
+    @classmethod
+    def adopt(cls, state):
+        """The optimizer's state as StateDicts sharing one counter (after unpickling or loading)."""
+        out = cls()
+        for key, st in state.items():
+            dict.__setitem__(out, key, cls(st, counter=out._counter) if isinstance(st, dict) else st)
+        return out
+
+
+def _counter_of(st):
+    return getattr(st, "_counter", None)
+
+
 class _NumpyFront(Front):
-    """State of the NumPy API: keyed by param index, step counts as Python ints."""
+    """State of the NumPy API: keyed by param index, step counts as Python ints, StateDicts."""
+
+    def __init__(self, opt):
+        self.opt = opt
+
+    def new_dict(self):
+        state = self.opt.state
+        return StateDict(counter=state._counter) if type(state) is StateDict else {}
+
+    def read_states(self, state, keys, names, cache):
+        counter = state._counter if type(state) is StateDict else None
+        if counter is not None and cache.get("state") is state and cache.get("n") == counter.n \
+                and cache.get("keys") is keys:
+            return cache["pstates"], cache["cols"]
+        pstates, cols = super().read_states(state, keys, names, cache)
+        cache.clear()
+        if counter is not None and cols is not None and set(map(_counter_of, pstates)) == {counter}:
+            cache.update(state=state, n=counter.n, keys=keys, pstates=pstates, cols=cols)
+        return pstates, cols
+
+    def steps(self, pstates, cache):
+        if cache.get("of") is pstates:   # nothing was replaced since these were written
+            return cache["steps"]
+        return super().steps(pstates, cache)
+
+    def set_steps(self, pstates, values, cache):
+        values = list(values)
+        # our own write, not a change of what the caller holds: dict's setitem, which counts nothing
+        deque(map(dict.__setitem__, pstates, repeat("step"), values), maxlen=0)
+        cache["of"], cache["steps"] = pstates, values
 
 
 def _plain(v):

@@ -180,7 +180,8 @@ class _Table:
         """The param's state dict and flat views of its arrays (created on first use, checked each call)."""
         pstate = optimizer.state.get(self.index)
         if pstate is None:
-            pstate = optimizer.state[self.index] = {"step": 0, **optimizer.spec.scalar_state}
+            pstate = optimizer.state[self.index] = optimizer._engine.front.new_dict()
+            pstate.update({"step": 0, **optimizer.spec.scalar_state})
         for name, init, like in self.names:
             if name not in pstate:
                 pstate[name] = full_like(like, init)

@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import carray, njit, types
 from numba.extending import intrinsic
 
 
@@ -195,3 +195,30 @@ def _probe(objs):
 
 
 STRUCT_OK = _verify()
+
+
+# ---------------------------------------------------------------- scalars at addresses
+_F32 = np.empty(0, np.float32)
+_F64 = np.empty(0, np.float64)
+
+
+@njit(cache=True, nogil=True)
+def read_scalars(addrs, is64, out):
+    """out[i] = the float32 (is64[i] == 0) or float64 value at addrs[i] (e.g. torch's 0-d step tensors)."""
+    for i in range(addrs.size):
+        if is64[i]:
+            out[i] = carray(at(addrs[i], 0, _F64), 1)[0]
+        else:
+            out[i] = carray(at(addrs[i], 0, _F32), 1)[0]
+
+
+@njit(cache=True, nogil=True)
+def add_scalars(addrs, is64, delta):
+    """Add delta to each float32/float64 value at addrs, in its own precision (as ``t += 1`` does)."""
+    for i in range(addrs.size):
+        if is64[i]:
+            v = carray(at(addrs[i], 0, _F64), 1)
+            v[0] += delta
+        else:
+            v32 = carray(at(addrs[i], 0, _F32), 1)
+            v32[0] += np.float32(delta)
