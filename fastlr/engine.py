@@ -321,6 +321,8 @@ class _GroupPlan:
             _check_params(engine, params, grads, labels)
             self.units = []
             return
+        if cols is None:   # no states at all (torch's SGD without momentum)
+            cols = [[None] * len(params) for _ in self.names]
         pattern = pos if pos is not None else len(params)
         if pattern != self.pattern or not self.units:
             self.units = _make_units(engine, self, params, labels)
