@@ -643,8 +643,11 @@ class _CudaUnit(Unit):
     def launch(self, rule, htab, hidx, c):
         from .streams import current_stream
         cuda = kernel_module("cuda")
-        kernel = cuda.KERNELS[rule]
         stream = current_stream(self.objs[0][0])
+        if rule in cuda.TABLE_KERNELS and _cuda_tables():
+            self._launch_table(cuda, rule, htab, hidx, c, stream)
+            return
+        kernel = cuda.KERNELS[rule]
         rows = htab.tolist()
         for r, p in enumerate(self.arrays[0]):
             h = tuple(rows[0 if hidx is None else int(hidx[r])])
@@ -656,6 +659,29 @@ class _CudaUnit(Unit):
         from .streams import current_stream
         return sum(sum_of_squares(g, True, current_stream(obj)) for g, obj in zip(self.arrays[1], self.objs[1]))
 
+    def _launch_table(self, cuda, rule, htab, hidx, c, stream):
+        """One launch over a device-side segment table (addresses, work rows, scalars uploaded on the
+        caller's stream into buffers kept by this unit)."""
+        ptrs = np.array([[fp[0] for fp in col] for col in self.checked], np.int64).T.copy()
+        sizes = np.array([fp[1] for fp in self.checked[0]], np.int64)
+        if getattr(self, "table_sizes", None) is None or not np.array_equal(sizes, self.table_sizes):
+            self.table_sizes = sizes
+            self.table_work = kernel_module("cpu").make_work(sizes, cuda.TABLE_CHUNK)
+            self.device = {}
+        hidx = np.zeros(len(sizes), np.int64) if hidx is None else hidx
+        dev = self.device
+        for name, host in (("ptrs", ptrs), ("work", self.table_work), ("hidx", hidx), ("htab", htab)):
+            buf = dev.get(name)
+            if buf is None or buf.shape != host.shape:
+                buf = dev[name] = _device_empty(host.shape, host.dtype, stream)
+            buf.copy_to_device(host, stream=stream)
+        like = dev.get("like")
+        if like is None:
+            like = dev["like"] = _device_empty((1,), self.arrays[0][0].dtype, stream)
+        blocks = max(1, min(len(self.table_work), cuda._max_blocks()))
+        cuda.TABLE_KERNELS[rule][blocks, cuda.THREADS, stream](dev["ptrs"], dev["work"], dev["hidx"], dev["htab"], c,
+                                                               like)
+
     def spans(self):
         out = []
         for r, col in enumerate(zip(*self.checked)):
@@ -663,6 +689,18 @@ class _CudaUnit(Unit):
                 if c != 1 and fp[0] is not None and fp[1]:
                     out.append((fp[0], fp[0] + fp[1] * fp[2], self.column_name(r, c)))
         return out
+
+
+def _cuda_tables():
+    """Whether CUDA units launch the segment-table kernels (FASTLR_CUDA_TABLES=1) rather than one kernel
+    per array: opt-in until the table path has been checked on a real GPU (docs/GPU.md)."""
+    import os
+    return os.environ.get("FASTLR_CUDA_TABLES") == "1"
+
+
+def _device_empty(shape, dtype, stream):
+    from numba import cuda
+    return cuda.device_array(shape, dtype, stream=stream)
 
 
 def _cuda_fingerprint(x):
