@@ -91,7 +91,7 @@ def numpy_arrays(total, counts, repeat, min_time):
                           f"fastlr.Adam, {count} array(s)"))
     res = measure(cases, repeat, min_time)
     flat = res["fastlr-1"]["time_s"]
-    for name, r in res.items():
+    for r in res.values():
         r["gbps"] = BYTES_ADAM * total / r["time_s"] / 1e9
         r["vs_flat"] = flat / r["time_s"]
         r["vs_ceiling"] = res["ceiling"]["time_s"] / r["time_s"]
@@ -100,6 +100,7 @@ def numpy_arrays(total, counts, repeat, min_time):
 
 def overhead(repeat, min_time, n_arrays=200, size=64):
     import fastlr
+
     from .kernels import cpu
     ps, gs = _arrays([size] * n_arrays, 0), _arrays([size] * n_arrays, 1)
     opt = fastlr.Adam(ps)

@@ -31,7 +31,7 @@ from itertools import repeat
 import numpy as np
 
 from . import specs as _specs
-from ._arrays import Buffer, describe_kind, full_like, kind_of, same_kind
+from ._arrays import Buffer, dense, describe_kind, full_like, kind_of, same_kind
 from ._launch import NO_CONDITIONING, SERIAL_BELOW, kernel_module
 from .kernels import _codegen, rules
 
@@ -272,11 +272,19 @@ def _check_disjoint(plans):
     units = [u for plan in plans for u in plan.units]
     if len(units) <= 1:
         return  # within a unit the unit's own check covers it
-    spans = sorted(s for u in units for s in u.spans())
-    for (s0, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
-        if s1 < e0:
-            raise ValueError(f"{n1}: shares memory with {n0}; every param and state must have memory of "
-                             f"its own (a view of another param would be updated twice per step)")
+    pair = first_overlap(s for u in units for s in u.spans())
+    if pair:
+        raise ValueError(f"{pair[1]}: shares memory with {pair[0]}; every param and state must have memory of "
+                         f"its own (a view of another param would be updated twice per step)")
+
+
+def first_overlap(spans):
+    """(name, name) of two (start, end, name) byte ranges that overlap, or None."""
+    spans = sorted(spans)
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        if start < end:
+            return first, second
+    return None
 
 
 class _GroupPlan:
@@ -555,7 +563,7 @@ class _TorchCPUUnit(_TableUnit):
         param's is copied into the param's layout for this step)."""
         import torch
         params = allcols[0]
-        grads = [g if g.stride() == p.stride() or not _dense(g) else _in_layout_of(p, g)
+        grads = [g if g.stride() == p.stride() or not dense(g) else _in_layout_of(p, g)
                  for p, g in zip(params, allcols[1])]
         allcols = [params, grads, *allcols[2:]]
         self.validate(allcols)
@@ -594,7 +602,7 @@ def _check_dense(unit, allcols):
     so all of them are updated as one flat range of memory."""
     for r, row in enumerate(zip(*allcols)):
         p = row[0]
-        if not _dense(p):
+        if not dense(p):
             raise ValueError(f"{unit.column_name(r, 0)}: expected a dense tensor (its elements one flat block of "
                              f"memory, in any dimension order), got strides {p.stride()} for shape "
                              f"{tuple(p.shape)}")
@@ -602,16 +610,6 @@ def _check_dense(unit, allcols):
             if row[c].stride() != p.stride():
                 raise ValueError(f"{unit.column_name(r, c)}: strides {row[c].stride()} differ from its param's "
                                  f"{p.stride()} (same memory layout expected)")
-
-
-def _dense(t):
-    """Non-overlapping and dense: ordered by stride, each dim's stride is the product of the sizes below."""
-    expect = 1
-    for stride, size in sorted((st, n) for n, st in zip(t.shape, t.stride()) if n != 1):
-        if stride != expect:
-            return False
-        expect *= size
-    return True
 
 
 class _CudaUnit(Unit):

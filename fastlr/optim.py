@@ -13,9 +13,8 @@ import numpy as np
 
 from . import capturable as _capturable
 from . import specs as _specs
-from ._arrays import Buffer, copy_into, describe_kind, full_like, host_scalar, kind_of, library, same_kind, \
-    to_numpy
-from .engine import Engine, Front, plan_scalars
+from ._arrays import Buffer, copy_into, describe_kind, full_like, host_scalar, kind_of, library, same_kind, to_numpy
+from .engine import Engine, Front, first_overlap, plan_scalars
 from .kernels import rules  # noqa: F401  (re-exported for scripts that bind rules by name)
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax",
@@ -467,12 +466,11 @@ def _check_distinct(arrays):
         seen[id(p)] = i
         span = _span(p)
         if span is not None:
-            spans.append((*span, i))
-    spans.sort()
-    for (s0, e0, i0), (s1, e1, i1) in zip(spans, spans[1:]):
-        if s1 < e0:
-            raise ValueError(f"params[{i1}]: shares memory with params[{i0}] (views of one array); every param "
-                             f"must have memory of its own, or it would be updated twice per step")
+            spans.append((*span, f"params[{i}]"))
+    pair = first_overlap(spans)
+    if pair:
+        raise ValueError(f"{pair[1]}: shares memory with {pair[0]} (views of one array); every param must have "
+                         f"memory of its own, or it would be updated twice per step")
 
 
 def _span(p):
@@ -536,18 +534,9 @@ def _snapshot(x):
 
 
 def _make_init(spec):
-    """An ``__init__(self, params, <the spec's hyperparameters>, *, <...>, **options)`` with a real signature."""
-    names = list(spec.defaults)
-    src = (f"def __init__(self, params, {spec.signature_text()}{', ' if spec.keyword_only else ', *, '}"
-           f"max_grad_norm=None, clip_value=None, grad_scale=None, skip_nonfinite=False, capturable=False):\n"
-           f"    Optimizer.__init__(self, params, dict({', '.join(f'{n}={n}' for n in names)}),\n"
-           f"                       max_grad_norm=max_grad_norm, clip_value=clip_value, grad_scale=grad_scale,\n"
-           f"                       skip_nonfinite=skip_nonfinite, capturable=capturable)\n")
-    namespace = {"Optimizer": Optimizer}
-    exec(compile(src, f"<fastlr.optim {spec.name}.__init__>", "exec"), namespace)
-    init = namespace["__init__"]
-    init.__qualname__ = f"{spec.name}.__init__"
-    return init
+    """``__init__(self, params, <the spec's hyperparameters>, *, <options>)`` with a real signature."""
+    return _specs.make_init(spec, lambda self, params, hp, options: Optimizer.__init__(self, params, hp, **options),
+                            _OPTIONS)
 
 
 def _doc(spec, doc):

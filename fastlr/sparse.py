@@ -26,8 +26,8 @@ import numpy as np
 from . import specs as _specs
 from ._arrays import Buffer, copy_into, full_like, library, same_kind, to_numpy
 from ._launch import SERIAL_BELOW, cast, kernel_module, no_conditioning, sum_of_squares
-from .kernels import rules
 from .engine import grad_conditioning
+from .kernels import rules
 from .optim import Optimizer
 from .streams import current_stream
 
@@ -192,7 +192,8 @@ class _Table:
         buf = Buffer(where, pstate[name])
         if buf.shape != tuple(like.shape):
             per = "one value per row of" if like is not self.obj else "as"
-            raise ValueError(f"{where}: expected shape {tuple(like.shape)} ({per} params[{self.index}]), got {buf.shape}")
+            raise ValueError(f"{where}: expected shape {tuple(like.shape)} ({per} params[{self.index}]), "
+                             f"got {buf.shape}")
         if buf.dtype != self.buf.dtype or buf.device != self.buf.device:
             raise TypeError(f"{where}: expected dtype {self.buf.dtype} on {self.buf.device} (as params[{self.index}]), "
                             f"got {buf.dtype} on {buf.device}")

@@ -455,17 +455,10 @@ def _checked_step(where, v):
 
 
 def _make_init(spec):
-    """__init__(self, params, <spec hyperparameters>, *, <torch switches>, <fastlr options>) with a real signature."""
-    names = list(spec.defaults)
-    kw = ", ".join(f"{k}={v!r}" for k, v in {**_SWITCHES, **_OPTIONS}.items())
-    src = (f"def __init__(self, params, {spec.signature_text()}{', ' if spec.keyword_only else ', *, '}{kw}):\n"
-           f"    _TorchOptimizer.__init__(self, params, dict({', '.join(f'{n}={n}' for n in names)}),\n"
-           f"        dict({', '.join(f'{n}={n}' for n in _SWITCHES)}), dict({', '.join(f'{n}={n}' for n in _OPTIONS)}))\n")
-    namespace = {"_TorchOptimizer": _TorchOptimizer}
-    exec(compile(src, f"<fastlr.torch {spec.name}.__init__>", "exec"), namespace)
-    init = namespace["__init__"]
-    init.__qualname__ = f"{spec.name}.__init__"
-    return init
+    """``__init__(self, params, <spec hyperparameters>, *, <torch switches>, <fastlr options>)``."""
+    def base(self, params, hp, extra):
+        _TorchOptimizer.__init__(self, params, hp, {k: extra[k] for k in _SWITCHES}, {k: extra[k] for k in _OPTIONS})
+    return _specs.make_init(spec, base, {**_SWITCHES, **_OPTIONS})
 
 
 class SGD(_TorchOptimizer, spec=_specs.SGD):
