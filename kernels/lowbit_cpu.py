@@ -1,0 +1,166 @@
+"""CPU kernels for optimizer states held in low precision, generated from the element rules.
+
+Two families, each compiled over ``kernels.cpu.R`` (no formula is written here):
+
+* ``BLOCKWISE[prec, rule]`` (prec "8bit" or "4bit"; rules with at least one state):
+  ``kernel(p, g, codes_0, absmax_0, codes_1, absmax_1, ..., h64, c64)`` over flat arrays,
+  states in the order of the rule's arguments. Per block of ``quant.BLOCK_SIZE[prec]`` elements
+  (a param's last block may be shorter): dequantize each state (``qmap[code] * absmax``), run
+  the element rule in the params' dtype, take each state's new absmax, write the nearest codes
+  (``quant.encode``). Each state uses the signed or the unsigned map of ``quant.SIGNED_STATE``.
+  codes are uint8 (``p.size`` of them for 8 bits, ``(p.size + 1) // 2`` for 4 bits), absmax
+  float32 (one per block).
+* ``BF16[rule]``: ``kernel(p, g, s_0, s_1, ..., h64, c64, r)`` with each state stored as
+  bfloat16 bits (uint16), computed in float32, written back to nearest even (``r = (-1, 0)``)
+  or stochastically (``r = (key, base)``: element i of state j gets the random bits
+  ``random16(key + j, base + i)``, deterministic).
+
+``h64`` and ``c64`` are tuples of float64 as for ``kernels.cpu.KERNELS``; ``_serial`` kernels
+run on one thread (small params). Kernels release the GIL.
+
+Why it is fast: the block loop lives in a separate (not inlined) function called once per chunk
+of blocks, so LLVM sees plain counted loops over arrays and vectorizes them: one pass per block
+decodes, updates and writes each state into a contiguous per-chunk scratch row while keeping an
+integer max of |state| bits (branch-free), then one pass per state divides by the new absmax
+and encodes (``quant.encode``: one table gather, no search). The maps and tables are module
+constants and their parameters literals, so they fold into the machine code.
+"""
+import numpy as np  # noqa: F401  (used by the generated kernels)
+from numba import njit, prange  # noqa: F401
+
+from . import quant, rules
+from ._codegen import generate_source, n_states, scalar_names
+from .cpu import R  # noqa: F401
+
+Q = quant.compiled(njit(inline="always", error_model="numpy"))
+CHUNK_BLOCKS = 64  # blocks per parallel work item (16K elements at 8 bits)
+BITS = {"8bit": 8, "4bit": 4}
+
+# The maps and encoder tables, as module globals the generated kernels read (frozen constants).
+for (_prec, _signed), _cb in quant.CODEBOOKS.items():
+    globals()[f"QMAP_{_prec}_{'s' if _signed else 'u'}"] = _cb.qmap
+    globals()[f"TABLE_{_prec}_{'s' if _signed else 'u'}"] = _cb.table
+
+_BLOCKWISE = """
+@njit(cache=True, nogil=True, error_model="numpy")
+def {name}_blocks(p, g, {state_args}first, last, h, c, {scratch}):
+    for blk in range(first, last):
+        lo = blk * {block}
+        m = min({block}, p.size - lo)
+        pb, gb = p[lo:lo + m], g[lo:lo + m]
+{per_block}        for i in range(m):
+{decode}            pb[i], {values} = R.{rule}(pb[i], R.condition(gb[i], c), {values}, h)
+{keep}{store}
+
+def {name}(p, g, {state_args}h64, c64):
+    h = ({h_cast})
+    c = (p.dtype.type(c64[0]), p.dtype.type(c64[1]), p.dtype.type(c64[2]))
+    nblocks = (p.size + {block} - 1) // {block}
+    for k in {loop}((nblocks + {chunk} - 1) // {chunk}):
+{alloc}        {name}_blocks(p, g, {state_args}k * {chunk}, min(nblocks, (k + 1) * {chunk}), h, c, {scratch})
+"""
+
+
+def _blockwise_fields(rule, prec, loop):
+    """The per-state lines of _BLOCKWISE for one rule and precision.
+
+    4-bit codes are unpacked into a per-chunk uint8 row first and packed back after encoding,
+    so the update and encode loops are the 8-bit ones (strided nibble access would not vectorize).
+    """
+    bits, signs, block = BITS[prec], quant.state_signs(rule), quant.BLOCK_SIZE[prec]
+    ind, per_block, decode, keep, store, alloc = " " * 8, "", "", "", "", ""
+    for j, signed in enumerate(signs):
+        cb = quant.CODEBOOKS[prec, signed]
+        tag = f"{prec}_{'s' if signed else 'u'}"
+        per_block += f"{ind}d{j}, x{j} = a{j}[blk], np.int32(0)\n"
+        if bits == 8:
+            per_block += f"{ind}U{j} = c{j}[lo:lo + m]\n"
+        else:
+            per_block += f"{ind}P{j} = c{j}[lo >> 1:(lo + m + 1) >> 1]\n{ind}Q.unpack_nibbles(P{j}, m, U{j})\n"
+            alloc += f"{ind}U{j} = np.empty({block}, np.uint8)\n"
+        decode += f"{ind}    s{j} = Q.decode(U{j}[i], QMAP_{tag}, d{j})\n"
+        keep += f"{ind}    S{j}[i] = s{j}\n{ind}    x{j} = max(x{j}, Q.abs_bits(s{j}))\n"
+        store += (f"{ind}d{j} = Q.block_scale(x{j})\n{ind}a{j}[blk] = d{j}\n"
+                  f"{ind}Q.store_codes(S{j}, m, d{j}, U{j}, TABLE_{tag}, {cb.literals})\n")
+        if bits == 4:
+            store += f"{ind}Q.pack_nibbles(U{j}, m, P{j})\n"
+        alloc += f"{ind}S{j} = np.empty({block}, np.float32)\n"
+    k = len(signs)
+    return dict(
+        rule=rule, block=block, chunk=CHUNK_BLOCKS, loop=loop,
+        state_args="".join(f"c{j}, a{j}, " for j in range(k)),
+        scratch=", ".join([f"S{j}" for j in range(k)] + ([f"U{j}" for j in range(k)] if bits == 4 else [])),
+        values=", ".join(f"s{j}" for j in range(k)),
+        per_block=per_block, decode=decode, keep=keep, store=store, alloc=alloc,
+        h_cast="".join(f"p.dtype.type(h64[{j}]), " for j in range(len(scalar_names(rule)))),
+    )
+
+
+_BF16 = """
+def {name}(p, g, {state_args}h64, c64, r):
+    h = ({h_cast})
+    c = (p.dtype.type(c64[0]), p.dtype.type(c64[1]), p.dtype.type(c64[2]))
+    key, base = r
+    for i in {loop}(p.size):
+{decode}        p[i], {values} = R.{rule}(p[i], R.condition(g[i], c), {values}, h)
+{encode}"""
+
+
+def _bf16_fields(rule, loop):
+    k, ind = n_states(rule), " " * 8
+    return dict(
+        rule=rule, loop=loop,
+        state_args="".join(f"b{j}, " for j in range(k)),
+        values=", ".join(f"s{j}" for j in range(k)),
+        decode="".join(f"{ind}s{j} = np.float32(R.bf16_to_float(b{j}[i]))\n" for j in range(k)),
+        encode="".join(f"{ind}b{j}[i] = R.float_to_bf16(s{j}, R.random16(key + {j}, base + i) if key >= 0 else -1)\n"
+                       for j in range(k)),
+        h_cast="".join(f"p.dtype.type(h64[{j}]), " for j in range(len(scalar_names(rule)))),
+    )
+
+
+STATEFUL_RULES = tuple(r for r in rules.ELEMENT_RULES if n_states(r) > 0)
+_PARALLEL = njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+_SERIAL = njit(cache=True, nogil=True, error_model="numpy")
+
+BLOCKWISE, BF16 = {}, {}
+for _rule in STATEFUL_RULES:
+    for _suffix, _loop, _decorate in (("", "prange", _PARALLEL), ("_serial", "range", _SERIAL)):
+        for _prec in BITS:
+            BLOCKWISE[_prec, _rule + _suffix] = generate_source(
+                _BLOCKWISE, f"{_rule}_{_prec}{_suffix}_{quant.QUANT_HASH}", globals(), _decorate,
+                **_blockwise_fields(_rule, _prec, _loop))
+        BF16[_rule + _suffix] = generate_source(
+            _BF16, f"{_rule}_bf16{_suffix}", globals(), _decorate, **_bf16_fields(_rule, _loop))
+
+
+@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+def quantize_blocks(x, codes, absmax, table, lo_bits, hi_bits, shift, half, block, bits):
+    """Whole-state quantization (loading float states): x (any float dtype) -> codes, absmax."""
+    for blk in prange(absmax.size):
+        lo = blk * block
+        m = min(block, x.size - lo)
+        src = x[lo:lo + m].astype(np.float32)
+        top = np.int32(0)
+        for i in range(m):
+            top = max(top, Q.abs_bits(src[i]))
+        absmax[blk] = Q.block_scale(top)
+        if bits == 8:
+            Q.store_codes(src, m, absmax[blk], codes[lo:lo + m], table, lo_bits, hi_bits, shift, half)
+        else:
+            unpacked = np.empty(m, np.uint8)
+            Q.store_codes(src, m, absmax[blk], unpacked, table, lo_bits, hi_bits, shift, half)
+            Q.pack_nibbles(unpacked, m, codes[lo >> 1:(lo + m + 1) >> 1])
+
+
+@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+def dequantize_blocks(codes, absmax, qmap, out, block, bits):
+    """Whole-state dequantization (state_dict(dequantize=True)): codes, absmax -> out (float32)."""
+    for blk in prange(absmax.size):
+        lo = blk * block
+        m = min(block, out.size - lo)
+        unpacked = codes[lo:lo + m] if bits == 8 else np.empty(m, np.uint8)
+        if bits == 4:
+            Q.unpack_nibbles(codes[lo >> 1:(lo + m + 1) >> 1], m, unpacked)
+        for i in range(m):
+            out[lo + i] = Q.decode(unpacked[i], qmap, absmax[blk])
