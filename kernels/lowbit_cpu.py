@@ -25,8 +25,8 @@ integer max of |state| bits (branch-free), then one pass per state divides by th
 and encodes (``quant.encode``: one table gather, no search). The maps and tables are module
 constants and their parameters literals, so they fold into the machine code.
 """
-import numpy as np  # noqa: F401  (used by the generated kernels)
-from numba import njit, prange  # noqa: F401
+import numpy as np
+from numba import njit, prange
 
 from . import quant, rules
 from ._codegen import generate_source, n_states, scalar_names
@@ -86,14 +86,14 @@ def _blockwise_fields(rule, prec, loop):
             store += f"{ind}Q.pack_nibbles(U{j}, m, P{j})\n"
         alloc += f"{ind}S{j} = np.empty({block}, np.float32)\n"
     k = len(signs)
-    return dict(
-        rule=rule, block=block, chunk=CHUNK_BLOCKS, loop=loop,
-        state_args="".join(f"c{j}, a{j}, " for j in range(k)),
-        scratch=", ".join([f"S{j}" for j in range(k)] + ([f"U{j}" for j in range(k)] if bits == 4 else [])),
-        values=", ".join(f"s{j}" for j in range(k)),
-        per_block=per_block, decode=decode, keep=keep, store=store, alloc=alloc,
-        h_cast="".join(f"p.dtype.type(h64[{j}]), " for j in range(len(scalar_names(rule)))),
-    )
+    return {
+        "rule": rule, "block": block, "chunk": CHUNK_BLOCKS, "loop": loop,
+        "state_args": "".join(f"c{j}, a{j}, " for j in range(k)),
+        "scratch": ", ".join([f"S{j}" for j in range(k)] + ([f"U{j}" for j in range(k)] if bits == 4 else [])),
+        "values": ", ".join(f"s{j}" for j in range(k)),
+        "per_block": per_block, "decode": decode, "keep": keep, "store": store, "alloc": alloc,
+        "h_cast": "".join(f"p.dtype.type(h64[{j}]), " for j in range(len(scalar_names(rule)))),
+    }
 
 
 _BF16 = """
@@ -108,15 +108,15 @@ def {name}(p, g, {state_args}h64, c64, r):
 
 def _bf16_fields(rule, loop):
     k, ind = n_states(rule), " " * 8
-    return dict(
-        rule=rule, loop=loop,
-        state_args="".join(f"b{j}, " for j in range(k)),
-        values=", ".join(f"s{j}" for j in range(k)),
-        decode="".join(f"{ind}s{j} = np.float32(R.bf16_to_float(b{j}[i]))\n" for j in range(k)),
-        encode="".join(f"{ind}b{j}[i] = R.float_to_bf16(s{j}, R.random16(key + {j}, base + i) if key >= 0 else -1)\n"
+    return {
+        "rule": rule, "loop": loop,
+        "state_args": "".join(f"b{j}, " for j in range(k)),
+        "values": ", ".join(f"s{j}" for j in range(k)),
+        "decode": "".join(f"{ind}s{j} = np.float32(R.bf16_to_float(b{j}[i]))\n" for j in range(k)),
+        "encode": "".join(f"{ind}b{j}[i] = R.float_to_bf16(s{j}, R.random16(key + {j}, base + i) if key >= 0 else -1)\n"
                        for j in range(k)),
-        h_cast="".join(f"p.dtype.type(h64[{j}]), " for j in range(len(scalar_names(rule)))),
-    )
+        "h_cast": "".join(f"p.dtype.type(h64[{j}]), " for j in range(len(scalar_names(rule)))),
+    }
 
 
 STATEFUL_RULES = tuple(r for r in rules.ELEMENT_RULES if n_states(r) > 0)

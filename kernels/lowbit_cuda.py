@@ -10,7 +10,8 @@ compiled over ``kernels.cuda.R`` and the element functions of ``kernels/quant.py
   ``.table``, per state) are passed as device arrays: read through the cache, not as constant
   memory, which serializes when the lanes of a warp read different entries.
 * ``BF16[rule]``: ``kernel(p, g, s_0, ..., h64, c64, r)`` grid-stride, states as bfloat16 bits in
-  int16 arrays (``view`` of torch bfloat16 tensors), rounding as in lowbit_cpu.
+  uint16 arrays (int16 views of torch bfloat16 tensors work on a GPU, where the store wraps, but
+  not in the simulator), rounding as in lowbit_cpu.
 
 Works under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1): the tests run it on tiny arrays.
 """
@@ -75,13 +76,13 @@ def _blockwise_fields(rule, prec):
                       f"{ind}    c{j}[i >> 1] = (packed[tid] << 4) | (packed[tid + 1] if tid + 1 < m else 0)\n"
                       f"{ind}cuda.syncthreads()\n")
     k = n_states(rule)
-    return dict(
-        rule=rule, block=block, decode=decode, store=store,
-        state_args="".join(f"c{j}, a{j}, " for j in range(k)),
-        table_args=", ".join(f"q{j}, t{j}" for j in range(k)),
-        values=", ".join(f"s{j}" for j in range(k)),
-        h_cast="".join(f"p.dtype.type(h64[{j}]), " for j in range(len(scalar_names(rule)))),
-    )
+    return {
+        "rule": rule, "block": block, "decode": decode, "store": store,
+        "state_args": "".join(f"c{j}, a{j}, " for j in range(k)),
+        "table_args": ", ".join(f"q{j}, t{j}" for j in range(k)),
+        "values": ", ".join(f"s{j}" for j in range(k)),
+        "h_cast": "".join(f"p.dtype.type(h64[{j}]), " for j in range(len(scalar_names(rule)))),
+    }
 
 
 _BF16 = """
@@ -96,15 +97,15 @@ def {name}(p, g, {state_args}h64, c64, r):
 
 def _bf16_fields(rule):
     k, ind = n_states(rule), " " * 8
-    return dict(
-        rule=rule,
-        state_args="".join(f"b{j}, " for j in range(k)),
-        values=", ".join(f"s{j}" for j in range(k)),
-        decode="".join(f"{ind}s{j} = np.float32(R.bf16_to_float_arith(b{j}[i]))\n" for j in range(k)),
-        encode="".join(f"{ind}b{j}[i] = R.bits_as_int16(R.float_to_bf16_arith(s{j}, "
-                       f"R.random16(key + {j}, base + i) if key >= 0 else -1))\n" for j in range(k)),
-        h_cast="".join(f"p.dtype.type(h64[{j}]), " for j in range(len(scalar_names(rule)))),
-    )
+    return {
+        "rule": rule,
+        "state_args": "".join(f"b{j}, " for j in range(k)),
+        "values": ", ".join(f"s{j}" for j in range(k)),
+        "decode": "".join(f"{ind}s{j} = np.float32(R.bf16_to_float_arith(b{j}[i]))\n" for j in range(k)),
+        "encode": "".join(f"{ind}b{j}[i] = R.float_to_bf16_arith(s{j}, R.random16(key + {j}, base + i) if key >= 0 else -1)\n"
+                       for j in range(k)),
+        "h_cast": "".join(f"p.dtype.type(h64[{j}]), " for j in range(len(scalar_names(rule)))),
+    }
 
 
 STATEFUL_RULES = tuple(r for r in rules.ELEMENT_RULES if n_states(r) > 0)
