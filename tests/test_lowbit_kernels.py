@@ -113,6 +113,21 @@ def test_nearest_code_equals_live_torchao():
         np.testing.assert_array_equal(encode_all(y, cb.table, cb.lo_bits, cb.hi_bits, cb.shift, cb.half), ref)
 
 
+@pytest.mark.skipif(not lowbit_cpu.VBMI, reason="the CPU has no AVX-512 VBMI")
+def test_byte_permute_decode_equals_the_map():
+    @njit
+    def decode(codes, out, planes, absmax):
+        return lowbit_cpu.decode_64(codes, out, planes, absmax)
+    codes = np.concatenate([np.arange(256), np.random.default_rng(0).integers(0, 256, 100)])
+    for key, cb in quant.CODEBOOKS.items():
+        codes_k = (codes % cb.qmap.size).astype(np.uint8)
+        out = np.full(codes.size, np.nan, np.float32)
+        planes = getattr(lowbit_cpu, f"PLANES_{key[0]}_{'s' if key[1] else 'u'}")
+        assert decode(codes_k, out, planes, np.float32(0.75)) == 320  # whole groups of 64 only
+        np.testing.assert_array_equal(out[:320], cb.qmap[codes_k[:320]] * np.float32(0.75))
+        assert np.isnan(out[320:]).all()
+
+
 # ---------------------------------------------------------------- fused step vs reference
 H = {
     "sgd_momentum": rules.sgd_scalars(2, 0.01, 0.9, 0.1, 0.01, True, False),
