@@ -5,6 +5,8 @@ per-step scalars ``h`` as for float32 states):
 
     states = lowbit.new_states("adam", p, "8bit")     # one entry per state of rules.adam
     lowbit.step("adam", p, g, states, h)              # one fused step, in place
+    run = lowbit.launcher("adam", p, g, states)       # or: check the arrays once, then per step
+    run(h, c)                                         # launch only (the engine's cached path)
     m = lowbit.dequantize(states[0])                  # float32, e.g. state_dict(dequantize=True)
     states[0] = lowbit.quantize(m, "8bit", signed=True)   # e.g. loading a float32 state dict
 
@@ -179,27 +181,46 @@ def step(rule, p, g, states, h, c=NO_CONDITIONING, r=None, stream=0):
     (scale, lo, hi), ``r``: ``(key, base)`` for stochastic rounding of bf16 states (None: to
     nearest even). Everything is checked before anything is written.
     """
-    precision = _validate(rule, p, g, states, h, c, r)
-    h, c = tuple(map(float, h)), tuple(map(float, c))
+    _validate_scalars(rule, h, c, r)
+    launcher(rule, p, g, states, stream=stream)(h, c, r)
+
+
+def launcher(rule, p, g, states, serial=None, stream=0):
+    """Check p, g and states once; return ``run(h, c=NO_CONDITIONING, r=None)`` that launches the
+    kernel on them with no further checks (for an engine that validated when it cached).
+
+    ``serial``: force the one-thread CPU kernel (True) or the parallel one (False); default by size.
+    """
+    precision = _validate(rule, p, g, states)
     cuda = _on_cuda(p)
-    module = _kernels({("fp32", False): "cpu", ("fp32", True): "cuda"}.get((precision, cuda),
-                                                                            "lowbit_cuda" if cuda else "lowbit_cpu"))
-    serial = "" if cuda or p.size >= SERIAL_BELOW else "_serial"
     if precision == "fp32":
-        args, kernel = (*states, h, c), module.KERNELS[rule + serial]
-    elif precision == "bf16":
-        args, kernel = (*states, h, c, (-1, 0) if r is None else tuple(map(int, r))), module.BF16[rule + serial]
+        module = _kernels("cuda" if cuda else "cpu")
     else:
-        args = tuple(a for s in states for a in (s.codes, s.absmax)) + (h, c)
-        kernel = module.BLOCKWISE[precision, rule + serial]
-        if cuda:
-            args += tuple(a for s in states for a in _device_tables(s.precision, s.signed))
-    if not cuda:
-        kernel(p, g, *args)
-        return
-    from .kernels.cuda import launch_config
-    blocks, threads = launch_config(p.size, quant.BLOCK_SIZE.get(precision, 256))  # blockwise: a block per block
-    kernel[blocks, threads, stream](p, g, *args)
+        module = _kernels("lowbit_cuda" if cuda else "lowbit_cpu")
+    if serial is None:
+        serial = p.size < SERIAL_BELOW
+    suffix = "_serial" if serial and not cuda else ""
+    if precision == "fp32":
+        kernel, arrays = module.KERNELS[rule + suffix], tuple(states)
+    elif precision == "bf16":
+        kernel, arrays = module.BF16[rule + suffix], tuple(states)
+    else:
+        kernel = module.BLOCKWISE[precision, rule + suffix]
+        arrays = tuple(a for s in states for a in (s.codes, s.absmax))
+    tables = ()
+    if cuda:
+        from .kernels.cuda import launch_config
+        blocks, threads = launch_config(p.size, quant.BLOCK_SIZE.get(precision, 256))  # blockwise: one per block
+        kernel = kernel[blocks, threads, stream]
+        if precision in quant.BLOCK_SIZE:
+            tables = tuple(a for s in states for a in _device_tables(s.precision, s.signed))
+
+    def run(h, c=NO_CONDITIONING, r=None):
+        scalars = (tuple(map(float, h)), tuple(map(float, c)))
+        if precision == "bf16":
+            scalars += ((-1, 0) if r is None else (int(r[0]), int(r[1])),)
+        kernel(p, g, *arrays, *scalars, *tables)
+    return run
 
 
 _DEVICE_TABLES = {}
@@ -215,8 +236,8 @@ def _device_tables(precision, signed):
     return _DEVICE_TABLES[key]
 
 
-def _validate(rule, p, g, states, h, c, r):
-    """Check every argument of step; return the states' precision."""
+def _validate(rule, p, g, states):
+    """Check the arrays of a step; return the states' precision."""
     if rule not in rules.ELEMENT_RULES:
         raise ValueError(f"rule must be one of rules.ELEMENT_RULES, got {rule!r}")
     for name, x in (("p", p), ("g", g)):
@@ -238,13 +259,16 @@ def _validate(rule, p, g, states, h, c, r):
                              + f", got {s.dtype} of shape {s.shape}")
         if not isinstance(s, Quantized) and _on_cuda(s) != _on_cuda(p):
             raise ValueError(f"states[{j}] must be on p's device")
-    if len(h) != len(scalar_names(rule)):
+    return precision
+
+
+def _validate_scalars(rule, h, c, r):
+    if rule in rules.ELEMENT_RULES and len(h) != len(scalar_names(rule)):
         raise ValueError(f"h must hold the {len(scalar_names(rule))} scalars of rules.{rule}, got {len(h)}")
     if len(c) != 3:
         raise ValueError(f"c must be (scale, lo, hi), got {c!r}")
     if r is not None and (len(r) != 2 or int(r[0]) < 0):
         raise ValueError(f"r must be (key >= 0, base) or None, got {r!r}")
-    return precision
 
 
 def _check_quantized(j, s, size, signed):
