@@ -167,20 +167,25 @@ def {name}(p, g, {state_args}h64, c64, r):
     h = ({h_cast})
     c = (p.dtype.type(c64[0]), p.dtype.type(c64[1]), p.dtype.type(c64[2]))
     key, base = r
-    for i in {loop}(p.size):
-{decode}        p[i], {values} = R.{rule}(p[i], R.condition(g[i], c), {values}, h)
-{encode}"""
+    if key < 0:  # two loops: the random bits, computed and dropped, would cost 2x in the nearest one
+        for i in {loop}(p.size):
+{decode}            p[i], {values} = R.{rule}(p[i], R.condition(g[i], c), {values}, h)
+{nearest}    else:
+        for i in {loop}(p.size):
+{decode}            p[i], {values} = R.{rule}(p[i], R.condition(g[i], c), {values}, h)
+{stochastic}"""
 
 
 def _bf16_fields(rule, loop):
-    k, ind = n_states(rule), " " * 8
+    k, ind = n_states(rule), " " * 12
     return {
         "rule": rule, "loop": loop,
         "state_args": "".join(f"b{j}, " for j in range(k)),
         "values": ", ".join(f"s{j}" for j in range(k)),
         "decode": "".join(f"{ind}s{j} = np.float32(R.bf16_to_float(b{j}[i]))\n" for j in range(k)),
-        "encode": "".join(f"{ind}b{j}[i] = R.float_to_bf16(s{j}, R.random16(key + {j}, base + i) if key >= 0 else -1)\n"
-                       for j in range(k)),
+        "nearest": "".join(f"{ind}b{j}[i] = R.float_to_bf16(s{j}, -1)\n" for j in range(k)),
+        "stochastic": "".join(f"{ind}b{j}[i] = R.float_to_bf16(s{j}, R.random16(key + {j}, base + i))\n"
+                              for j in range(k)),
         "h_cast": "".join(f"p.dtype.type(h64[{j}]), " for j in range(len(scalar_names(rule)))),
     }
 
