@@ -32,8 +32,8 @@ from numba import config, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from . import quant, rules
-from ._codegen import generate_source, n_states, scalar_names
+from . import quant
+from ._codegen import generate_source, n_states
 from .cpu import R  # noqa: F401
 
 Q = quant.compiled(njit(inline="always", error_model="numpy"))
@@ -153,12 +153,10 @@ def _blockwise_fields(rule, prec, loop):
         alloc += f"{ind}S{j} = np.empty({block}, np.float32)\n"
     k = len(signs)
     return {
-        "rule": rule, "block": block, "chunk": CHUNK_BLOCKS, "loop": loop,
+        **quant.kernel_fields(rule, "c"), "block": block, "chunk": CHUNK_BLOCKS, "loop": loop,
         "state_args": "".join(f"c{j}, a{j}, " for j in range(k)),
         "scratch": ", ".join([f"S{j}" for j in range(k)] + ([f"U{j}" for j in range(k)] if bits == 4 else [])),
-        "values": ", ".join(f"s{j}" for j in range(k)),
         "per_block": per_block, "decode": decode, "load": load, "keep": keep, "store": store, "alloc": alloc,
-        "h_cast": "".join(f"p.dtype.type(h64[{j}]), " for j in range(len(scalar_names(rule)))),
     }
 
 
@@ -179,18 +177,15 @@ def {name}(p, g, {state_args}h64, c64, r):
 def _bf16_fields(rule, loop):
     k, ind = n_states(rule), " " * 12
     return {
-        "rule": rule, "loop": loop,
-        "state_args": "".join(f"b{j}, " for j in range(k)),
-        "values": ", ".join(f"s{j}" for j in range(k)),
+        **quant.kernel_fields(rule, "b"), "loop": loop,
         "decode": "".join(f"{ind}s{j} = np.float32(R.bf16_to_float(b{j}[i]))\n" for j in range(k)),
         "nearest": "".join(f"{ind}b{j}[i] = R.float_to_bf16(s{j}, -1)\n" for j in range(k)),
         "stochastic": "".join(f"{ind}b{j}[i] = R.float_to_bf16(s{j}, R.random16(key + {j}, base + i))\n"
                               for j in range(k)),
-        "h_cast": "".join(f"p.dtype.type(h64[{j}]), " for j in range(len(scalar_names(rule)))),
     }
 
 
-STATEFUL_RULES = tuple(r for r in rules.ELEMENT_RULES if n_states(r) > 0)
+STATEFUL_RULES = quant.STATEFUL_RULES
 _PARALLEL = njit(parallel=True, cache=True, nogil=True, error_model="numpy")
 _SERIAL = njit(cache=True, nogil=True, error_model="numpy")
 

@@ -18,8 +18,8 @@ Works under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1): the tests run it on tin
 import numpy as np  # noqa: F401  (used by the generated kernels)
 from numba import cuda
 
-from . import quant, rules
-from ._codegen import generate_source, n_states, scalar_names
+from . import quant
+from ._codegen import generate_source, n_states
 from .cuda import _SIMULATOR, R  # noqa: F401
 
 Q = quant.compiled(cuda.jit(device=True))
@@ -77,11 +77,9 @@ def _blockwise_fields(rule, prec):
                       f"{ind}cuda.syncthreads()\n")
     k = n_states(rule)
     return {
-        "rule": rule, "block": block, "decode": decode, "store": store,
+        **quant.kernel_fields(rule, "c"), "block": block, "decode": decode, "store": store,
         "state_args": "".join(f"c{j}, a{j}, " for j in range(k)),
         "table_args": ", ".join(f"q{j}, t{j}" for j in range(k)),
-        "values": ", ".join(f"s{j}" for j in range(k)),
-        "h_cast": "".join(f"p.dtype.type(h64[{j}]), " for j in range(len(scalar_names(rule)))),
     }
 
 
@@ -98,19 +96,15 @@ def {name}(p, g, {state_args}h64, c64, r):
 def _bf16_fields(rule):
     k, ind = n_states(rule), " " * 8
     return {
-        "rule": rule,
-        "state_args": "".join(f"b{j}, " for j in range(k)),
-        "values": ", ".join(f"s{j}" for j in range(k)),
+        **quant.kernel_fields(rule, "b"),
         "decode": "".join(f"{ind}s{j} = np.float32(R.bf16_to_float_arith(b{j}[i]))\n" for j in range(k)),
         "encode": "".join(f"{ind}b{j}[i] = R.float_to_bf16_arith(s{j}, R.random16(key + {j}, base + i) if key >= 0 else -1)\n"
                        for j in range(k)),
-        "h_cast": "".join(f"p.dtype.type(h64[{j}]), " for j in range(len(scalar_names(rule)))),
     }
 
 
-STATEFUL_RULES = tuple(r for r in rules.ELEMENT_RULES if n_states(r) > 0)
 BLOCKWISE, BF16 = {}, {}
-for _rule in STATEFUL_RULES:
+for _rule in quant.STATEFUL_RULES:
     for _prec in BITS:
         BLOCKWISE[_prec, _rule] = generate_source(
             _BLOCKWISE, f"{_rule}_{_prec}_{quant.QUANT_HASH}", globals(), cuda.jit(cache=not _SIMULATOR),

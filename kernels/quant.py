@@ -44,7 +44,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._codegen import arg_names
+from . import rules
+from ._codegen import arg_names, n_states, scalar_names
 
 BLOCK_SIZE = {"8bit": 256, "4bit": 128}
 MIN_SIZE = 4096          # smaller tensors keep float32 states (bitsandbytes' min_8bit_size)
@@ -206,6 +207,21 @@ def state_signs(rule):
     if unknown:
         raise ValueError(f"quant.SIGNED_STATE does not classify state(s) {unknown} of rules.{rule}")
     return tuple(SIGNED_STATE[n] for n in names)
+
+
+STATEFUL_RULES = tuple(r for r in rules.ELEMENT_RULES if n_states(r) > 0)  # those with low-bit kernels
+
+
+def kernel_fields(rule, state_prefix):
+    """Template fields shared by the low-precision kernels of a rule (lowbit_cpu.py, lowbit_cuda.py):
+    the rule, its state arguments ("b0, b1, "), their values ("s0, s1") and h cast to p's dtype."""
+    k = n_states(rule)
+    return {
+        "rule": rule,
+        "state_args": "".join(f"{state_prefix}{j}, " for j in range(k)),
+        "values": ", ".join(f"s{j}" for j in range(k)),
+        "h_cast": "".join(f"p.dtype.type(h64[{j}]), " for j in range(len(scalar_names(rule)))),
+    }
 
 
 # Kernels built from these tables are named after this hash, so numba's cache never serves a
