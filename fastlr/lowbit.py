@@ -236,6 +236,13 @@ def _device_tables(precision, signed):
     return _DEVICE_TABLES[key]
 
 
+def _contiguous(x):
+    is_c = getattr(x, "is_c_contiguous", None)  # numba device arrays
+    if callable(is_c):
+        return bool(is_c())
+    return bool(getattr(getattr(x, "flags", None), "c_contiguous", True))  # NumPy
+
+
 def _validate(rule, p, g, states):
     """Check the arrays of a step; return the states' precision."""
     if rule not in rules.ELEMENT_RULES:
@@ -246,6 +253,9 @@ def _validate(rule, p, g, states):
                             f"of shape {getattr(x, 'shape', None)}")
     if g.size != p.size or _on_cuda(g) != _on_cuda(p):
         raise ValueError(f"g must match p (size {p.size}, same device), got size {g.size}")
+    arrays = [p, g] + [a for s in states for a in ((s.codes, s.absmax) if isinstance(s, Quantized) else (s,))]
+    if not all(_contiguous(a) for a in arrays):
+        raise ValueError("p, g and every state array must be contiguous (the kernels read them as flat memory)")
     if len(states) != n_states(rule):
         raise ValueError(f"rules.{rule} has {n_states(rule)} state(s), got {len(states)}")
     precision = precision_of(states)
