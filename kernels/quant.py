@@ -34,8 +34,9 @@ bucket's lower end and the key offset of its boundary inside the bucket (2**shif
 ``code = (entry >> 24) + (key & (2**shift - 1) >= (entry & 0xFFFFFF))``. Per element that is
 one float division (``x / absmax``, as torchao), a handful of integer operations, ONE gather
 from a table of a few thousand int32 (``TABLE_BYTES``; it stays in L1) and one compare: all
-branch-free, so LLVM vectorizes it (AVX2/AVX-512 gathers), and it is exact by construction
-(tests check it against brute force over sweeps of all float32). Decoding is one gather from
+branch-free, so LLVM vectorizes it (AVX2/AVX-512 gathers), and it is exact by construction:
+tests/lowbit_exhaustive.py checks every float32 with |y| <= 1 for every map (none differs),
+tests/test_lowbit_kernels.py a sweep against brute force and torchao's own functions. Decoding is one gather from
 the 16- or 256-entry map times the block's absmax.
 """
 import hashlib
