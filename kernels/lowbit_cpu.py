@@ -28,7 +28,7 @@ constants and their parameters literals, so they fold into the machine code.
 import llvmlite.binding as llvm_binding
 import numpy as np
 from llvmlite import ir
-from numba import config, njit, prange, types
+from numba import config, njit, prange, types  # noqa: F401  (prange: the generated kernels)
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -200,9 +200,12 @@ for _rule in STATEFUL_RULES:
             _BF16, f"{_rule}_bf16{_suffix}", globals(), _decorate, **_bf16_fields(_rule, _loop))
 
 
-@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
-def quantize_blocks(x, codes, absmax, table, lo_bits, hi_bits, shift, half, block, bits):
-    """Whole-state quantization (loading float states): x (any float dtype) -> codes, absmax."""
+
+# Whole-state conversions (loading float states, state_dict(dequantize=True)). Generated like the
+# kernels so their names carry quant.QUANT_HASH: numba's cache only watches this file, and they
+# inline quant.encode and its tables' layout.
+_QUANTIZE = """
+def {name}(x, codes, absmax, table, lo_bits, hi_bits, shift, half, block, bits):
     for blk in prange(absmax.size):
         lo = blk * block
         m = min(block, x.size - lo)
@@ -217,11 +220,10 @@ def quantize_blocks(x, codes, absmax, table, lo_bits, hi_bits, shift, half, bloc
             unpacked = np.empty(m, np.uint8)
             Q.store_codes(src, m, absmax[blk], unpacked, table, lo_bits, hi_bits, shift, half)
             Q.pack_nibbles(unpacked, m, codes[lo >> 1:(lo + m + 1) >> 1])
+"""
 
-
-@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
-def dequantize_blocks(codes, absmax, qmap, out, block, bits):
-    """Whole-state dequantization (state_dict(dequantize=True)): codes, absmax -> out (float32)."""
+_DEQUANTIZE = """
+def {name}(codes, absmax, qmap, out, block, bits):
     for blk in prange(absmax.size):
         lo = blk * block
         m = min(block, out.size - lo)
@@ -230,3 +232,9 @@ def dequantize_blocks(codes, absmax, qmap, out, block, bits):
             Q.unpack_nibbles(codes[lo >> 1:(lo + m + 1) >> 1], m, unpacked)
         for i in range(m):
             out[lo + i] = Q.decode(unpacked[i], qmap, absmax[blk])
+"""
+
+quantize_blocks = generate_source(_QUANTIZE, f"quantize_blocks_{quant.QUANT_HASH}", globals(), _PARALLEL)
+quantize_blocks.__doc__ = "Whole-state quantization: x (any float dtype) -> codes, absmax (one per block)."
+dequantize_blocks = generate_source(_DEQUANTIZE, f"dequantize_blocks_{quant.QUANT_HASH}", globals(), _PARALLEL)
+dequantize_blocks.__doc__ = "Whole-state dequantization: codes, absmax -> out (float32)."

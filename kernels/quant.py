@@ -31,7 +31,7 @@ complement for y < 0), and cut into buckets by a right shift: a bucket is a rang
 2**shift consecutive float32 values, and ``shift`` is chosen as large as possible such that no
 bucket holds more than one boundary. One int32 table entry per bucket packs the code of the
 bucket's lower end and the key offset of its boundary inside the bucket (2**shift when none):
-``code = (entry >> 24) + (key & (2**shift - 1) >= (entry & 0xFFFFFF))``. Per element that is
+``code = (entry & 0xFF) + (key & (2**shift - 1) >= (entry >> 8))``. Per element that is
 one float division (``x / absmax``, as torchao), a handful of integer operations, ONE gather
 from a table of a few thousand int32 (``TABLE_BYTES``; it stays in L1) and one compare: all
 branch-free, so LLVM vectorizes it (AVX2/AVX-512 gathers), and it is exact by construction:
@@ -133,7 +133,7 @@ class Codebook(NamedTuple):
     """One map with its encoder table; the ints are compiled into kernels as literals."""
     qmap: np.ndarray        # float32 code values, sorted
     bounds: np.ndarray      # float32 rounding boundaries (thresholds(qmap))
-    table: np.ndarray       # int32 per bucket: (code of the bucket's low end) << 24 | boundary offset
+    table: np.ndarray       # int32 per bucket: boundary offset << 8 | code of the bucket's low end
     lo_bits: int            # |y| bits below this share one code
     hi_bits: int            # |y| bits above this (y beyond +-1, inf, NaN) share one code
     shift: int              # a bucket is 2**shift consecutive float32 values
@@ -159,7 +159,7 @@ def build_codebook(qmap, max_table=8192):  # max_table < 2**16: encode indexes w
     qmap = np.asarray(qmap, np.float32)
     bounds = thresholds(qmap)
     mags = np.abs(bounds).view(np.int32).astype(np.int64)
-    for shift in range(23, 8, -1):
+    for shift in range(22, 8, -1):
         lo_bits = max(0, ((int(mags[mags > 0].min()) >> shift) - 1) << shift)
         half = ((ONE_BITS - lo_bits) >> shift) + 1
         keys = _bucket_keys(bounds, lo_bits, ONE_BITS)
@@ -174,7 +174,7 @@ def build_codebook(qmap, max_table=8192):  # max_table < 2**16: encode indexes w
     offsets = np.full(n, 1 << shift, np.int64)                    # no boundary inside
     inside = buckets[keys > lows[buckets]]                        # boundary not at the bucket's start
     offsets[inside] = keys[keys > lows[buckets]] - lows[inside]
-    table = (codes << 24 | offsets).astype(np.int32)
+    table = (offsets << 8 | codes).astype(np.int32)  # offset <= 2**shift <= 2**22: positive
     return Codebook(qmap, bounds, table, int(lo_bits), ONE_BITS, int(shift), int(half))
 
 
@@ -278,8 +278,8 @@ def encode(y, table, lo_bits, hi_bits, shift, half):
     a = i32(min(max(i32(b & i32(0x7FFFFFFF)), i32(lo_bits)), i32(hi_bits)) - i32(lo_bits))
     key = i32(a ^ i32(b >> i32(31)))          # y < 0: -a - 1, so the key grows with y
     entry = table[np.uint16(i32(key >> i32(shift)) + i32(half))]  # < 2**16: 32-bit gather indices
-    above = i32(key & i32((1 << shift) - 1)) >= i32(entry & i32(0xFFFFFF))
-    return i32(i32(entry >> i32(24)) & i32(0xFF)) + i32(above)
+    above = i32(key & i32((1 << shift) - 1)) >= i32(entry >> i32(8))
+    return i32(entry & i32(0xFF)) + i32(above)
 
 
 def store_codes(src, m, absmax, codes, table, lo_bits, hi_bits, shift, half):
