@@ -19,11 +19,17 @@ Two families, each compiled over ``kernels.cpu.R`` (no formula is written here):
 run on one thread (small params). Kernels release the GIL.
 
 Why it is fast: the block loop lives in a separate (not inlined) function called once per chunk
-of blocks, so LLVM sees plain counted loops over arrays and vectorizes them: one pass per block
-decodes, updates and writes each state into a contiguous per-chunk scratch row while keeping an
-integer max of |state| bits (branch-free), then one pass per state divides by the new absmax
-and encodes (``quant.encode``: one table gather, no search). The maps and tables are module
-constants and their parameters literals, so they fold into the machine code.
+of blocks, on per-block slices, so LLVM sees plain counted loops over arrays and vectorizes
+them. Per block: each state is decoded into a contiguous per-chunk scratch row (``decode_64``,
+byte permutes, where the CPU has AVX-512 VBMI; gathers otherwise), one pass runs the rule over
+p, g and the rows while keeping an integer max of |state| bits (branch-free), then one pass per
+state divides by the new absmax and encodes (``quant.encode``: one table gather, no search).
+4-bit codes are unpacked into a uint8 row first and packed after. The maps and tables are module
+constants and their parameters literals, so they fold into the machine code. Measured costs:
+docs/PERFORMANCE.md, "Low-precision states".
+
+Arrays must be contiguous (``fastlr.lowbit`` checks). Kernel and whole-state conversion names
+carry ``quant.QUANT_HASH``: numba's cache watches only this file, not the tables they inline.
 """
 import llvmlite.binding as llvm_binding
 import numpy as np
