@@ -227,6 +227,7 @@ class _TorchOptimizer(torch.optim.Optimizer):
         return sum(len(g["params"]) for g in self.param_groups[:k])
 
     # ------------------------------------------------------------ stepping
+    @torch.compiler.disable   # inside torch.compile: one graph break here, nothing traced below
     def step(self, closure=None):
         """One update of every param that has a grad. Returns the closure's loss (torch semantics).
 
@@ -238,7 +239,6 @@ class _TorchOptimizer(torch.optim.Optimizer):
         self._update()
         return loss
 
-    @torch.compiler.disable
     def _update(self):
         with self._engine.lock, torch.no_grad():
             if self.spec.eager_state and not self._states_used:

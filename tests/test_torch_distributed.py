@@ -1,6 +1,7 @@
 """fastlr.torch under torch.distributed on CPU (gloo): ZeroRedundancyOptimizer with bucket views,
 DDP with gradient_as_bucket_view, FSDP2 (fully_shard, DTensor params, fused global-norm clipping
-across the mesh). Each run trains a twin with torch.optim.AdamW and compares the weights."""
+across the mesh). For every algorithm torch.optim has, each run trains a twin with torch.optim
+(foreach=False) in the same processes and compares the weights."""
 import os
 import socket
 import tempfile
@@ -11,7 +12,12 @@ torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
 import torch.multiprocessing as mp  # noqa: E402
 
+from cases import CASES  # noqa: E402
+
 STEPS = 6
+# every algorithm torch.optim has (Lion has no torch.optim twin), with most options on
+ALGOS = [n for n in CASES if n != "Lion"]
+HP = {n: CASES[n][-1] for n in ALGOS}
 
 
 def _free_port():
@@ -41,41 +47,50 @@ def _train(model, opt, rank, clip=None):
     return [p.detach().clone() for p in model.parameters()]
 
 
+def _make(impl, name, params, **kw):
+    import fastlr.torch as ft
+    if impl == "fastlr":
+        return getattr(ft, name)(params, **HP[name], **kw)
+    return getattr(torch.optim, name)(params, foreach=False, **HP[name])
+
+
+def _one(mode, impl, name, rank, world):
+    """Final weights of one run: `impl` ("torch" or "fastlr") `name` under `mode`."""
+    model = _model()
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, gradient_as_bucket_view=True)
+        return _train(model, _make(impl, name, model.parameters()), rank)
+    if mode == "zero":
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        import fastlr.torch as ft
+        cls = getattr(ft, name) if impl == "fastlr" else getattr(torch.optim, name)
+        kw = {} if impl == "fastlr" else {"foreach": False}
+        opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=cls, parameters_as_bucket_view=True,
+                                      **HP[name], **kw)
+        return _train(model, opt, rank)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh("cpu", (world,))
+    for layer in (model[0], model[2]):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    if impl == "torch":
+        opt, clip = _make(impl, name, model.parameters()), \
+            (lambda m: torch.nn.utils.clip_grad_norm_(m.parameters(), 0.2))
+    else:   # fastlr's fused clipping: the global norm over every rank's shard
+        opt, clip = _make(impl, name, model.parameters(), max_grad_norm=0.2), None
+    params = _train(model, opt, rank, clip)
+    return [p.full_tensor() if hasattr(p, "full_tensor") else p for p in params]
+
+
 def _worker(rank, world, port, mode, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        import fastlr.torch as ft
-        results = {}
-        for impl in ("torch", "fastlr"):
-            model = _model()
-            if mode == "ddp":
-                from torch.nn.parallel import DistributedDataParallel as DDP
-                model = DDP(model, gradient_as_bucket_view=True)
-                cls = torch.optim.AdamW if impl == "torch" else ft.AdamW
-                opt = cls(model.parameters(), lr=1e-2) if impl == "fastlr" else cls(model.parameters(), lr=1e-2,
-                                                                                     foreach=False)
-                results[impl] = _train(model, opt, rank)
-            elif mode == "zero":
-                from torch.distributed.optim import ZeroRedundancyOptimizer
-                cls = torch.optim.AdamW if impl == "torch" else ft.AdamW
-                opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=cls,
-                                              parameters_as_bucket_view=True, lr=1e-2)
-                results[impl] = _train(model, opt, rank)
-            elif mode == "fsdp":
-                from torch.distributed.device_mesh import init_device_mesh
-                from torch.distributed.fsdp import fully_shard
-                mesh = init_device_mesh("cpu", (world,))
-                for layer in (model[0], model[2]):
-                    fully_shard(layer, mesh=mesh)
-                fully_shard(model, mesh=mesh)
-                if impl == "torch":
-                    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
-                    clip = lambda m: torch.nn.utils.clip_grad_norm_(m.parameters(), 0.2)  # noqa: E731
-                else:
-                    opt, clip = ft.AdamW(model.parameters(), lr=1e-2, max_grad_norm=0.2), None
-                params = _train(model, opt, rank, clip)
-                results[impl] = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in params]
+        results = {name: {impl: _one(mode, impl, name, rank, world) for impl in ("torch", "fastlr")}
+                   for name in ALGOS}
         if rank == 0:
             torch.save(results, out)
     finally:
@@ -87,8 +102,10 @@ def _run(mode, world):
         out = os.path.join(d, "out.pt")
         mp.spawn(_worker, args=(world, _free_port(), mode, out), nprocs=world, join=True)
         results = torch.load(out)
-    for a, b in zip(results["torch"], results["fastlr"]):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert set(results) == set(ALGOS)
+    for name, res in results.items():
+        for a, b in zip(res["torch"], res["fastlr"]):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_zero_redundancy_optimizer_with_bucket_views():
