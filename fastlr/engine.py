@@ -369,6 +369,9 @@ def _check_params(engine, params, grads, labels):
             continue
         pbuf = Buffer(pname, p)
         same_kind(gname, Buffer(gname, g, writeable=False), pbuf, pname)
+        if kind_of(g).family != kind.family:
+            raise TypeError(f"{gname}: expected an array of the same kind as {pname} ({kind.family}), got "
+                            f"{kind_of(g).family} ({type(g).__module__}.{type(g).__name__})")
 
 
 def _make_units(engine, plan, params, labels):
@@ -422,11 +425,16 @@ class Unit:
 
     def validate(self, allcols):
         """Full Python checks, with messages naming each array; raises on the first bad one."""
+        family = self.kind.family
         for r, row in enumerate(zip(*allcols)):
             pbuf = Buffer(self.column_name(r, 0), row[0])
             for c in range(1, self.ncols):
                 buf = Buffer(self.column_name(r, c), row[c], writeable=c != 1)
                 same_kind(buf.name, buf, pbuf, pbuf.name)
+                kind = kind_of(row[c])
+                if kind.family != family:
+                    raise TypeError(f"{buf.name}: expected an array of the same kind as {pbuf.name} ({family}), "
+                                    f"got {kind.family} ({type(row[c]).__module__}.{type(row[c]).__name__})")
 
     def overlap_error(self, idx):
         r, c = divmod(idx, self.ncols)
