@@ -438,8 +438,8 @@ class Unit:
 
     def overlap_error(self, idx):
         r, c = divmod(idx, self.ncols)
-        raise ValueError(f"{self.column_name(r, c)}: shares memory with another array of this step; every "
-                         f"param and state must have memory of its own (and grads must not overlap them)")
+        raise ValueError(f"{self.column_name(r, c)}: shares memory with another param or state of this step; "
+                         f"every param and state must have memory of its own")
 
 
 class _TableUnit(Unit):
@@ -502,8 +502,15 @@ class _NumpyUnit(_TableUnit):
         self.python = not kernel_module("_pointers").STRUCT_OK
 
     def read(self, allcols):
-        if self.cols is None or not all(map(_same_list, allcols, self.cols)):
+        cols = self.cols
+        if cols is None or not _same_list(allcols[0], cols[0]) or not all(map(_same_list, allcols[2:], cols[2:])):
             self._adopt(allcols)
+        elif not _same_list(allcols[1], cols[1]):   # new grad arrays, same params and states: the usual step
+            grads = allcols[1]
+            if set(map(type, grads)) - {np.ndarray, np.memmap}:
+                self.validate(allcols)
+            self.objs[:, 1] = np.fromiter(map(id, grads), np.int64, len(grads))
+            self.cols = [cols[0], grads, *cols[2:]]
         if self.python:
             self.validate(allcols)
             for c, col in enumerate(allcols):
