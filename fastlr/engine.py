@@ -231,14 +231,23 @@ class Engine:
             front.set_steps(sts, repeat(first + 1, len(sts)), unit.front_cache)
             unit.launch(plan.rule, unit.htab, None, c)
             return
-        # different step counts, or scalar state: one row of scalars per param
-        trials = [{"step": t + 1, **{n: _number(st[n]) for n in spec.scalar_state}} for st, t in zip(sts, steps)]
-        rows = [plan_scalars(spec, plan.hp, trial)[1] for trial in trials]
-        front.set_steps(sts, [t["step"] for t in trials], unit.front_cache)
-        for st, trial in zip(sts, trials):
+        # different step counts, or scalar state (NAdam's mu_product): one row of scalars per distinct
+        # (step, scalar state), which every param with that key uses
+        rows, index, hidx, news = [], {}, [], []
+        for st, t in zip(sts, steps):
+            key = (t, *(_number(st[n]) for n in spec.scalar_state))
+            row = index.get(key)
+            if row is None:
+                trial = {"step": t + 1, **dict(zip(spec.scalar_state, key[1:]))}
+                row = index[key] = (len(rows), trial)
+                rows.append(plan_scalars(spec, plan.hp, trial)[1])
+            hidx.append(row[0])
+            news.append(row[1])
+        front.set_steps(sts, [trial["step"] for trial in news], unit.front_cache)
+        for st, trial in zip(sts, news):
             for n in spec.scalar_state:
                 front.set_scalar(st, n, trial[n])
-        unit.launch(plan.rule, np.array(rows, np.float64), np.arange(len(rows), dtype=np.int64), c)
+        unit.launch(plan.rule, np.array(rows, np.float64), np.array(hidx, np.int64), c)
 
 
 def _number(x):

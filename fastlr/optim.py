@@ -440,6 +440,9 @@ class _NumpyFront(Front):
         deque(map(dict.__setitem__, pstates, repeat("step"), values), maxlen=0)
         cache["of"], cache["steps"] = pstates, values
 
+    def set_scalar(self, pstate, name, value):
+        dict.__setitem__(pstate, name, value)   # our own write (NAdam's mu_product): counts nothing
+
 
 def _plain(v):
     """NumPy scalars and one-element arrays (not device arrays) as Python numbers; pairs as tuples."""
