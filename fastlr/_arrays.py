@@ -105,7 +105,7 @@ class Buffer:
         self.dtype = kind.dtype
         if lib == "torch":
             self.device = "cpu" if x.device.type == "cpu" else str(x.device)
-            contiguous = _dense_tensor(x)
+            contiguous = dense(x)
         else:
             self.device = "cpu" if lib == "numpy" else _cuda_device(lib, x)
             contiguous = _c_contiguous(lib, x)
@@ -131,8 +131,9 @@ class Buffer:
         return self.flat
 
 
-def _dense_tensor(t):
-    """Non-overlapping and dense (C-contiguous, channels_last, transposed, ...)."""
+def dense(t):
+    """A torch tensor is non-overlapping and dense (C-contiguous, channels_last, transposed, ...): ordered
+    by stride, each dim's stride is the product of the sizes below it."""
     if t.is_contiguous():
         return True
     expect = 1

@@ -119,7 +119,7 @@ def prepare(spec, group, pstate):
 def _launch_unit(engine, plan, unit, c):
     """Prepare and update kernels for every param of a CUDA unit, on the caller's stream."""
     from .streams import current_stream
-    opt, spec, hp = engine.opt, engine.spec, plan.hp
+    spec, hp = engine.spec, plan.hp
     cuda = kernel_module("cuda")
     rule = spec.rule(hp)
     devices = engine.__dict__.setdefault("device_state", {})   # dropped with the engine on copies

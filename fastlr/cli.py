@@ -3,6 +3,8 @@
     fastlr demo [--out DIR] [--epochs N] [--quick]     # digits MLP with 8 optimizers (fastlr.demo)
     fastlr bench [ARGS...]                             # dense update benchmark (fastlr.bench)
     fastlr bench --sparse [--rows N --dim D ...]       # sparse row updates (fastlr.bench_sparse)
+    fastlr bench --engine [--threads 2 ...]            # many arrays, overhead, fastlr.torch on GPT-2 shapes
+                                                       # (fastlr.bench_engine)
     fastlr bench --dtype bf16|fp16 [-n N --algorithm Adam --device cpu]
                                                        # mixed precision (fastlr.mixed.bench)
 """
@@ -76,8 +78,12 @@ def _bench_mixed(fmt, rest):
 def _bench(rest):
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--sparse", action="store_true")
+    pre.add_argument("--engine", action="store_true")
     pre.add_argument("--dtype", choices=("bf16", "fp16"))
     known, rest = pre.parse_known_args(rest)
+    if known.engine:
+        from . import bench_engine
+        return bench_engine.main(rest)
     if known.sparse and known.dtype:
         print("fastlr bench: --sparse and --dtype cannot be combined", file=sys.stderr)
         return 2

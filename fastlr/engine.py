@@ -31,7 +31,7 @@ from itertools import repeat
 import numpy as np
 
 from . import specs as _specs
-from ._arrays import Buffer, describe_kind, full_like, kind_of, max_abs, same_kind, scaled_sumsq
+from ._arrays import Buffer, dense, describe_kind, full_like, kind_of, max_abs, same_kind, scaled_sumsq
 from ._launch import NO_CONDITIONING, SERIAL_BELOW, kernel_module, parallel_guard
 from .kernels import _codegen, rules
 
@@ -155,6 +155,21 @@ class Front:
         for name, v in spec.scalar_state.items():
             pstate.setdefault(name, v)
 
+    def read_states(self, state, keys, names, cache):
+        """(the params' state dicts, one list per state name of the arrays they hold), read from ``state``
+        now; cols is None when a state dict or array is missing (it will be created)."""
+        pstates = list(map(state.get, keys))
+        if any(map(_IS, pstates, repeat(None))):
+            return pstates, None
+        try:
+            return pstates, [list(map(operator.itemgetter(n), pstates)) for n in names]
+        except (KeyError, TypeError):
+            return pstates, None
+
+    def new_dict(self):
+        """An empty state dict for one param."""
+        return {}
+
     def state_required(self, spec, names):
         """Whether a param needs a state entry at all (torch's SGD without momentum keeps none)."""
         return True
@@ -162,11 +177,12 @@ class Front:
     def new_array(self, param, name, init):
         return full_like(param, init)
 
-    def steps(self, pstates):
-        """The step counts of these states, as numbers."""
+    def steps(self, pstates, cache):
+        """The step counts of these states, as numbers (cache: a dict kept per unit, for the front's use)."""
         return list(map(operator.itemgetter("step"), pstates))
 
-    def set_steps(self, pstates, values):
+    def set_steps(self, pstates, values, cache):
+        """Set the counts to values (each the count read by steps() + 1)."""
         for st, v in zip(pstates, values):
             st["step"] = v
 
@@ -175,18 +191,20 @@ class Front:
         may have been edited), is a whole number in [0, 2**53], and every scalar state (NAdam's
         mu_product) a finite number; raise naming the entry otherwise. One cheap pass when all agree."""
         for unit in units:
+            sts = unit.pstates
             try:
-                steps = self.steps(unit.pstates)
+                steps = self.steps(sts, unit.front_cache)
                 first = steps[0]
-                if not spec.scalar_state and type(first) in _COUNT_TYPES and 0 <= first <= _specs.MAX_STEP \
-                        and first % 1 == 0 and all(map(operator.eq, steps, repeat(first))):
+                if type(first) in _COUNT_TYPES and 0 <= first <= _specs.MAX_STEP and first % 1 == 0 \
+                        and all(map(operator.eq, steps, repeat(first))) \
+                        and all(all(map(math.isfinite, map(operator.itemgetter(n), sts))) for n in spec.scalar_state):
                     continue
             except (KeyError, TypeError, ValueError, RuntimeError):
                 pass
-            for r, st in enumerate(unit.pstates):
+            for r, st in enumerate(sts):   # find the entry at fault, and say what is wrong with it
                 where = unit.labels[r][2]
                 try:
-                    value = self.steps([st])[0]
+                    value = self.steps([st], {})[0]
                 except KeyError:
                     raise ValueError(f"{where.format('step')}: missing (expected the param's step count); clear the "
                                      f"param's state to start again") from None
@@ -301,24 +319,33 @@ class Engine:
     def _launch(self, plan, unit, c):
         """Advance the unit's step counts, compute its scalars (once when all counts agree), run it."""
         spec, front, sts = self.spec, self.front, unit.pstates
-        steps = front.steps(sts)
+        steps = front.steps(sts, unit.front_cache)
         first = steps[0]
         if plan.uniform is not None and all(map(operator.eq, steps, repeat(first))):
             h = plan.uniform(first + 1)
             if unit.htab.shape[1] != len(h):
                 unit.htab = np.zeros((1, len(h)), np.float64)
             unit.htab[0] = h
-            front.set_steps(sts, repeat(first + 1, len(sts)))
+            front.set_steps(sts, repeat(first + 1, len(sts)), unit.front_cache)
             unit.launch(plan.rule, unit.htab, None, c)
             return
-        # different step counts, or scalar state: one row of scalars per param
-        trials = [{"step": t + 1, **{n: _number(st[n]) for n in spec.scalar_state}} for st, t in zip(sts, steps)]
-        rows = [plan_scalars(spec, plan.hp, trial)[1] for trial in trials]
-        front.set_steps(sts, [t["step"] for t in trials])
-        for st, trial in zip(sts, trials):
+        # different step counts, or scalar state (NAdam's mu_product): one row of scalars per distinct
+        # (step, scalar state), which every param with that key uses
+        rows, index, hidx, news = [], {}, [], []
+        for st, t in zip(sts, steps):
+            key = (t, *(_number(st[n]) for n in spec.scalar_state))
+            row = index.get(key)
+            if row is None:
+                trial = {"step": t + 1, **dict(zip(spec.scalar_state, key[1:]))}
+                row = index[key] = (len(rows), trial)
+                rows.append(plan_scalars(spec, plan.hp, trial)[1])
+            hidx.append(row[0])
+            news.append(row[1])
+        front.set_steps(sts, [trial["step"] for trial in news], unit.front_cache)
+        for st, trial in zip(sts, news):
             for n in spec.scalar_state:
                 front.set_scalar(st, n, trial[n])
-        unit.launch(plan.rule, np.array(rows, np.float64), np.arange(len(rows), dtype=np.int64), c)
+        unit.launch(plan.rule, np.array(rows, np.float64), np.array(hidx, np.int64), c)
 
 
 def _number(x):
@@ -326,7 +353,7 @@ def _number(x):
 
 
 def _same_list(a, b):
-    return len(a) == len(b) and all(map(_IS, a, b))
+    return a is b or (len(a) == len(b) and all(map(_IS, a, b)))
 
 
 def _same_group(seen, group):
@@ -396,11 +423,19 @@ def _check_disjoint(plans):
     units = [u for plan in plans for u in plan.units]
     if len(units) <= 1:
         return  # within a unit the unit's own check covers it
-    spans = sorted(s for u in units for s in u.spans())
-    for (_, e0, n0), (s1, _, n1) in zip(spans, spans[1:]):
-        if s1 < e0:
-            raise ValueError(f"{n1}: shares memory with {n0}; every param and state must have memory of "
-                             f"its own (a view of another param would be updated twice per step)")
+    pair = first_overlap(s for u in units for s in u.spans())
+    if pair:
+        raise ValueError(f"{pair[1]}: shares memory with {pair[0]}; every param and state must have memory of "
+                         f"its own (a view of another param would be updated twice per step)")
+
+
+def first_overlap(spans):
+    """(name, name) of two (start, end, name) byte ranges that overlap, or None."""
+    spans = sorted(spans)
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        if start < end:
+            return first, second
+    return None
 
 
 class _GroupPlan:
@@ -416,6 +451,7 @@ class _GroupPlan:
         self.units = []
         self.pattern = ()     # positions of the params that had grads when the units were made
         self.missing = False
+        self.state_cache = {}  # the front's, for reading states
 
     def use(self, spec, hp):
         """Take this step's hyperparameters: the rule, and the host rule bound to them (all but the step)."""
@@ -437,19 +473,15 @@ class _GroupPlan:
         params = self.params if pos is None else [self.params[j] for j in pos]
         keys = self.keys if pos is None else [self.keys[j] for j in pos]
         labels = self.labels if pos is None else [self.labels[j] for j in pos]
-        pstates = list(map(engine.opt.state.get, keys))
-        self.missing = any(map(_IS, pstates, repeat(None))) and engine.front.state_required(engine.spec, self.names)
-        cols = None
-        if not self.missing:
-            try:
-                cols = [list(map(operator.itemgetter(n), pstates)) for n in self.names]
-            except (KeyError, TypeError):
-                self.missing = True
+        pstates, cols = engine.front.read_states(engine.opt.state, keys, self.names, self.state_cache)
+        self.missing = cols is None and engine.front.state_required(engine.spec, self.names)
         if self.missing:  # check what exists now; states are created once every group has passed
             self.pending = (params, keys)
             _check_params(engine, params, grads, labels)
             self.units = []
             return
+        if cols is None:   # no states at all (torch's SGD without momentum)
+            cols = [[None] * len(params) for _ in self.names]
         pattern = pos if pos is not None else len(params)
         if pattern != self.pattern or not self.units:
             self.units = _make_units(engine, self, params, labels)
@@ -467,7 +499,7 @@ class _GroupPlan:
         for p, key in zip(params, keys):
             st = state.get(key)
             if st is None:
-                st = state[key] = {}
+                st = state[key] = front.new_dict()
             created = [name for name, _ in inits if name not in st]
             for name, init in inits:
                 if name not in st:
@@ -488,6 +520,9 @@ def _check_params(engine, params, grads, labels):
             continue
         pbuf = Buffer(pname, p)
         same_kind(gname, Buffer(gname, g, writeable=False), pbuf, pname)
+        if kind_of(g).family != kind.family:
+            raise TypeError(f"{gname}: expected an array of the same kind as {pname} ({kind.family}), got "
+                            f"{kind_of(g).family} ({type(g).__module__}.{type(g).__name__})")
 
 
 def _make_units(engine, plan, params, labels):
@@ -521,6 +556,7 @@ class Unit:
         self.pstates = None
         self.checked = None
         self.htab = np.zeros((1, 0), np.float64)   # this step's scalars, when every param shares them
+        self.front_cache = {}
 
     def _select(self, seq):
         return seq if self.whole else [seq[r] for r in self.rows]
@@ -540,11 +576,16 @@ class Unit:
 
     def validate(self, allcols):
         """Full Python checks, with messages naming each array; raises on the first bad one."""
+        family = self.kind.family
         for r, row in enumerate(zip(*allcols)):
             pbuf = Buffer(self.column_name(r, 0), row[0])
             for c in range(1, self.ncols):
                 buf = Buffer(self.column_name(r, c), row[c], writeable=c != 1)
                 same_kind(buf.name, buf, pbuf, pbuf.name)
+                kind = kind_of(row[c])
+                if kind.family != family:
+                    raise TypeError(f"{buf.name}: expected an array of the same kind as {pbuf.name} ({family}), "
+                                    f"got {kind.family} ({type(row[c]).__module__}.{type(row[c]).__name__})")
             self.check_kind(r, row[0])
 
     def check_kind(self, r, p):
@@ -558,8 +599,8 @@ class Unit:
 
     def overlap_error(self, idx):
         r, c = divmod(idx, self.ncols)
-        raise ValueError(f"{self.column_name(r, c)}: shares memory with another array of this step; every "
-                         f"param and state must have memory of its own (and grads must not overlap them)")
+        raise ValueError(f"{self.column_name(r, c)}: shares memory with another param or state of this step; "
+                         f"every param and state must have memory of its own")
 
 
 class _TableUnit(Unit):
@@ -622,8 +663,15 @@ class _NumpyUnit(_TableUnit):
         self.python = not kernel_module("_pointers").STRUCT_OK
 
     def read(self, allcols):
-        if self.cols is None or not all(map(_same_list, allcols, self.cols)):
+        cols = self.cols
+        if cols is None or not _same_list(allcols[0], cols[0]) or not all(map(_same_list, allcols[2:], cols[2:])):
             self._adopt(allcols)
+        elif not _same_list(allcols[1], cols[1]):   # new grad arrays, same params and states: the usual step
+            grads = allcols[1]
+            if set(map(type, grads)) - {np.ndarray, np.memmap}:
+                self.validate(allcols)
+            self.objs[:, 1] = np.fromiter(map(id, grads), np.int64, len(grads))
+            self.cols = [cols[0], grads, *cols[2:]]
         if self.python:
             self.validate(allcols)
             for c, col in enumerate(allcols):
@@ -666,27 +714,55 @@ class _NumpyUnit(_TableUnit):
 
 
 class _TorchCPUUnit(_TableUnit):
-    """CPU torch tensors (any dense layout, equal for a param, its grad and states): pointers and
-    layouts read through torch at every step."""
+    """CPU torch tensors (any dense layout, equal for a param, its grad and states), read through torch
+    at every step. Params and states: the same objects at the same addresses as when validated
+    (``p.data = ...``, a replaced state or a moved tensor changes one of them); grads, new objects
+    every step after ``zero_grad()``: their shapes, strides and dtypes equal to the validated params'
+    (autograd gives a grad its param's layout, so a param whose layout changed in place shows here
+    too). Anything else is validated again in full."""
 
-    last = None
+    held = held_ptrs = pmeta = None
 
     def read(self, allcols):
         import torch
-        stride, ptr = torch.Tensor.stride, torch.Tensor.data_ptr
-        meta = [(list(map(_shape, col)), list(map(stride, col)), list(map(_dtype, col))) for col in allcols]
-        if meta != self.checked:
-            self.validate(allcols)
-            _check_dense(self, allcols)
-            if self.checked is None or meta[0][0] != self.checked[0][0]:
-                self.sizes = np.array(list(map(torch.Tensor.numel, allcols[0])), np.int64)
-                self._new_sizes()
-            self.checked = meta
-        self.ptrs = np.array([list(map(ptr, col)) for col in allcols], np.int64).T.copy()
-        written = self.ptrs[:, self.writable.astype(bool)].tobytes()
-        if written != self.last:   # params or states moved: check that written arrays do not overlap
-            self.check_overlap()
-            self.last = written
+        ptrs = [list(map(torch.Tensor.data_ptr, col)) for col in allcols]
+        grads = allcols[1]
+        gmeta = (list(map(_shape, grads)), list(map(torch.Tensor.stride, grads)), list(map(_dtype, grads)))
+        written, wptrs = [allcols[0], *allcols[2:]], [ptrs[0], *ptrs[2:]]
+        if not (gmeta == self.pmeta and wptrs == self.held_ptrs and all(map(_same_list, written, self.held))):
+            allcols = self._check(allcols, gmeta)
+            ptrs[1] = list(map(torch.Tensor.data_ptr, allcols[1]))
+        self.ptrs = np.array(ptrs, np.int64).T.copy()
+
+    def _check(self, allcols, gmeta):
+        """Validate everything; returns the columns to use (a dense grad whose strides differ from its
+        param's is copied into the param's layout for this step)."""
+        import torch
+        params = allcols[0]
+        grads = [g if g.stride() == p.stride() or not dense(g) else _in_layout_of(p, g)
+                 for p, g in zip(params, allcols[1])]
+        allcols = [params, grads, *allcols[2:]]
+        self.validate(allcols)
+        _check_dense(self, allcols)
+        pmeta = (list(map(_shape, params)), list(map(torch.Tensor.stride, params)), list(map(_dtype, params)))
+        if self.pmeta is None or pmeta[0] != self.pmeta[0]:
+            self.sizes = np.array(list(map(torch.Tensor.numel, params)), np.int64)
+            self._new_sizes()
+        self.ptrs = np.array([list(map(torch.Tensor.data_ptr, col)) for col in allcols], np.int64).T.copy()
+        self.check_overlap()
+        # what the fast path compares with next time (a copied grad never matches: checked again)
+        self.pmeta = pmeta if grads is allcols[1] and gmeta == pmeta else None
+        self.held = [params, *allcols[2:]]
+        self.held_ptrs = [list(map(torch.Tensor.data_ptr, col)) for col in self.held]
+        return allcols
+
+
+def _in_layout_of(p, g):
+    """g copied into a new tensor with p's strides (e.g. a contiguous grad of a channels_last param)."""
+    import torch
+    out = torch.empty_like(p.detach(), memory_format=torch.preserve_format)
+    out.copy_(g)
+    return out
 
 
 def _shape(t):
@@ -702,7 +778,7 @@ def _check_dense(unit, allcols):
     so all of them are updated as one flat range of memory."""
     for r, row in enumerate(zip(*allcols)):
         p = row[0]
-        if not _dense(p):
+        if not dense(p):
             raise ValueError(f"{unit.column_name(r, 0)}: expected a dense tensor (its elements one flat block of "
                              f"memory, in any dimension order), got strides {p.stride()} for shape "
                              f"{tuple(p.shape)}")
@@ -710,16 +786,6 @@ def _check_dense(unit, allcols):
             if row[c].stride() != p.stride():
                 raise ValueError(f"{unit.column_name(r, c)}: strides {row[c].stride()} differ from its param's "
                                  f"{p.stride()} (same memory layout expected)")
-
-
-def _dense(t):
-    """Non-overlapping and dense: ordered by stride, each dim's stride is the product of the sizes below."""
-    expect = 1
-    for stride, size in sorted((st, n) for n, st in zip(t.shape, t.stride()) if n != 1):
-        if stride != expect:
-            return False
-        expect *= size
-    return True
 
 
 class _CudaUnit(Unit):
@@ -751,8 +817,11 @@ class _CudaUnit(Unit):
     def launch(self, rule, htab, hidx, c):
         from .streams import current_stream
         cuda = kernel_module("cuda")
-        kernel = cuda.KERNELS[rule]
         stream = current_stream(self.objs[0][0])
+        if rule in cuda.TABLE_KERNELS and _cuda_tables():
+            self._launch_table(cuda, rule, htab, hidx, c, stream)
+            return
+        kernel = cuda.KERNELS[rule]
         rows = htab.tolist()
         for r, p in enumerate(self.arrays[0]):
             h = tuple(rows[0 if hidx is None else int(hidx[r])])
@@ -764,6 +833,29 @@ class _CudaUnit(Unit):
         from .streams import current_stream
         return sum(sum_of_squares(g, True, current_stream(obj)) for g, obj in zip(self.arrays[1], self.objs[1]))
 
+    def _launch_table(self, cuda, rule, htab, hidx, c, stream):
+        """One launch over a device-side segment table (addresses, work rows, scalars uploaded on the
+        caller's stream into buffers kept by this unit)."""
+        ptrs = np.array([[fp[0] for fp in col] for col in self.checked], np.int64).T.copy()
+        sizes = np.array([fp[1] for fp in self.checked[0]], np.int64)
+        if getattr(self, "table_sizes", None) is None or not np.array_equal(sizes, self.table_sizes):
+            self.table_sizes = sizes
+            self.table_work = kernel_module("cpu").make_work(sizes, cuda.TABLE_CHUNK)
+            self.device = {}
+        hidx = np.zeros(len(sizes), np.int64) if hidx is None else hidx
+        dev = self.device
+        for name, host in (("ptrs", ptrs), ("work", self.table_work), ("hidx", hidx), ("htab", htab)):
+            buf = dev.get(name)
+            if buf is None or buf.shape != host.shape:
+                buf = dev[name] = _device_empty(host.shape, host.dtype, stream)
+            buf.copy_to_device(host, stream=stream)
+        like = dev.get("like")
+        if like is None:
+            like = dev["like"] = _device_empty((1,), self.arrays[0][0].dtype, stream)
+        blocks = max(1, min(len(self.table_work), cuda._max_blocks()))
+        cuda.TABLE_KERNELS[rule][blocks, cuda.THREADS, stream](dev["ptrs"], dev["work"], dev["hidx"], dev["htab"], c,
+                                                               like)
+
     def spans(self):
         out = []
         for r, col in enumerate(zip(*self.checked)):
@@ -771,6 +863,18 @@ class _CudaUnit(Unit):
                 if c != 1 and fp[0] is not None and fp[1]:
                     out.append((fp[0], fp[0] + fp[1] * fp[2], self.column_name(r, c)))
         return out
+
+
+def _cuda_tables():
+    """Whether CUDA units launch the segment-table kernels (FASTLR_CUDA_TABLES=1) rather than one kernel
+    per array: opt-in until the table path has been checked on a real GPU (docs/GPU.md)."""
+    import os
+    return os.environ.get("FASTLR_CUDA_TABLES") == "1"
+
+
+def _device_empty(shape, dtype, stream):
+    from numba import cuda
+    return cuda.device_array(shape, dtype, stream=stream)
 
 
 def _cuda_fingerprint(x):

@@ -19,7 +19,7 @@ import sys
 import time
 
 import numpy as np
-from numba import cuda   # a module global: the CUDA simulator swaps it inside the kernels below
+from numba import cuda  # a module global: the CUDA simulator swaps it inside the kernels below
 
 from .gpucheck import Skip, check
 
@@ -509,8 +509,9 @@ def bandwidth(ctx):
 
 
 def _bandwidth_at(torch, n, number, repeat):
-    import fastlr
     from numba import cuda
+
+    import fastlr
 
     from .kernels import cuda as kernels
     from .kernels.stream import CUDA_STREAM

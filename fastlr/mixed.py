@@ -15,6 +15,7 @@ Memory per param: float32 16 B (p, g, m, v); bf16 + master 16 B; bf16 stochastic
 import numpy as np
 
 from . import engine as _engine
+from ._arrays import dense
 from ._launch import SERIAL_BELOW, cast, kernel_module, parallel_guard
 from .kernels import rules
 
@@ -127,7 +128,7 @@ class HalfUnit(_engine.Unit):
     def _validate(self, allcols, masters, torch):
         for r, row in enumerate(zip(*allcols)):
             p, g = row[0], row[1]
-            if not _dense(p):
+            if not dense(p):
                 raise ValueError(f"{self.column_name(r, 0)}: expected a dense tensor")
             if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device or g.stride() != p.stride():
                 raise ValueError(f"{self.column_name(r, 1)}: expected shape {tuple(p.shape)}, {p.dtype} on "
@@ -144,7 +145,7 @@ class HalfUnit(_engine.Unit):
     def launch(self, rule, htab, hidx, c):
         from .streams import current_stream
         rows = htab.tolist()
-        steps = self.engine.front.steps(self.pstates)
+        steps = self.engine.front.steps(self.pstates, self.front_cache)
         for r, p in enumerate(self.objs[0]):
             on_cuda = p.device.type == "cuda"
             h = rows[0 if hidx is None else int(hidx[r])]
@@ -165,15 +166,6 @@ class HalfUnit(_engine.Unit):
             if n:
                 out.append((p.data_ptr(), p.data_ptr() + n, self.column_name(r, 0)))
         return out
-
-
-def _dense(t):
-    expect = 1
-    for stride, size in sorted((st, n) for n, st in zip(t.shape, t.stride()) if n != 1):
-        if stride != expect:
-            return False
-        expect *= size
-    return True
 
 
 def _bits(t, half):

@@ -5,6 +5,8 @@ rule chooser, host scalars); the shared ``Optimizer`` base holds no algorithm lo
 validation, schedules, gradient conditioning and state dicts, over ``fastlr.engine``.
 """
 import numbers
+from collections import deque
+from itertools import repeat
 
 import numpy as np
 
@@ -77,11 +79,11 @@ class Optimizer:
         self.skip_nonfinite = skip_nonfinite or grad_scale is not None
         self.capturable = capturable
         self.param_groups = []
-        self.state = {}
+        self.state = StateDict()
         self._step_count = 0
         self.skipped_steps = 0
         self.last_step_skipped = False
-        self._engine = Engine(self, self.spec, _NumpyFront())
+        self._engine = Engine(self, self.spec, _NumpyFront(self))
         if library(params) is not None:
             params = [params]
         try:
@@ -252,7 +254,7 @@ class Optimizer:
                 for key in [k for k in group if k not in new]:   # (no moment without 'params' or 'lr')
                     del group[key]
                 group.update(new)
-            self.state = state
+            self.state = StateDict.adopt(state)
             self._step_count = step_count
             self._engine.reset()
 
@@ -334,7 +336,8 @@ class Optimizer:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._engine = Engine(self, self.spec, _NumpyFront())
+        self.state = StateDict.adopt(self.state)
+        self._engine = Engine(self, self.spec, _NumpyFront(self))
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]
@@ -344,8 +347,117 @@ class Optimizer:
         return "\n".join(lines + [")"])
 
 
+class _Counter:
+    __slots__ = ("n",)
+
+    def __init__(self):
+        self.n = 0
+
+
+class StateDict(dict):
+    """``opt.state`` of the NumPy API and each param's entry in it: ordinary dicts that count their
+    changes in a counter they share, so a step can tell at once that no state was replaced, added or
+    removed since the last one (then the arrays it validated are the ones held; their addresses,
+    dtypes and shapes are still read at every step). A dict assigned by the caller is read in full
+    at every step instead."""
+
+    __slots__ = ("_counter",)
+
+    def __init__(self, *args, counter=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._counter = counter if counter is not None else _Counter()
+
+    def _changed(self):
+        counter = getattr(self, "_counter", None)
+        if counter is not None:
+            counter.n += 1
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self._changed()
+
+    def __delitem__(self, key):
+        super().__delitem__(key)
+        self._changed()
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def clear(self):
+        super().clear()
+        self._changed()
+
+    def pop(self, *args):
+        self._changed()
+        return super().pop(*args)
+
+    def popitem(self):
+        self._changed()
+        return super().popitem()
+
+    def setdefault(self, key, default=None):
+        self._changed()
+        return super().setdefault(key, default)
+
+    def update(self, *args, **kwargs):
+        super().update(*args, **kwargs)
+        self._changed()
+
+    def __reduce__(self):   # copies are plain dicts until their optimizer adopts them
+        return dict, (dict(self),)
+
+    @classmethod
+    def adopt(cls, state):
+        """The optimizer's state as StateDicts sharing one counter (after unpickling or loading)."""
+        out = cls()
+        for key, st in state.items():
+            dict.__setitem__(out, key, cls(st, counter=out._counter) if isinstance(st, dict) else st)
+        return out
+
+
+def _counter_of(st):
+    return getattr(st, "_counter", None)
+
+
 class _NumpyFront(Front):
-    """State of the NumPy API: keyed by param index, step counts as Python ints."""
+    """State of the NumPy API: keyed by param index, step counts as Python ints, StateDicts."""
+
+    def __init__(self, opt):
+        self.opt = opt
+
+    def new_dict(self):
+        state = self.opt.state
+        return StateDict(counter=state._counter) if type(state) is StateDict else {}
+
+    def read_states(self, state, keys, names, cache):
+        counter = state._counter if type(state) is StateDict else None
+        if counter is not None and cache.get("state") is state and cache.get("n") == counter.n \
+                and cache.get("keys") is keys:
+            return cache["pstates"], cache["cols"]
+        pstates, cols = super().read_states(state, keys, names, cache)
+        cache.clear()
+        if counter is not None and cols is not None and set(map(_counter_of, pstates)) == {counter}:
+            cache.update(state=state, n=counter.n, keys=keys, pstates=pstates, cols=cols)
+        return pstates, cols
+
+    def steps(self, pstates, cache):
+        if cache.get("of") is pstates:   # nothing was replaced since these were written
+            return cache["steps"]
+        return super().steps(pstates, cache)
+
+    def check_counts(self, spec, units):
+        # counts this front wrote itself, with nothing replaced since (see steps): nothing to check
+        super().check_counts(spec, [u for u in units if u.front_cache.get("of") is not u.pstates])
+
+    def set_steps(self, pstates, values, cache):
+        values = list(values)
+        # our own write, not a change of what the caller holds: dict's setitem, which counts nothing
+        deque(map(dict.__setitem__, pstates, repeat("step"), values), maxlen=0)
+        cache["of"], cache["steps"] = pstates, values
+
+    def set_scalar(self, pstate, name, value):
+        dict.__setitem__(pstate, name, value)   # our own write (NAdam's mu_product): counts nothing
 
 
 def _check_layout(opt):
@@ -430,18 +542,9 @@ def _snapshot(x):
 
 
 def _make_init(spec):
-    """An ``__init__(self, params, <the spec's hyperparameters>, *, <...>, **options)`` with a real signature."""
-    names = list(spec.defaults)
-    src = (f"def __init__(self, params, {spec.signature_text()}{', ' if spec.keyword_only else ', *, '}"
-           f"max_grad_norm=None, clip_value=None, grad_scale=None, skip_nonfinite=False, capturable=False):\n"
-           f"    Optimizer.__init__(self, params, dict({', '.join(f'{n}={n}' for n in names)}),\n"
-           f"                       max_grad_norm=max_grad_norm, clip_value=clip_value, grad_scale=grad_scale,\n"
-           f"                       skip_nonfinite=skip_nonfinite, capturable=capturable)\n")
-    namespace = {"Optimizer": Optimizer}
-    exec(compile(src, f"<fastlr.optim {spec.name}.__init__>", "exec"), namespace)
-    init = namespace["__init__"]
-    init.__qualname__ = f"{spec.name}.__init__"
-    return init
+    """``__init__(self, params, <the spec's hyperparameters>, *, <options>)`` with a real signature."""
+    return _specs.make_init(spec, lambda self, params, hp, options: Optimizer.__init__(self, params, hp, **options),
+                            _OPTIONS)
 
 
 def _doc(spec, doc):

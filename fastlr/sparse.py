@@ -203,7 +203,8 @@ class _Table:
         check_disjoint([(f"params[{self.index}]", self.obj)] +
                        [(f"state[{self.index}][{n!r}]", existing[n]) for n in views], [("grad_rows", gbuf.obj)])
         if pstate is None:
-            pstate = optimizer.state[self.index] = {"step": 0, **optimizer.spec.scalar_state}
+            pstate = optimizer.state[self.index] = optimizer._engine.front.new_dict()
+            pstate.update({"step": 0, **optimizer.spec.scalar_state})
         for name, init, like in self.names:
             if name not in pstate:
                 pstate[name] = full_like(like, init)

@@ -175,6 +175,21 @@ class Spec:
         return ", ".join(plain + (["*"] + kw if kw else []))
 
 
+def make_init(spec, base, extra):
+    """``__init__(self, params, <spec's hyperparameters>, *, <extra>)`` with a real signature (for help() and
+    IDEs that ask the running code), calling ``base(self, params, hyperparameters, extra values)``."""
+    names = list(spec.defaults)
+    kw = ", ".join(f"{k}={v!r}" for k, v in extra.items())
+    src = (f"def __init__(self, params, {spec.signature_text()}{', ' if spec.keyword_only else ', *, '}{kw}):\n"
+           f"    base(self, params, dict({', '.join(f'{n}={n}' for n in names)}), "
+           f"dict({', '.join(f'{n}={n}' for n in extra)}))\n")
+    namespace = {"base": base}
+    exec(compile(src, f"<fastlr {spec.name}.__init__>", "exec"), namespace)
+    init = namespace["__init__"]
+    init.__qualname__ = f"{spec.name}.__init__"
+    return init
+
+
 def _sgd_check(group, where):
     if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
         raise ValueError(f"{where}: nesterov requires momentum > 0 and dampening == 0 "

@@ -26,9 +26,11 @@ bfloat16/float16 params ``master_weights=True`` (a float32 master copy in
 """
 import inspect
 import math
+import operator
 from collections import defaultdict
 from copy import deepcopy
 
+import numpy as np
 import torch
 
 from . import mixed as _mixed  # noqa: F401  (handles 16-bit params: master weights, stochastic rounding)
@@ -77,26 +79,28 @@ class _TorchFront(Front):
         dtype = torch.float32 if param.dtype in _HALF else param.dtype
         return torch.full_like(param.detach(), init, dtype=dtype, memory_format=torch.preserve_format)
 
-    def steps(self, pstates):
-        values = []
-        for st in pstates:
-            t = st.get("step") if st is not None else None
-            if t is None:   # SGD: only whether this is the first step matters
-                values.append(0 if id(st) in self.fresh else 1)
-            else:
-                values.append(t.item() if isinstance(t, torch.Tensor) else t)
-        return values
+    def steps(self, pstates, cache):
+        counts = cache.get("steps")
+        tensors = list(map(_step_of, pstates))
+        if counts is None or not (_same(tensors, counts.tensors) and
+                                  (counts.ptrs is None or list(map(torch.Tensor.data_ptr, tensors)) == counts.ptrs)):
+            counts = cache["steps"] = _StepCounts(tensors)
+        counts.pstates = pstates
+        return counts.values(self.fresh)
 
-    def set_steps(self, pstates, values):
-        tensors = []
-        for st, v in zip(pstates, values):
-            t = st.get("step") if st is not None else None
-            if isinstance(t, torch.Tensor):
-                tensors.append(t)
-            elif t is not None:
-                st["step"] = v
-        if tensors:   # every value is the old count + 1, as torch's step_t += 1
-            torch._foreach_add_(tensors, 1.0)
+    def set_steps(self, pstates, values, cache):
+        """Every value is the old count + 1: add 1 in place, as torch's ``step_t += 1``."""
+        counts = cache["steps"]
+        if counts.python is None:
+            counts.advance()
+            return
+        for st, v in zip(pstates, values):   # counts that are not 0-d CPU tensors, or absent (SGD)
+            if st is not None and "step" in st:
+                t = st["step"]
+                if isinstance(t, torch.Tensor):
+                    t.add_(1)
+                else:
+                    st["step"] = v
 
     def check_counts(self, spec, units):
         if spec.name != "SGD":   # torch's states always hold a step count, except SGD's
@@ -230,6 +234,7 @@ class _TorchOptimizer(torch.optim.Optimizer):
         return sum(len(g["params"]) for g in self.param_groups[:k])
 
     # ------------------------------------------------------------ stepping
+    @torch.compiler.disable   # inside torch.compile: one graph break here, nothing traced below
     def step(self, closure=None):
         """One update of every param that has a grad. Returns the closure's loss (torch semantics).
 
@@ -241,7 +246,6 @@ class _TorchOptimizer(torch.optim.Optimizer):
         self._update()
         return loss
 
-    @torch.compiler.disable
     def _update(self):
         with self._engine.lock, torch.no_grad():
             if not isinstance(self.state, dict):
@@ -257,7 +261,7 @@ class _TorchOptimizer(torch.optim.Optimizer):
             self.last_step_skipped = not ok
             if not ok:
                 self.skipped_steps += 1
-            else:
+            elif self.spec.eager_state and not self._states_used:
                 self._states_used = all(not _step_zero(st) for st in self.state.values())
 
     _step_count = 0   # schedules as callables are a NumPy-API feature; torch uses lr_scheduler
@@ -313,6 +317,50 @@ def _item(v):
     if isinstance(v, torch.Tensor) and v.numel() == 1 and v.device.type in ("cpu", "cuda"):
         return v.item()
     return v
+
+
+def _step_of(st):
+    return st.get("step") if st is not None else None
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(map(operator.is_, a, b))
+
+
+class _StepCounts:
+    """The step counts of a unit's params: torch's 0-d float tensors are read and advanced through
+    their addresses in one native call (no per-tensor ``.item()`` or ``+= 1`` dispatch); anything
+    else (a Python number, a tensor elsewhere, SGD's absent count) through Python."""
+
+    def __init__(self, tensors):
+        from .kernels import _pointers
+        self.ops = _pointers
+        self.tensors = tensors
+        plain = all(isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.numel() == 1
+                    and t.dtype in (torch.float32, torch.float64) and t.is_contiguous() for t in tensors)
+        self.ptrs = list(map(torch.Tensor.data_ptr, tensors)) if plain else None
+        if plain:
+            self.addrs = np.array(self.ptrs, np.int64)
+            self.is64 = np.array([t.dtype == torch.float64 for t in tensors], np.int64)
+            self.out = np.empty(len(tensors), np.float64)
+            self.python = None
+        else:
+            self.python = True
+
+    def values(self, fresh):
+        if self.python is None:
+            self.ops.read_scalars(self.addrs, self.is64, self.out)
+            return self.out.tolist()
+        values = []
+        for st, t in zip(self.pstates, self.tensors):
+            if t is None:   # SGD: only whether this is the first step matters
+                values.append(0 if st is not None and id(st) in fresh else 1)
+            else:
+                values.append(t.item() if isinstance(t, torch.Tensor) else t)
+        return values
+
+    def advance(self):
+        self.ops.add_scalars(self.addrs, self.is64, 1.0)
 
 
 def _step_zero(st):
@@ -444,18 +492,10 @@ def _checked_step(where, v):
 
 
 def _make_init(spec):
-    """__init__(self, params, <spec hyperparameters>, *, <torch switches>, <fastlr options>) with a real signature."""
-    names = list(spec.defaults)
-    kw = ", ".join(f"{k}={v!r}" for k, v in {**_SWITCHES, **_OPTIONS}.items())
-    src = (f"def __init__(self, params, {spec.signature_text()}{', ' if spec.keyword_only else ', *, '}{kw}):\n"
-           f"    _TorchOptimizer.__init__(self, params, dict({', '.join(f'{n}={n}' for n in names)}),\n"
-           f"        dict({', '.join(f'{n}={n}' for n in _SWITCHES)}), "
-           f"dict({', '.join(f'{n}={n}' for n in _OPTIONS)}))\n")
-    namespace = {"_TorchOptimizer": _TorchOptimizer}
-    exec(compile(src, f"<fastlr.torch {spec.name}.__init__>", "exec"), namespace)
-    init = namespace["__init__"]
-    init.__qualname__ = f"{spec.name}.__init__"
-    return init
+    """``__init__(self, params, <spec hyperparameters>, *, <torch switches>, <fastlr options>)``."""
+    def base(self, params, hp, extra):
+        _TorchOptimizer.__init__(self, params, hp, {k: extra[k] for k in _SWITCHES}, {k: extra[k] for k in _OPTIONS})
+    return _specs.make_init(spec, base, {**_SWITCHES, **_OPTIONS})
 
 
 class SGD(_TorchOptimizer, spec=_specs.SGD):

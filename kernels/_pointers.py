@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import carray, njit, types
 from numba.extending import intrinsic
 
 
@@ -78,7 +78,8 @@ def gather(objs, meta, ptrs, sizes, last):
     ptrs (data addresses) and sizes (elements per row) and returns 0, or -1 when some size changed
     since the last call (the work list must be rebuilt). Every array must have its row's column 0
     shape, be C-contiguous and aligned; no written array may overlap another array (checked
-    whenever an address differs from ``last``, which then takes the new addresses). Otherwise
+    whenever a written array's address differs from ``last``, which then takes the new addresses;
+    gradients, read only, may alias anything). Otherwise
     returns a status code (see BAD_TYPE ...) locating the first offending array; ``last`` is then
     left as it was.
     """
@@ -115,7 +116,7 @@ def gather(objs, meta, ptrs, sizes, last):
                     if load_i64(dims + 8 * d) != load_i64(dims0 + 8 * d):
                         return BAD_SHAPE + where
             p = load_i64(a + OFF_DATA)
-            if p != last[t, c]:
+            if meta[3, c] and p != last[t, c]:
                 changed = True
             ptrs[t, c] = p
         if sizes[t] != size:
@@ -131,8 +132,8 @@ def gather(objs, meta, ptrs, sizes, last):
 
 @njit(cache=True, nogil=True)
 def overlap(ptrs, sizes, itemsize, writable):
-    """-1 if no written array shares memory with another array, else the flat index (row * k +
-    column) of one that does. Read-only arrays (gradients) may share memory with each other."""
+    """-1 if no written array (param, state) shares memory with another written array, else the flat
+    index (row * k + column) of one that does. Gradients are only read: they may alias anything."""
     n, k = ptrs.shape
     m = n * k
     start = np.empty(m, np.int64)
@@ -140,19 +141,17 @@ def overlap(ptrs, sizes, itemsize, writable):
         for c in range(k):
             start[t * k + c] = ptrs[t, c]
     order = np.argsort(start)
-    end_written, end_any = np.int64(-1), np.int64(-1)
+    end = np.int64(-1)
     for j in range(m):
         idx = order[j]
         t, c = idx // k, idx % k
         nbytes = sizes[t] * itemsize[c]
-        if nbytes == 0:
+        if nbytes == 0 or not writable[c]:
             continue
         s = start[idx]
-        if s < end_written or (writable[c] and s < end_any):
+        if s < end:
             return idx
-        end_any = max(end_any, s + nbytes)
-        if writable[c]:
-            end_written = max(end_written, s + nbytes)
+        end = max(end, s + nbytes)
     return -1
 
 
@@ -195,3 +194,30 @@ def _probe(objs):
 
 
 STRUCT_OK = _verify()
+
+
+# ---------------------------------------------------------------- scalars at addresses
+_F32 = np.empty(0, np.float32)
+_F64 = np.empty(0, np.float64)
+
+
+@njit(cache=True, nogil=True)
+def read_scalars(addrs, is64, out):
+    """out[i] = the float32 (is64[i] == 0) or float64 value at addrs[i] (e.g. torch's 0-d step tensors)."""
+    for i in range(addrs.size):
+        if is64[i]:
+            out[i] = carray(at(addrs[i], 0, _F64), 1)[0]
+        else:
+            out[i] = carray(at(addrs[i], 0, _F32), 1)[0]
+
+
+@njit(cache=True, nogil=True)
+def add_scalars(addrs, is64, delta):
+    """Add delta to each float32/float64 value at addrs, in its own precision (as ``t += 1`` does)."""
+    for i in range(addrs.size):
+        if is64[i]:
+            v = carray(at(addrs[i], 0, _F64), 1)
+            v[0] += delta
+        else:
+            v32 = carray(at(addrs[i], 0, _F32), 1)
+            v32[0] += np.float32(delta)

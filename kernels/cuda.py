@@ -16,7 +16,8 @@ import numpy as np
 from numba import config, cuda
 
 from . import rules
-from ._codegen import compile_rules, generate, generate_source
+from ._codegen import compile_rules, generate, generate_source, n_states, scalar_names
+from ._pointers import at  # noqa: F401  (used by the generated table kernels)
 
 R = compile_rules(cuda.jit(device=True), __name__ + ".R")
 
@@ -45,6 +46,39 @@ def {name}(p, g, {states}hd, c64):
 DEVICE_H_KERNELS = {name: generate(_TEMPLATE_DEVICE_H, name, name + "_device_h", globals(),
                                    cuda.jit(cache=not _SIMULATOR))
                     for name in rules.ELEMENT_RULES}
+
+# Segment tables on the device: one launch updates many separate arrays. ``ptrs[t]`` holds the
+# device addresses of tensor t's param, grad and states, ``work`` rows (t, lo, hi) cut the tensors
+# into chunks of TABLE_CHUNK elements (one block per row, grid-stride over rows), tensor t uses
+# the scalars ``htab[hidx[t]]``; ``like`` is a device array of the tensors' dtype. The arrays are
+# reached through typed pointers (``_pointers.at``), which the simulator cannot run: under it,
+# and until a real GPU has verified this path, fastlr launches the per-array kernels above
+# (set FASTLR_CUDA_TABLES=1 to use the tables; docs/GPU.md).
+TABLE_CHUNK = 1 << 14
+
+_TABLE_TEMPLATE = """
+def {name}(ptrs, work, hidx, htab, c64, like):
+    c = (like.dtype.type(c64[0]), like.dtype.type(c64[1]), like.dtype.type(c64[2]))
+    for w in range(cuda.blockIdx.x, work.shape[0], cuda.gridDim.x):
+        t = work[w, 0]
+        r = hidx[t]
+        h = ({h_row})
+{pointers}        for i in range(work[w, 1] + cuda.threadIdx.x, work[w, 2], cuda.blockDim.x):
+            a0[i],{columns} = R.{rule}(a0[i], R.condition(a1[i], c){items}, h)
+"""
+
+
+def _table_fields(rule):
+    k = n_states(rule)
+    return dict(h_row="".join(f"like.dtype.type(htab[r, {j}]), " for j in range(len(scalar_names(rule)))),
+                pointers="".join(f"        a{j} = at(ptrs[t, {j}], 0, like)\n" for j in range(2 + k)),
+                columns="".join(f" a{2 + j}[i]," for j in range(k)),
+                items="".join(f", a{2 + j}[i]" for j in range(k)))
+
+
+TABLE_KERNELS = {} if _SIMULATOR else {
+    name: generate_source(_TABLE_TEMPLATE, f"{name}_table", globals(), cuda.jit(cache=True), rule=name,
+                          **_table_fields(name)) for name in rules.ELEMENT_RULES}
 
 # Device values are read as float64 (a float32 lr included): the host rule then computes in
 # float64 as on the host, and h is a tuple of one type, which numba can index at run time
@@ -141,5 +175,9 @@ def ptx_cases():
             arrays, n_h = (a,) * (2 + n_states(rule)), len(scalar_names(rule))
             yield f"KERNELS[{rule}] {d}", KERNELS[rule], (*arrays, (1.0,) * n_h, c)
             yield f"DEVICE_H_KERNELS[{rule}] {d}", DEVICE_H_KERNELS[rule], (*arrays, np.zeros(n_h, dtype), c)
+            if rule in TABLE_KERNELS:
+                table = (np.zeros((1, 2 + n_states(rule)), np.int64), np.zeros((1, 3), np.int64), np.zeros(1, np.int64),
+                         np.zeros((1, n_h)), c, a)
+                yield f"TABLE_KERNELS[{rule}] {d}", TABLE_KERNELS[rule], table
         yield f"sumsq {d}", sumsq, (a, np.zeros(1))
     yield "fill_scalar", fill_scalar, (np.zeros(1), 1.0)

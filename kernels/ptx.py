@@ -8,8 +8,8 @@ launches have, for an H100/H200 (cc 9.0) by default; ``ptxas`` then reports its 
 and spills.
 
 Registering kernels: every module of this package whose source mentions ``cuda.jit`` (and
-each of ``OTHER_MODULES``) must define ``ptx_cases()``, yielding ``(label, kernel, args)``: a ``cuda.jit`` kernel and example
-arguments with the types of a real launch (NumPy arrays stand for device arrays; Python
+each of ``OTHER_MODULES``) must define ``ptx_cases()``, yielding ``(label, kernel, args)``: a
+``cuda.jit`` kernel and example arguments with the types of a real launch (NumPy arrays stand for device arrays; Python
 floats are float64, NumPy scalars keep their dtype). A kernel that such a module holds
 (directly or in a dict/tuple) and that no case compiles is reported as a failure, so a new
 kernel cannot be forgotten. The prepare kernels of capturable steps are built per optimizer

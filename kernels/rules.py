@@ -5,7 +5,8 @@ Two kinds of plain-Python function live here, and nothing imports numba:
 * element rules ``rule(p, g, *states, h) -> (p, *states)`` update ONE element.
   ``h`` is a tuple of per-step scalars, already cast to the parameters' dtype,
   so float32 buffers are computed in float32 (as torch does) with no per-element
-  float64 promotion. Each rule's first statement unpacks ``h`` by name. ``kernels/cpu.py`` and ``kernels/cuda.py`` compile these
+  float64 promotion. Each rule's first statement unpacks ``h`` by the names of
+  its scalars contract (below). ``kernels/cpu.py`` and ``kernels/cuda.py`` compile these
   same functions for the CPU and for CUDA; the number of states is read off the
   signature.
 * host rules ``<algo>_scalars(...) -> h`` compute those per-step scalars once per
@@ -296,7 +297,7 @@ def nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_decay
 
 # ---------------------------------------------------------------- RAdam
 def radam(p, g, m, v, h):
-    """Adam moments; if rho_t > 5: p <- p - m/(1-b1^t) * lr * sqrt(1-b2^t)/(sqrt(v)+eps) * r_t, else p - m/(1-b1^t) * lr."""
+    """Adam moments; if rho_t > 5: p <- p - m/(1-b1^t) lr sqrt(1-b2^t)/(sqrt(v)+eps) r_t, else p - m/(1-b1^t) lr."""
     sign, wd, decay, one_minus_beta1, beta2, one_minus_beta2, bias_correction1, lr, bc2_sqrt, eps, rect = h
     p = p * decay
     m, v = _adam_moments(p, g, m, v, sign, wd, one_minus_beta1, beta2, one_minus_beta2)

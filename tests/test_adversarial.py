@@ -287,6 +287,15 @@ def test_overlap_made_later_changes_nothing():
     rejected(opt, lambda: opt.step([np.ones(4), np.ones(3)]), ValueError, r"shares memory")
 
 
+@pytest.mark.xfail(strict=True, reason="open: since main a25a6fc grads are not checked against the arrays a step "
+                                        "writes (docs/RELIABILITY.md, open items)")
+def test_grad_that_is_another_param_is_rejected():
+    """Each param's grad is the other param: the second is then updated with the first one's new values."""
+    a, b = np.linspace(-1, 1, 64), np.linspace(1, 2, 64)
+    opt = fastlr.SGD([a, b], lr=0.5)
+    rejected(opt, lambda: opt.step([b, a]), ValueError, r"shares memory")
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 def test_overlapping_torch_params_change_nothing(groups):
     w = torch.zeros(8)
@@ -754,7 +763,7 @@ class Hostile(RuleBasedStateMachine):
             (None, lambda: opt.step([good[0], np.ones(4)]), ValueError, r"grads\[1\]: expected shape"),
             (None, lambda: opt.step([good[0], np.ones(5, np.float32)]), TypeError, r"grads\[1\]: expected dtype"),
             (None, lambda: opt.step([good[0], np.asmatrix(np.ones(5))]), TypeError, r"grads\[1\]: expected a plain"),
-            (None, lambda: opt.step([good[0], vec]), ValueError, r"shares memory"),
+            (None, lambda: opt.step([good[0], np.ones(10)[::2]]), ValueError, r"grads\[1\]: expected a C-contiguous"),
             (lambda: edit_state("step", math.nan), lambda: opt.step(good), ValueError, r"\['step'\]"),
             (lambda: edit_state("step", -2), lambda: opt.step(good), ValueError, r"\['step'\]"),
             (lambda: edit_state("exp_avg", vec), lambda: opt.step(good), ValueError, r"shares memory"),

@@ -138,3 +138,29 @@ def test_peak_memory_probe_reports_the_buffers_it_allocates():
     out = bench.peak_memory_in_fresh_process(n=1 << 22, impls=("fastlr",))["fastlr"]
     assert out["expected_bytes"] == 4 * 4 * (1 << 22)
     assert 0.9 < out["ratio"] < 1.5
+
+
+def test_asv_engine_benchmarks_tiny(asv_modules):
+    mod = asv_modules("engine")
+    s = mod.SeparateArrays()
+    s.setup(4000, 20)
+    s.time_step(4000, 20)
+    assert s.track_gbps(4000, 20) > 0
+    o = mod.StepOverhead()
+    o.setup(20)
+    o.time_step(20)
+    pytest.importorskip("torch")
+    t = mod.TorchModel()
+    for impl in mod.TorchModel.params[1]:
+        t.setup("gpt2-tiny", impl)
+        t.time_step("gpt2-tiny", impl)
+
+
+def test_bench_engine_quick(tmp_path, capsys):
+    from fastlr import bench_engine
+    out, png = tmp_path / "e.json", tmp_path / "e.png"
+    assert bench_engine.main(["--quick", "--json", str(out), "--plot", str(png)]) == 0
+    res = json.loads(out.read_text())
+    counts = [k for k in res["numpy_arrays"]["results"] if k.startswith("fastlr-")]
+    assert len(counts) >= 2 and res["overhead"]["results"]["step"]["time_s"] > 0
+    assert png.stat().st_size > 0 and "fastlr vs torch fused" in capsys.readouterr().out

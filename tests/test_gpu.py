@@ -52,3 +52,26 @@ def test_grads_on_other_device_rejected():
     with pytest.raises(ValueError, match=r"grads\[0\]: expected an array on"):
         opt.step(np.zeros(10, np.float32))
     assert float(cp.abs(dp).sum()) == 0.0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(CASES))
+def test_device_segment_table_equals_per_array_launches(name, monkeypatch):
+    """FASTLR_CUDA_TABLES=1: one launch over a device-side table of many arrays of mixed sizes gives
+    the per-array kernels' numbers (the path is opt-in until this has run on a real GPU)."""
+    from numba import cuda
+    rng = np.random.default_rng(0)
+    sizes = [1, 7, 300, 70_000, 5, 40_000]
+    host = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    grads = [[rng.standard_normal(n).astype(np.float32) for n in sizes] for _ in range(3)]
+    out = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("FASTLR_CUDA_TABLES", flag)
+        params = [cuda.to_device(h) for h in host]
+        opt = getattr(fastlr, name)(params, **CASES[name][-1])
+        for gs in grads:
+            opt.step([cuda.to_device(g) for g in gs])
+        cuda.synchronize()
+        out[flag] = [p.copy_to_host() for p in params]
+    for a, b in zip(out["0"], out["1"]):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)

@@ -56,7 +56,7 @@ def test_hyperparameters_changed_between_steps_take_effect_despite_the_caches():
         cached.step(g)
     q = np.ones(50)
     fresh_state = None
-    for t, (g, change) in enumerate(zip(grads, changes)):
+    for t, g in enumerate(grads):
         hp = {k: v for k, v in {**cached.defaults, **{k: v for c in changes[:t + 1] for k, v in c.items()}}.items()
               if k != "params"}
         fresh = Adam(q, **hp)

@@ -347,31 +347,31 @@ def test_state_dict_layout_equals_torch():
         assert [set(g) - {"fused", "foreach"} for g in groups_f] == [set(g) - {"fused", "foreach"} for g in groups_t]
 
 
-def test_compiled_train_step_is_one_graph_break_without_recompiles():
+@pytest.mark.parametrize("name", ALGOS)
+def test_compiled_train_step_is_one_graph_break_without_recompiles(name):
     torch._dynamo.reset()
-    m = _model()
-    opt = ft.AdamW(m.parameters(), lr=1e-2)
-    X, Y = _data()
+    t = Twin(name)
+    m, opt = t.models[1], t.opts[1]
     from torch._dynamo.utils import counters
     counters.clear()
 
     @torch.compile(backend="eager")
     def train_step():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(m(X), Y)
+        loss = torch.nn.functional.cross_entropy(m(t.X), t.Y)
         loss.backward()
         opt.step()
         return loss
 
-    ref_m = _model()
-    ref_opt = torch.optim.AdamW(ref_m.parameters(), lr=1e-2, foreach=False)
+    ref_m, ref_opt = t.models[0], t.opts[0]
     for _ in range(8):
         train_step()
         ref_opt.zero_grad()
-        torch.nn.functional.cross_entropy(ref_m(X), Y).backward()
+        torch.nn.functional.cross_entropy(ref_m(t.X), t.Y).backward()
         ref_opt.step()
-    for a, b in zip(m.parameters(), ref_m.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert counters["stats"]["unique_graphs"] <= 3, dict(counters["stats"])
-    recompiles = sum(v for k, v in counters["recompiles"].items()) if "recompiles" in counters else 0
-    assert recompiles == 0, dict(counters["recompiles"])
+    t.check()
+    ours = {reason: n for reason, n in counters["graph_break"].items() if "_TorchOptimizer" in reason}
+    # one break at the step, which Dynamo reports twice (inlining refused in the caller, then the call)
+    assert sum(ours.values()) <= 2, ours
+    assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
+    assert sum(counters["recompiles"].values()) == 0, dict(counters["recompiles"])

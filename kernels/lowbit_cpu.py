@@ -1,0 +1,246 @@
+"""CPU kernels for optimizer states held in low precision, generated from the element rules.
+
+Two families, each compiled over ``kernels.cpu.R`` (no formula is written here):
+
+* ``BLOCKWISE[prec, rule]`` (prec "8bit" or "4bit"; rules with at least one state):
+  ``kernel(p, g, codes_0, absmax_0, codes_1, absmax_1, ..., h64, c64)`` over flat arrays,
+  states in the order of the rule's arguments. Per block of ``quant.BLOCK_SIZE[prec]`` elements
+  (a param's last block may be shorter): dequantize each state (``qmap[code] * absmax``), run
+  the element rule in the params' dtype, take each state's new absmax, write the nearest codes
+  (``quant.encode``). Each state uses the signed or the unsigned map of ``quant.SIGNED_STATE``.
+  codes are uint8 (``p.size`` of them for 8 bits, ``(p.size + 1) // 2`` for 4 bits), absmax
+  float32 (one per block).
+* ``BF16[rule]``: ``kernel(p, g, s_0, s_1, ..., h64, c64, r)`` with each state stored as
+  bfloat16 bits (uint16), computed in float32, written back to nearest even (``r = (-1, 0)``)
+  or stochastically (``r = (key, base)``: element i of state j gets the random bits
+  ``random16(key + j, base + i)``, deterministic).
+
+``h64`` and ``c64`` are tuples of float64 as for ``kernels.cpu.KERNELS``; ``_serial`` kernels
+run on one thread (small params). Kernels release the GIL.
+
+Why it is fast: the block loop lives in a separate (not inlined) function called once per chunk
+of blocks, on per-block slices, so LLVM sees plain counted loops over arrays and vectorizes
+them. Per block: each state is decoded into a contiguous per-chunk scratch row (``decode_64``,
+byte permutes, where the CPU has AVX-512 VBMI; gathers otherwise), one pass runs the rule over
+p, g and the rows while keeping an integer max of |state| bits (branch-free), then one pass per
+state divides by the new absmax and encodes (``quant.encode``: one table gather, no search).
+4-bit codes are unpacked into a uint8 row first and packed after. The maps and tables are module
+constants and their parameters literals, so they fold into the machine code. Measured costs:
+docs/PERFORMANCE.md, "Low-precision states".
+
+Arrays must be contiguous (``fastlr.lowbit`` checks). Kernel and whole-state conversion names
+carry ``quant.QUANT_HASH``: numba's cache watches only this file, not the tables they inline.
+"""
+import llvmlite.binding as llvm_binding
+import numpy as np
+from llvmlite import ir
+from numba import config, njit, prange, types  # noqa: F401  (prange: the generated kernels)
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import quant
+from ._codegen import generate_source, n_states
+from .cpu import R  # noqa: F401
+
+Q = quant.compiled(njit(inline="always", error_model="numpy"))
+CHUNK_BLOCKS = 64  # blocks per parallel work item (16K elements at 8 bits)
+BITS = {"8bit": 8, "4bit": 4}
+
+# The maps and encoder tables, as module globals the generated kernels read (frozen constants);
+# PLANES_*: each map's float32 bytes as 4 planes of 256 (byte k of every code), for decode_64.
+for (_prec, _signed), _cb in quant.CODEBOOKS.items():
+    _tag = f"{_prec}_{'s' if _signed else 'u'}"
+    globals()[f"QMAP_{_tag}"] = _cb.qmap
+    globals()[f"TABLE_{_tag}"] = _cb.table
+    _padded = np.zeros(256, np.float32)
+    _padded[:_cb.qmap.size] = _cb.qmap
+    globals()[f"PLANES_{_tag}"] = np.ascontiguousarray(_padded.view(np.uint8).reshape(256, 4).T).ravel()
+
+# Decoding is a table lookup per element; as a gather it costs ~1.4 cycles per element on the
+# AMD Zen 4 this project runs on, 3x what byte permutes over the map's bytes cost (measured:
+# 0.29 vs 0.10 ns per element, one thread). So where the CPU has AVX-512 VBMI, blocks are decoded
+# 64 codes at a time by decode_64 below; elsewhere (and for a block's last < 64 elements) by
+# quant.decode, which LLVM turns into gathers.
+VBMI = config.CPU_NAME is None and all(llvm_binding.get_host_cpu_features().get(f, False)
+                                       for f in ("avx512f", "avx512bw", "avx512vbmi"))
+_I8, _I16, _I32, _F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType()
+_V64B, _V16F, _V16I = ir.VectorType(_I8, 64), ir.VectorType(_F32, 16), ir.VectorType(_I32, 16)
+
+
+def _interleave(builder, a, b):
+    """[a0, b0, a1, b1, ...] of two vectors of the same type."""
+    n = a.type.count
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, 2 * n), [x for j in range(n) for x in (j, n + j)]))
+
+
+@intrinsic
+def decode_64(typingctx, codes, out, planes, absmax):
+    """out[i] = map[codes[i]] * absmax for i < 64 * (codes.size // 64); returns that count.
+
+    ``planes`` holds the map's float32 bytes plane by plane (4 x 256). Per 64 codes: for each
+    byte plane two ``vpermi2b`` (128 entries each, by the code's low 7 bits) and a select by its
+    top bit, then the 4 planes interleaved into 64 floats: no gathers. AVX-512 VBMI only.
+    """
+    def codegen(context, builder, sig, args):
+        c = context.make_array(sig.args[0])(context, builder, args[0])
+        o = context.make_array(sig.args[1])(context, builder, args[1])
+        t = context.make_array(sig.args[2])(context, builder, args[2])
+        perm = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V64B, [_V64B] * 3),
+                                              "llvm.x86.avx512.vpermi2var.qi.512")
+        tables = builder.bitcast(t.data, _V64B.as_pointer())
+        quarters = [builder.load(builder.gep(tables, [ir.Constant(_I32, k)]), align=1) for k in range(16)]
+        scale = builder.insert_element(ir.Constant(_V16F, None), args[3], ir.Constant(_I32, 0))
+        scale = builder.shuffle_vector(scale, scale, ir.Constant(_V16I, [0] * 16))
+        groups = builder.udiv(c.nitems, ir.Constant(c.nitems.type, 64))
+        src, dst = builder.bitcast(c.data, _V64B.as_pointer()), builder.bitcast(o.data, _V16F.as_pointer())
+        with cgutils.for_range(builder, groups) as loop:
+            idx = builder.load(builder.gep(src, [loop.index]), align=1)
+            top = builder.icmp_signed("<", idx, ir.Constant(_V64B, [0] * 64))
+            planes_ = [builder.select(top, builder.call(perm, [quarters[4 * b + 2], idx, quarters[4 * b + 3]]),
+                                      builder.call(perm, [quarters[4 * b], idx, quarters[4 * b + 1]]))
+                       for b in range(4)]
+            low = builder.bitcast(_interleave(builder, planes_[0], planes_[1]), ir.VectorType(_I16, 64))
+            high = builder.bitcast(_interleave(builder, planes_[2], planes_[3]), ir.VectorType(_I16, 64))
+            values = builder.bitcast(_interleave(builder, low, high), ir.VectorType(_F32, 64))
+            for q in range(4):
+                part = builder.shuffle_vector(values, values, ir.Constant(_V16I, list(range(16 * q, 16 * q + 16))))
+                at = builder.add(builder.mul(loop.index, ir.Constant(loop.index.type, 4)), ir.Constant(loop.index.type, q))
+                builder.store(builder.fmul(part, scale), builder.gep(dst, [at]), align=4)
+        return builder.mul(groups, ir.Constant(groups.type, 64))
+    return types.intp(codes, out, planes, absmax), codegen
+
+
+_BLOCKWISE = """
+@njit(cache=True, nogil=True, error_model="numpy")
+def {name}_blocks(p, g, {state_args}first, last, h, c, {scratch}):
+    for blk in range(first, last):
+        lo = blk * {block}
+        m = min({block}, p.size - lo)
+        pb, gb = p[lo:lo + m], g[lo:lo + m]
+{per_block}{decode}        for i in range(m):
+{load}            pb[i], {values} = R.{rule}(pb[i], R.condition(gb[i], c), {values}, h)
+{keep}{store}
+
+def {name}(p, g, {state_args}h64, c64):
+    h = ({h_cast})
+    c = (p.dtype.type(c64[0]), p.dtype.type(c64[1]), p.dtype.type(c64[2]))
+    nblocks = (p.size + {block} - 1) // {block}
+    for k in {loop}((nblocks + {chunk} - 1) // {chunk}):
+{alloc}        {name}_blocks(p, g, {state_args}k * {chunk}, min(nblocks, (k + 1) * {chunk}), h, c, {scratch})
+"""
+
+
+def _blockwise_fields(rule, prec, loop):
+    """The per-state lines of _BLOCKWISE for one rule and precision.
+
+    4-bit codes are unpacked into a per-chunk uint8 row first and packed back after encoding,
+    so the update and encode loops are the 8-bit ones (strided nibble access would not vectorize).
+    """
+    bits, signs, block = BITS[prec], quant.state_signs(rule), quant.BLOCK_SIZE[prec]
+    ind, per_block, decode, load, keep, store, alloc = " " * 8, "", "", "", "", "", ""
+    for j, signed in enumerate(signs):
+        cb = quant.CODEBOOKS[prec, signed]
+        tag = f"{prec}_{'s' if signed else 'u'}"
+        per_block += f"{ind}d{j}, x{j} = a{j}[blk], np.int32(0)\n"
+        if bits == 8:
+            per_block += f"{ind}U{j} = c{j}[lo:lo + m]\n"
+        else:
+            per_block += f"{ind}P{j} = c{j}[lo >> 1:(lo + m + 1) >> 1]\n{ind}Q.unpack_nibbles(P{j}, m, U{j})\n"
+            alloc += f"{ind}U{j} = np.empty({block}, np.uint8)\n"
+        first = f"decode_64(U{j}[:m], S{j}, PLANES_{tag}, d{j})" if VBMI else "0"
+        decode += (f"{ind}for i in range({first}, m):\n"
+                   f"{ind}    S{j}[i] = Q.decode(U{j}[i], QMAP_{tag}, d{j})\n")
+        load += f"{ind}    s{j} = S{j}[i]\n"
+        keep += f"{ind}    S{j}[i] = s{j}\n{ind}    x{j} = max(x{j}, Q.abs_bits(s{j}))\n"
+        store += (f"{ind}d{j} = Q.block_scale(x{j})\n{ind}a{j}[blk] = d{j}\n"
+                  f"{ind}Q.store_codes(S{j}, m, d{j}, U{j}, TABLE_{tag}, {cb.literals})\n")
+        if bits == 4:
+            store += f"{ind}Q.pack_nibbles(U{j}, m, P{j})\n"
+        alloc += f"{ind}S{j} = np.empty({block}, np.float32)\n"
+    k = len(signs)
+    return {
+        **quant.kernel_fields(rule, "c"), "block": block, "chunk": CHUNK_BLOCKS, "loop": loop,
+        "state_args": "".join(f"c{j}, a{j}, " for j in range(k)),
+        "scratch": ", ".join([f"S{j}" for j in range(k)] + ([f"U{j}" for j in range(k)] if bits == 4 else [])),
+        "per_block": per_block, "decode": decode, "load": load, "keep": keep, "store": store, "alloc": alloc,
+    }
+
+
+_BF16 = """
+def {name}(p, g, {state_args}h64, c64, r):
+    h = ({h_cast})
+    c = (p.dtype.type(c64[0]), p.dtype.type(c64[1]), p.dtype.type(c64[2]))
+    key, base = r
+    if key < 0:  # two loops: the random bits, computed and dropped, would cost 2x in the nearest one
+        for i in {loop}(p.size):
+{decode}            p[i], {values} = R.{rule}(p[i], R.condition(g[i], c), {values}, h)
+{nearest}    else:
+        for i in {loop}(p.size):
+{decode}            p[i], {values} = R.{rule}(p[i], R.condition(g[i], c), {values}, h)
+{stochastic}"""
+
+
+def _bf16_fields(rule, loop):
+    k, ind = n_states(rule), " " * 12
+    return {
+        **quant.kernel_fields(rule, "b"), "loop": loop,
+        "decode": "".join(f"{ind}s{j} = np.float32(R.bf16_to_float(b{j}[i]))\n" for j in range(k)),
+        "nearest": "".join(f"{ind}b{j}[i] = R.float_to_bf16(s{j}, -1)\n" for j in range(k)),
+        "stochastic": "".join(f"{ind}b{j}[i] = R.float_to_bf16(s{j}, R.random16(key + {j}, base + i))\n"
+                              for j in range(k)),
+    }
+
+
+STATEFUL_RULES = quant.STATEFUL_RULES
+_PARALLEL = njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+_SERIAL = njit(cache=True, nogil=True, error_model="numpy")
+
+BLOCKWISE, BF16 = {}, {}
+for _rule in STATEFUL_RULES:
+    for _suffix, _loop, _decorate in (("", "prange", _PARALLEL), ("_serial", "range", _SERIAL)):
+        for _prec in BITS:
+            BLOCKWISE[_prec, _rule + _suffix] = generate_source(
+                _BLOCKWISE, f"{_rule}_{_prec}{_suffix}_{quant.QUANT_HASH}{'_vbmi' if VBMI else ''}", globals(), _decorate,
+                **_blockwise_fields(_rule, _prec, _loop))
+        BF16[_rule + _suffix] = generate_source(
+            _BF16, f"{_rule}_bf16{_suffix}", globals(), _decorate, **_bf16_fields(_rule, _loop))
+
+
+
+# Whole-state conversions (loading float states, state_dict(dequantize=True)). Generated like the
+# kernels so their names carry quant.QUANT_HASH: numba's cache only watches this file, and they
+# inline quant.encode and its tables' layout.
+_QUANTIZE = """
+def {name}(x, codes, absmax, table, lo_bits, hi_bits, shift, half, block, bits):
+    for blk in prange(absmax.size):
+        lo = blk * block
+        m = min(block, x.size - lo)
+        src = x[lo:lo + m].astype(np.float32)
+        top = np.int32(0)
+        for i in range(m):
+            top = max(top, Q.abs_bits(src[i]))
+        absmax[blk] = Q.block_scale(top)
+        if bits == 8:
+            Q.store_codes(src, m, absmax[blk], codes[lo:lo + m], table, lo_bits, hi_bits, shift, half)
+        else:
+            unpacked = np.empty(m, np.uint8)
+            Q.store_codes(src, m, absmax[blk], unpacked, table, lo_bits, hi_bits, shift, half)
+            Q.pack_nibbles(unpacked, m, codes[lo >> 1:(lo + m + 1) >> 1])
+"""
+
+_DEQUANTIZE = """
+def {name}(codes, absmax, qmap, out, block, bits):
+    for blk in prange(absmax.size):
+        lo = blk * block
+        m = min(block, out.size - lo)
+        unpacked = codes[lo:lo + m] if bits == 8 else np.empty(m, np.uint8)
+        if bits == 4:
+            Q.unpack_nibbles(codes[lo >> 1:(lo + m + 1) >> 1], m, unpacked)
+        for i in range(m):
+            out[lo + i] = Q.decode(unpacked[i], qmap, absmax[blk])
+"""
+
+quantize_blocks = generate_source(_QUANTIZE, f"quantize_blocks_{quant.QUANT_HASH}", globals(), _PARALLEL)
+quantize_blocks.__doc__ = "Whole-state quantization: x (any float dtype) -> codes, absmax (one per block)."
+dequantize_blocks = generate_source(_DEQUANTIZE, f"dequantize_blocks_{quant.QUANT_HASH}", globals(), _PARALLEL)
+dequantize_blocks.__doc__ = "Whole-state dequantization: codes, absmax -> out (float32)."

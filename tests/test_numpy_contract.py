@@ -1,0 +1,158 @@
+"""The NumPy API reads what the caller holds at every step: replaced, cleared or edited states, arrays
+rebound in param_groups, arrays changed in place, copies made by pickle and deepcopy. Compared
+with a fresh run of the float64 reference given the same history."""
+import copy
+import pickle
+
+import numpy as np
+import pytest
+
+import fastlr
+from cases import CASES
+from reference import REFERENCES, assert_close
+
+ALGOS = list(CASES)
+HP = {name: CASES[name][-1] for name in ALGOS}
+
+
+def _arrays(seed=0, shapes=((7,), (3, 5), (40,))):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s) for s in shapes]
+
+
+def _grads(params, step):
+    rng = np.random.default_rng(100 + step)
+    return [rng.standard_normal(p.shape) for p in params]
+
+
+class Mirror:
+    """fastlr.<Algo> over float64 arrays beside the float64 reference, fed the same grads."""
+
+    def __init__(self, name, seed=0):
+        self.name, self.hp = name, HP[name]
+        self.params = _arrays(seed)
+        self.ref = [p.copy() for p in self.params]
+        self.ref_state = [{} for _ in self.params]
+        self.ref_steps = [0] * len(self.params)
+        self.opt = getattr(fastlr, name)(self.params, **self.hp)
+        self.t = 0
+
+    def step(self, n=1):
+        for _ in range(n):
+            self.t += 1
+            grads = _grads(self.params, self.t)
+            self.opt.step(grads)
+            for i, g in enumerate(grads):
+                self.ref_steps[i] += 1
+                REFERENCES[self.name](self.ref[i], g, self.ref_state[i], self.ref_steps[i], **self.hp)
+
+    def check(self):
+        for p, r in zip(self.params, self.ref):
+            assert_close(p, r, np.float64)
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_cleared_and_deleted_state_restart(name):
+    m = Mirror(name)
+    m.step(3)
+    m.opt.state.clear()
+    m.ref_state = [{} for _ in m.params]
+    m.ref_steps = [0] * len(m.params)
+    m.step(2)
+    del m.opt.state[1]
+    m.ref_state[1], m.ref_steps[1] = {}, 0
+    m.step(2)
+    m.check()
+
+
+@pytest.mark.parametrize("name", [n for n in ALGOS if n != "SGD"])
+def test_replaced_state_array_and_step_are_used(name):
+    m = Mirror(name)
+    m.step(3)
+    key = next(k for k, v in m.opt.state[2].items() if isinstance(v, np.ndarray))
+    new = np.full_like(m.params[2], 0.5)
+    m.opt.state[2][key] = new
+    m.ref_state[2][key] = new.copy()
+    m.opt.state[0]["step"] = 1
+    m.ref_steps[0] = 1
+    m.step(3)
+    m.check()
+    assert m.opt.state[2][key] is new                 # updated in place, not copied
+    m.opt.state[2][key] = np.zeros(3)                 # a wrong replacement is refused, nothing changes
+    before = [p.copy() for p in m.params]
+    with pytest.raises(ValueError, match=rf"state\[2\]\[{key!r}\]: expected shape"):
+        m.opt.step(_grads(m.params, 99))
+    assert all(np.array_equal(a, b) for a, b in zip(before, m.params))
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_params_rebound_in_param_groups(name):
+    m = Mirror(name)
+    m.step(2)
+    fresh = np.linspace(-1, 1, m.params[1].size).reshape(m.params[1].shape)
+    m.opt.param_groups[0]["params"][1] = fresh       # a new array for param 1: its state carries on
+    m.params[1] = fresh
+    m.ref[1] = fresh.copy()
+    m.step(3)
+    m.check()
+
+
+def test_in_place_changes_of_a_validated_array_are_caught():
+    p, g = np.zeros(8), np.ones(8)
+    opt = fastlr.Adam(p, lr=0.1)
+    opt.step(g)
+    p.dtype = np.float32          # the same object, reinterpreted: 16 float32 values
+    with pytest.raises((TypeError, ValueError), match=r"grads\[0\]|params\[0\]"):
+        opt.step(g)
+    p.dtype = np.float64
+    opt.step(g)
+    q = np.zeros(8)
+    opt.param_groups[0]["params"][0] = q
+    q.shape = (2, 4)
+    with pytest.raises(ValueError, match="shape"):
+        opt.step(g)               # a (8,) grad for a (2, 4) param
+    q.shape = (8,)
+    before = opt.state[0]["exp_avg"].copy()
+    opt.step(g)
+    assert not np.array_equal(before, opt.state[0]["exp_avg"])
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_pickle_and_deepcopy_step_their_own_arrays(name):
+    m = Mirror(name)
+    m.step(2)
+    for clone in (pickle.loads(pickle.dumps(m.opt)), copy.deepcopy(m.opt)):
+        params = [p for g in clone.param_groups for p in g["params"]]
+        assert all(p is not q and np.array_equal(p, q) for p, q in zip(params, m.params))
+        before = [p.copy() for p in m.params]
+        clone.step(_grads(params, 3))
+        assert all(np.array_equal(a, b) for a, b in zip(before, m.params))   # the original is untouched
+        assert all(not np.array_equal(a, b) for a, b in zip(params, m.params))
+        assert int(clone.state[0]["step"]) == 3
+    m.step(1)
+    m.check()
+
+
+def test_views_of_one_base_train_and_overlaps_are_refused():
+    base = np.zeros(30)
+    a, b = base[:10], base[10:]
+    opt = fastlr.SGD([a, b], lr=0.1)
+    opt.step([np.ones(10), np.ones(20)])
+    assert np.allclose(base, -0.1)
+    with pytest.raises(ValueError, match="shares memory"):
+        fastlr.SGD([base[:10], base[5:15]])
+    opt.param_groups[0]["params"][1] = base[5:25]
+    with pytest.raises(ValueError, match="shares memory"):
+        opt.step([np.ones(10), np.ones(20)])
+    assert np.allclose(base, -0.1)
+
+
+def test_many_arrays_are_one_table_call(monkeypatch):
+    from fastlr.kernels import cpu
+    calls = []
+    for key, kernel in list(cpu.TABLE_KERNELS.items()):
+        monkeypatch.setitem(cpu.TABLE_KERNELS, key, lambda *a, _k=kernel, _n=key: calls.append(_n) or _k(*a))
+    params = _arrays(shapes=[(n,) for n in range(1, 60)])
+    opt = fastlr.Adam(params)
+    opt.step(_grads(params, 1))
+    assert len(calls) == 1
