@@ -198,6 +198,7 @@ class Front:
                 if type(first) in _COUNT_TYPES and 0 <= first <= _specs.MAX_STEP and first % 1 == 0 \
                         and all(map(operator.eq, steps, repeat(first))) \
                         and all(all(map(math.isfinite, map(operator.itemgetter(n), sts))) for n in spec.scalar_state):
+                    self.counted(unit, steps)
                     continue
             except (KeyError, TypeError, ValueError, RuntimeError):
                 pass
@@ -213,6 +214,10 @@ class Front:
                 _specs.step_count(where.format("step"), value)
                 for n in spec.scalar_state:
                     _specs.finite(where.format(n), st.get(n))
+
+    def counted(self, unit, steps):
+        """The unit's counts, as check_counts read and accepted them for this step (a front may keep them
+        for the launch)."""
 
     def set_scalar(self, pstate, name, value):
         pstate[name] = value

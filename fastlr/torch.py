@@ -29,6 +29,7 @@ import math
 import operator
 from collections import defaultdict
 from copy import deepcopy
+from itertools import repeat
 
 import numpy as np
 import torch
@@ -80,6 +81,9 @@ class _TorchFront(Front):
         return torch.full_like(param.detach(), init, dtype=dtype, memory_format=torch.preserve_format)
 
     def steps(self, pstates, cache):
+        read = cache.pop("read", None)
+        if read is not None and read[0] is pstates:   # read by check_counts just before, in this step
+            return read[1]
         counts = cache.get("steps")
         tensors = list(map(_step_of, pstates))
         if counts is None or not (_same(tensors, counts.tensors) and
@@ -105,11 +109,16 @@ class _TorchFront(Front):
     def check_counts(self, spec, units):
         if spec.name != "SGD":   # torch's states always hold a step count, except SGD's
             for unit in units:
+                if all(map(operator.contains, unit.pstates, repeat("step"))):
+                    continue
                 for r, st in enumerate(unit.pstates):
                     if "step" not in st:
                         raise ValueError(f"{unit.labels[r][2].format('step')}: missing (the state of {spec.name} "
                                          f"holds a step count); clear the param's state to start again")
         super().check_counts(spec, units)
+
+    def counted(self, unit, steps):
+        unit.front_cache["read"] = (unit.pstates, steps)   # the launch's steps() takes them, once
 
     def set_scalar(self, pstate, name, value):
         t = pstate.get(name)
