@@ -3,39 +3,86 @@
 Every buffer (dense, or a 2-D embedding table) is split by row range over ``num_shards``
 Ray actors; each shard holds its rows and one fastlr optimizer per buffer. Workers push
 dense gradients (``push``) or gradient rows (``push_rows(name, ids, rows)``, duplicates
-summed, lazy updates as ``step_rows``) and read back with ``pull`` / ``pull_rows``. NumPy
-arrays travel through Ray's object store (read zero-copy by the receiving process).
+summed, lazy updates as ``step_rows``) and read back with ``pull`` / ``pull_rows``.
 
 Modes:
 * ``"sync"``: each shard waits for one push per worker (``num_workers`` of them) for a
   buffer, averages the gradients in worker order and takes one optimizer step; a worker's
-  ``pull`` waits until the round it pushed to is applied. K workers each on their own
-  batch thus train exactly as one process on the union of the batches (mean loss).
-* ``"async"``: every push is applied at once as its own step; pulls never wait.
+  ``pull`` waits until the rounds it pushed to are applied (at most ``timeout`` seconds, then
+  a TimeoutError names the workers still missing). K workers each on their own batch thus
+  train exactly as one process on the union of the batches (mean loss).
+* ``"async"``: every push is applied at once as its own step; pulls never wait for others.
 
-Durability: with ``checkpoint_dir`` (a folder every shard can reach), each shard saves its
-params, optimizer states and step count atomically (temporary file, fsync, rename) every
-``checkpoint_every`` steps and on ``checkpoint()``; the initial values are written there
-first (a new server starts afresh, overwriting what the folder held). A shard actor that
-dies is restarted by Ray (``max_restarts``) from its last checkpoint; calls in flight are
-retried on the new actor (updates applied after the checkpoint are lost, as in any
-checkpoint-restart scheme) and training continues.
+Guarantees (docs/RELIABILITY.md, "Parameter server"):
+* Exactly once: pushes travel as numbered messages per (client, shard); a shard drops a number
+  it already holds (Ray retrying a call after a restart) and refuses one that skips numbers
+  (it lost messages when it restarted from its checkpoint); the client then resends, from the
+  messages it keeps until a checkpoint holds them. Sync rounds stay aligned across restarts.
+* Checkpoints (``checkpoint_dir``): pickle-free (.npz read with ``allow_pickle=False`` + a JSON
+  manifest), atomic, checksummed (fastlr.ps_checkpoint); taken every ``checkpoint_every``
+  optimizer steps of a shard, before the push that finds one due is applied, so a failed
+  write (disk full) refuses that push, unapplied, with the error. ``resume=True`` restores a
+  whole server; an existing checkpoint is never overwritten unless ``overwrite=True``.
+* Ray started here listens on 127.0.0.1 only (``init_ray``); ``address=`` joins a cluster as is.
+
+Throughput: a client coalesces its pushes per shard into one message of up to
+``batch_bytes`` (sent at the latest ``batch_delay`` seconds after its first push), copied once
+into a staging buffer and once into Ray's object store, which the shard reads zero-copy.
 
     ps = ParameterServer({"emb": np.zeros((10**6, 64), np.float32)}, "Adam", lr=1e-3,
                          num_shards=2, mode="async")
     ps.push_rows("emb", ids, grad_rows)
     rows = ps.pull_rows("emb", ids)
 
-Ray is imported only here, and started on the fly (a local instance with ``num_cpus``)
-unless it is already running or ``address`` names a cluster to join.
+Ray is imported only here, and started on the fly (``init_ray``: a local instance with
+``num_cpus``) unless it is already running or ``address`` names a cluster to join.
 """
 import collections
 import functools
 import os
+import threading
+import time
+import uuid
+import weakref
 
 import numpy as np
 
-__all__ = ["ParameterServer", "Client"]
+from .ps_checkpoint import CheckpointError, read_json, read_manifest, write_checkpoint, write_json
+from .ps_shard import Shard, shard_stem
+
+__all__ = ["ParameterServer", "Client", "CheckpointError", "init_ray"]
+
+SERVER_FILE = "server.json"
+_INLINE_BYTES = 100_000   # messages below this go inline with the call (Ray's own threshold)
+
+
+def init_ray(num_cpus=None, **kwargs):
+    """Start a local Ray whose servers all listen on 127.0.0.1 (not on every interface, as a plain
+    ``ray.init()`` does); `kwargs` go to ``ray.init``. Returns what ``ray.init`` returns.
+
+    Ray binds its gRPC servers and agents to the node address, which it replaces with the
+    machine's network address unless clustering is off (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0);
+    this sets that for the start, asks for the node address 127.0.0.1, and checks the result.
+    """
+    import ray
+    from ray._private import ray_constants   # read by ray at start; the variable only reaches new processes
+    env, flag = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ctx = ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1",
+                       **{"include_dashboard": False, **kwargs})
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = flag
+        if env is None:
+            os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+        else:
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = env
+    address = ray.util.get_node_ip_address()
+    if address != "127.0.0.1":
+        ray.shutdown()
+        raise RuntimeError(f"init_ray: Ray came up on {address}, not on 127.0.0.1; stopped it")
+    return ctx
 
 
 class ParameterServer:
@@ -44,85 +91,181 @@ class ParameterServer:
     optimizer: a fastlr optimizer name ("Adam", "RowWiseAdagrad", ...), class, or a callable
         ``make(array) -> optimizer``; ``**optimizer_kwargs`` go to the class.
     mode: "sync" (``num_workers`` pushes averaged per step) or "async".
-    checkpoint_dir, checkpoint_every: where and how often (in steps of a shard) shards save
-        themselves; checkpoint() saves on request. max_restarts: Ray restarts of a dead shard
-        (default 3 with checkpoint_dir, else 0: without checkpoints a restart would start over).
+    checkpoint_dir: a folder every shard can reach. The initial values go there first; each
+        shard saves itself every ``checkpoint_every`` optimizer steps (default 100) and on
+        checkpoint(). A shard that dies is restarted by Ray (``max_restarts``, default 3 with
+        checkpoint_dir, else 0) from its checkpoint, and clients resend what it lacks.
+    resume: restore every shard (rows, optimizer states, sync rounds, message numbers) from
+        checkpoint_dir; `params` may then be None (the layout is read back) or must match it.
+        Without resume, a folder that holds a checkpoint is an error unless ``overwrite=True``.
+    timeout: seconds a call waits for a sync round or a shard's reply before a TimeoutError.
+    batch_bytes, batch_delay: a client's pushes to one shard are coalesced up to this many bytes,
+        sent at the latest batch_delay seconds after the first (0: every push sent at once).
     address: join this Ray cluster; otherwise a running Ray is used, or a local one is started
-        with ``num_cpus`` CPUs (and ``ray_init`` passed to ``ray.init``).
-    threads_per_shard: numba threads of each shard process (None: numba's default; 1 by
-        default, as shards share the machine with workers and other shards).
+        by init_ray (127.0.0.1 only) with ``num_cpus`` CPUs (and ``ray_init`` passed on).
+    threads_per_shard: numba threads of each shard process (None: numba's default).
 
     Workers use ``client(worker)`` (or the same methods here, with ``worker=``): push,
-    push_rows, pull, pull_rows, wait.
+    push_rows, pull, pull_rows, flush, wait.
     """
 
-    def __init__(self, params, optimizer="Adam", *, num_shards=2, mode="sync", num_workers=1,
-                 checkpoint_dir=None, checkpoint_every=None, max_restarts=None, address=None, num_cpus=2,
+    def __init__(self, params=None, optimizer="Adam", *, num_shards=2, mode="sync", num_workers=1,
+                 checkpoint_dir=None, checkpoint_every=None, resume=False, overwrite=False, max_restarts=None,
+                 timeout=120.0, batch_bytes=8 << 20, batch_delay=0.005, address=None, num_cpus=2,
                  threads_per_shard=1, ray_init=None, **optimizer_kwargs):
         if mode not in ("sync", "async"):
             raise ValueError(f"mode: expected 'sync' or 'async', got {mode!r}")
         for name, value in (("num_shards", num_shards), ("num_workers", num_workers)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-        if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+        if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or
+                                             not isinstance(checkpoint_every, int) or checkpoint_every < 1):
             raise ValueError(f"checkpoint_every: expected an integer >= 1 or None, got {checkpoint_every!r}")
-        if not isinstance(params, dict) or not params:
-            raise TypeError("params: expected a non-empty dict of name -> NumPy array")
-        layout = {}
-        for name, a in params.items():
-            if not isinstance(a, np.ndarray) or a.ndim < 1 or a.dtype not in (np.float32, np.float64):
-                raise TypeError(f"params[{name!r}]: expected a float32/float64 NumPy array with at least 1 "
-                                f"dimension, got {type(a).__name__} {getattr(a, 'dtype', '')}")
-            bounds = [k * a.shape[0] // num_shards for k in range(num_shards + 1)]
-            layout[name] = _Layout(tuple(a.shape), a.dtype, bounds)
+        for name, value in (("timeout", timeout), ("batch_delay", batch_delay), ("batch_bytes", batch_bytes)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+        if (resume or overwrite) and checkpoint_dir is None:
+            raise ValueError("resume/overwrite: need checkpoint_dir")
+        if resume and overwrite:
+            raise ValueError("resume and overwrite: choose one")
+        directory = os.path.abspath(checkpoint_dir) if checkpoint_dir is not None else None
+        if resume:
+            layout, params = self._saved_layout(directory, params, num_shards, mode, num_workers)
+        else:
+            layout = self._layout(params, num_shards)
         make = _optimizer_factory(optimizer, optimizer_kwargs)
-        for a in params.values():  # bad options fail here, not in an actor
-            make(np.zeros((2,) + a.shape[1:], a.dtype))
+        for lay in layout.values():  # bad options fail here, not in an actor
+            make(np.zeros((2,) + lay.shape[1:], lay.dtype))
+        if directory is not None and not resume:
+            self._claim(directory, overwrite)
+            self._write_initial(directory, params, layout, num_shards, mode, num_workers, optimizer)
+
         import ray
         self._owns_ray = False
         if not ray.is_initialized():
             if address is not None:
                 ray.init(address=address, **(ray_init or {}))
             else:
-                ray.init(num_cpus=num_cpus, include_dashboard=False, **(ray_init or {}))
+                init_ray(num_cpus=num_cpus, **(ray_init or {}))
                 self._owns_ray = True
-        if checkpoint_dir is not None:
-            checkpoint_dir = os.path.abspath(checkpoint_dir)
-            os.makedirs(checkpoint_dir, exist_ok=True)
         if max_restarts is None:
-            max_restarts = 3 if checkpoint_dir else 0
-        options = dict(max_restarts=max_restarts, max_task_retries=-1 if max_restarts else 0)
+            max_restarts = 3 if directory else 0
+        options = dict(max_restarts=max_restarts, max_task_retries=-1 if max_restarts else 0, num_cpus=0)
         if threads_per_shard is not None:
             options["runtime_env"] = {"env_vars": {"NUMBA_NUM_THREADS": str(threads_per_shard)}}
-        actor = ray.remote(_Shard).options(**options)
+        actor = ray.remote(Shard).options(**options)
+        every = (checkpoint_every or 100) if directory else None
         self.shards = []
+        for k in range(num_shards):
+            slices = None
+            if directory is None:   # with checkpoints, a (re)started shard reads its rows from there
+                slices = {name: np.ascontiguousarray(a[lay.bounds[k]:lay.bounds[k + 1]])
+                          for name, a in params.items() if (lay := layout[name]).bounds[k + 1] > lay.bounds[k]}
+            self.shards.append(actor.remote(k, slices, make, mode, num_workers, directory, every, timeout))
+        self.layout, self.mode, self.num_workers = layout, mode, num_workers
+        self.checkpoint_dir, self.timeout = directory, timeout
+        self._client_options = dict(batch_bytes=int(batch_bytes), batch_delay=float(batch_delay), timeout=timeout,
+                                    replay=directory is not None)
+        self._clients = {}
+        try:
+            ray.get([s.info.remote() for s in self.shards], timeout=timeout)  # up, with their optimizers built
+        except Exception:
+            self.shutdown()
+            raise
+
+    # ------------------------------------------------------------ construction helpers
+    @staticmethod
+    def _layout(params, num_shards):
+        if not isinstance(params, dict) or not params:
+            raise TypeError("params: expected a non-empty dict of name -> NumPy array")
+        layout = {}
+        for name, a in params.items():
+            if not isinstance(name, str):
+                raise TypeError(f"params: expected str names, got {name!r}")
+            if not isinstance(a, np.ndarray) or a.ndim < 1 or a.dtype not in (np.float32, np.float64):
+                raise TypeError(f"params[{name!r}]: expected a float32/float64 NumPy array with at least 1 "
+                                f"dimension, got {type(a).__name__} {getattr(a, 'dtype', '')}")
+            bounds = [k * a.shape[0] // num_shards for k in range(num_shards + 1)]
+            layout[name] = _Layout(tuple(a.shape), a.dtype, bounds)
+        return layout
+
+    @staticmethod
+    def _claim(directory, overwrite):
+        """Make sure starting afresh in `directory` destroys no checkpoint silently."""
+        os.makedirs(directory, exist_ok=True)
+        ours = [n for n in os.listdir(directory)
+                if n.startswith((SERVER_FILE, "shard-")) and n.endswith((".json", ".npz", ".tmp", ".pkl"))]
+        if ours and not overwrite:
+            raise FileExistsError(f"checkpoint_dir: {directory} already holds a parameter-server checkpoint "
+                                  f"({', '.join(sorted(ours)[:4])}{', ...' if len(ours) > 4 else ''}); pass "
+                                  f"resume=True to continue from it or overwrite=True to start afresh")
+        for n in ours:
+            os.unlink(os.path.join(directory, n))
+
+    @staticmethod
+    def _write_initial(directory, params, layout, num_shards, mode, num_workers, optimizer):
+        """The initial rows of every shard, then server.json (the layout) last: a folder with a
+        server.json holds a complete checkpoint."""
         for k in range(num_shards):
             slices = {name: np.ascontiguousarray(a[lay.bounds[k]:lay.bounds[k + 1]])
                       for name, a in params.items() if (lay := layout[name]).bounds[k + 1] > lay.bounds[k]}
-            path = None
-            if checkpoint_dir:  # the initial rows go to the checkpoint: a restart never needs them as arguments
-                path = os.path.join(checkpoint_dir, f"shard-{k}.pkl")
-                _save(path, {"steps": 0, "params": slices, "optim": None})
-                slices = None
-            self.shards.append(actor.remote(k, slices, make, mode, num_workers, path, checkpoint_every))
-        self.layout, self.mode, self.num_workers = layout, mode, num_workers
-        self.checkpoint_dir = checkpoint_dir
-        self._clients = {}
-        ray.get([s.info.remote() for s in self.shards])  # up, with their optimizers built
+            tree = {"params": slices, "optim": None, "seq": {}, "rounds": dict.fromkeys(slices, 0),
+                    "queues": {name: {w: [] for w in range(num_workers)} for name in slices}}
+            write_checkpoint(directory, shard_stem(k), {"index": k, "steps": 0, "mode": mode,
+                                                        "num_workers": num_workers}, tree)
+        write_json(os.path.join(directory, SERVER_FILE), {
+            "num_shards": num_shards, "mode": mode, "num_workers": num_workers,
+            "optimizer": optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", repr(optimizer)),
+            "layout": {name: {"shape": list(lay.shape), "dtype": lay.dtype.str, "bounds": lay.bounds}
+                       for name, lay in layout.items()}})
 
+    @staticmethod
+    def _saved_layout(directory, params, num_shards, mode, num_workers):
+        """The layout in checkpoint_dir, checked against what the caller asks for."""
+        server = os.path.join(directory, SERVER_FILE)
+        if not os.path.exists(server):
+            legacy = [n for n in os.listdir(directory) if n.endswith(".pkl")] if os.path.isdir(directory) else []
+            hint = f" (pickle checkpoints such as {legacy[0]} are never loaded)" if legacy else ""
+            raise FileNotFoundError(f"checkpoint_dir: no parameter-server checkpoint in {directory}{hint}")
+        saved = read_json(server)
+        for what, want, got in (("num_shards", num_shards, saved["num_shards"]), ("mode", mode, saved["mode"]),
+                                ("num_workers", num_workers, saved["num_workers"])):
+            if want != got:
+                raise ValueError(f"{what}: the checkpoint in {directory} was made with {what}={got!r}, got {want!r}")
+        layout = {name: _Layout(tuple(v["shape"]), np.dtype(v["dtype"]), list(v["bounds"]))
+                  for name, v in saved["layout"].items()}
+        if params is not None:
+            given = ParameterServer._layout(params, num_shards)
+            if {n: (v.shape, v.dtype) for n, v in given.items()} != {n: (v.shape, v.dtype) for n, v in layout.items()}:
+                raise ValueError(f"params: expected the buffers saved in {directory}: "
+                                 f"{ {n: (v.shape, str(v.dtype)) for n, v in layout.items()} }")
+        if mode == "sync":   # every shard must be at the same round, none mid-round
+            metas = [read_manifest(directory, shard_stem(k))["meta"] for k in range(num_shards)]
+            rounds = {name: {m["index"]: m["rounds"][name] for m in metas if name in m.get("rounds", {})}
+                      for name in layout}
+            queued = [m["index"] for m in metas if any(any(q.values()) for q in m.get("queued", {}).values())]
+            split = [name for name, r in rounds.items() if len(set(r.values())) > 1]
+            if split or queued:
+                raise ValueError(f"resume: the shards in {directory} were saved at different sync rounds "
+                                 f"({ {n: rounds[n] for n in split} }) or mid-round (shards {queued}); sync mode "
+                                 f"resumes from a checkpoint() taken between rounds")
+        return layout, None
+
+    # ------------------------------------------------------------ the driver's own clients
     def client(self, worker=0):
         """The handle worker `worker` pushes and pulls through (sync mode: 0 <= worker < num_workers); picklable."""
         if worker not in self._clients:
-            self._clients[worker] = Client(self.shards, self.layout, self.mode, self.num_workers, worker)
+            self._clients[worker] = Client(self.shards, self.layout, self.mode, self.num_workers, worker,
+                                           **self._client_options)
         return self._clients[worker]
 
-    def push(self, name, grad, worker=0):
+    def push(self, name, grad, worker=0, wait=False):
         """Client.push as worker `worker`."""
-        self.client(worker).push(name, grad)
+        self.client(worker).push(name, grad, wait=wait)
 
-    def push_rows(self, name, ids, rows, worker=0):
+    def push_rows(self, name, ids, rows, worker=0, wait=False):
         """Client.push_rows as worker `worker`."""
-        self.client(worker).push_rows(name, ids, rows)
+        self.client(worker).push_rows(name, ids, rows, wait=wait)
 
     def pull(self, name, worker=0):
         """Client.pull as worker `worker`."""
@@ -133,26 +276,29 @@ class ParameterServer:
         return self.client(worker).pull_rows(name, ids)
 
     def wait(self):
-        """Block until every push made through this server's clients is taken by its shard."""
+        """Block until every push made through this server's own clients is taken by its shard."""
         for c in self._clients.values():
             c.wait()
 
     def checkpoint(self):
-        """Save every shard now (atomically); returns each shard's step count."""
+        """Save every shard now (after this server's own clients' pushes are taken); returns each
+        shard's step count. A failed write raises CheckpointError; the previous files stay."""
         import ray
         self.wait()
-        return ray.get([s.checkpoint.remote() for s in self.shards])
+        return ray.get([s.checkpoint.remote() for s in self.shards], timeout=self.timeout)
 
     def info(self):
         """Per shard (after pushes in flight are taken): index, steps, process id, the step it was
-        restored from (None) and whether Ray restarted it."""
+        restored from (None), whether Ray restarted it, sync rounds per buffer."""
         import ray
         self.wait()
-        return ray.get([s.info.remote() for s in self.shards])
+        return ray.get([s.info.remote() for s in self.shards], timeout=self.timeout)
 
     def shutdown(self):
-        """Stop the shard actors (and the local Ray, if this server started it)."""
+        """Stop the shard actors (and the local Ray, if this server started it); checkpoints stay."""
         import ray
+        for c in self._clients.values():
+            c.close()
         for s in self.shards:
             ray.kill(s, no_restart=True)
         self.shards = []
@@ -173,53 +319,95 @@ class _Layout(collections.namedtuple("_Layout", "shape dtype bounds")):
         return [k for k in range(len(self.bounds) - 1) if self.bounds[k + 1] > self.bounds[k]]
 
 
-class Client:
-    """A worker's handle on the server: push, push_rows, pull, pull_rows. Picklable (send it to
-    Ray tasks or actors). Pushes are asynchronous, at most `max_inflight` per client in flight;
-    wait() blocks until all are taken. Arguments are checked here, before anything is sent."""
+class _Link:
+    """A client's stream of messages to one shard."""
 
-    def __init__(self, shards, layout, mode, num_workers, worker, max_inflight=8):
+    def __init__(self, batch_bytes):
+        self.sent = 0                          # number of the last message sent
+        self.items, self.nbytes, self.since = [], 0, None   # staged, not yet sent
+        self.stage = np.empty(batch_bytes + 64, np.uint8) if batch_bytes else None
+        self.used = 0                          # bytes of `stage` holding staged items
+        self.inflight = collections.deque()    # (seq, reply ref, epoch)
+        self.log = collections.OrderedDict()   # seq -> payload, until the shard has it for good
+        self.epoch = 0                         # bumped at each resend: replies to older sends are stale
+        self.dirty = False                     # the shard refused a message: resend before going on
+
+    def take(self, arrays):
+        """Copies of `arrays` (None entries stay None) in the stage, or None when they do not fit."""
+        spans, end = [], self.used
+        for a in arrays:
+            if a is not None:
+                start = -(-end // 64) * 64
+                end = start + a.nbytes
+                spans.append((start, end))
+        if self.stage is None or end > self.stage.size:
+            return None
+        self.used = end
+        out, spans = [], iter(spans)
+        for a in arrays:
+            if a is None:
+                out.append(None)
+                continue
+            start, stop = next(spans)
+            view = self.stage[start:stop].view(a.dtype).reshape(a.shape)
+            np.copyto(view, a)
+            out.append(view)
+        return out
+
+
+class Client:
+    """A worker's handle on the server: push, push_rows, pull, pull_rows, flush, wait. Picklable
+    (send it to Ray tasks or actors; each copy is a client of its own). Arguments are checked
+    here, before anything is staged or sent.
+
+    Pushes are pipelined: staged per shard (copied, so the caller may reuse its arrays at once),
+    sent as one message per shard when `batch_bytes` are staged, `batch_delay` seconds after
+    the first, or at flush/wait/pull; at most `max_inflight` messages per shard in flight. An
+    error of a pipelined push (a shard that could not write its checkpoint refuses the message,
+    unapplied) is raised by this client's next call, which then does nothing; the refused
+    messages are resent by the call after (``push(..., wait=True)`` raises it in the push itself).
+    """
+
+    def __init__(self, shards, layout, mode, num_workers, worker, *, batch_bytes=8 << 20, batch_delay=0.005,
+                 timeout=120.0, replay=True, max_inflight=4):
         top = num_workers if mode == "sync" else None  # sync rounds count pushes per worker id
         if isinstance(worker, bool) or not isinstance(worker, int) or worker < 0 or (top and worker >= top):
             raise ValueError(f"worker: expected an integer in [0, {top or 'inf'}), got {worker!r}")
         self.shards, self.layout, self.mode, self.worker = shards, layout, mode, worker
-        self.max_inflight = max_inflight
-        self._inflight = collections.deque()
+        self.batch_bytes, self.batch_delay, self.timeout = batch_bytes, batch_delay, timeout
+        self.replay, self.max_inflight = replay, max_inflight
+        self._start()
+
+    def _start(self):
+        self.id = uuid.uuid4().hex   # message numbers are per client id: every copy gets its own
+        self._lock = threading.RLock()
+        self._links = [_Link(self.batch_bytes) for _ in self.shards]
+        self._flusher = None
+        self._errors = []   # met by the background flusher, raised by the next call
+
+    _CONFIG = ("shards", "layout", "mode", "worker", "batch_bytes", "batch_delay", "timeout", "replay",
+               "max_inflight")
 
     def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_inflight"] = collections.deque()
-        return state
+        return {k: self.__dict__[k] for k in self._CONFIG}
 
-    def _buffer(self, name):
-        try:
-            return self.layout[name]
-        except KeyError:
-            raise KeyError(f"name: no buffer {name!r} on this server (it has {sorted(self.layout)})") from None
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._start()
 
-    def _send(self, refs):
-        import ray
-        self._inflight.extend(refs)
-        while len(self._inflight) > self.max_inflight:
-            ray.get(self._inflight.popleft())
-
-    def wait(self):
-        import ray
-        while self._inflight:
-            ray.get(self._inflight.popleft())
-
-    def push(self, name, grad):
-        """The gradient of a whole buffer (its shape and dtype)."""
+    # ------------------------------------------------------------ public calls
+    def push(self, name, grad, wait=False):
+        """The gradient of a whole buffer (its shape and dtype). wait: send now and raise any error
+        of this push here (else pipelined, see the class)."""
         lay = self._buffer(name)
         grad = np.asarray(grad)
         if grad.shape != lay.shape or grad.dtype != lay.dtype:
             raise ValueError(f"grad: expected shape {lay.shape} and dtype {lay.dtype} (as {name!r}), got "
                              f"{grad.shape} {grad.dtype}")
         b = lay.bounds
-        self._send([self.shards[k].push.remote(name, np.ascontiguousarray(grad[b[k]:b[k + 1]]), self.worker)
-                    for k in lay.shards()])
+        self._push(name, [(k, None, grad[b[k]:b[k + 1]]) for k in lay.shards()], wait)
 
-    def push_rows(self, name, ids, rows):
+    def push_rows(self, name, ids, rows, wait=False):
         """Gradient rows of a 2-D buffer: rows[j] for row ids[j] (duplicates are summed)."""
         lay = self._buffer(name)
         ids, parts = self._split(name, lay, ids)
@@ -227,35 +415,55 @@ class Client:
         if rows.shape != (ids.size, lay.shape[1]) or rows.dtype != lay.dtype:
             raise ValueError(f"rows: expected shape ({ids.size}, {lay.shape[1]}) and dtype {lay.dtype} (one row "
                              f"of {name!r} per id), got {rows.shape} {rows.dtype}")
-        refs = []
+        per_shard = []
         for k, (sel, local) in parts.items():
             if local.size or self.mode == "sync":  # in sync mode every shard counts this worker's push
-                refs.append(self.shards[k].push_rows.remote(name, local, np.ascontiguousarray(rows[sel]),
-                                                            self.worker))
-        self._send(refs)
+                per_shard.append((k, local, rows if sel is None else rows[sel]))
+        self._push(name, per_shard, wait)
 
     def pull(self, name):
-        """The whole buffer (in sync mode: after the round of this worker's last push is applied)."""
-        import ray
+        """The whole buffer (in sync mode: after the rounds of this worker's pushes are applied)."""
         lay = self._buffer(name)
-        self.wait()
-        return np.concatenate(ray.get([self.shards[k].pull.remote(name, self.worker) for k in lay.shards()]))
+        got = self._pull(name, {k: None for k in lay.shards()})
+        return np.concatenate([got[k] for k in lay.shards()])
 
     def pull_rows(self, name, ids):
         """Rows ids of a 2-D buffer, as an array (len(ids), dim)."""
-        import ray
         lay = self._buffer(name)
         ids, parts = self._split(name, lay, ids)
-        self.wait()
+        keys = {k: local for k, (_, local) in parts.items() if local.size}
+        got = self._pull(name, keys)
         out = np.empty((ids.size,) + lay.shape[1:], lay.dtype)
-        keys = [k for k, (_, local) in parts.items() if local.size]
-        for k, got in zip(keys, ray.get([self.shards[k].pull_rows.remote(name, parts[k][1], self.worker)
-                                         for k in keys])):
-            out[parts[k][0]] = got
+        for k in keys:
+            sel = parts[k][0]
+            out[slice(None) if sel is None else sel] = got[k]
         return out
 
+    def flush(self):
+        """Send every staged push now (without waiting for replies)."""
+        with self._lock:
+            for k in range(len(self._links)):
+                self._send(k)
+
+    def wait(self):
+        """Send what is staged and block until every push is taken by its shard (raises their errors)."""
+        with self._lock:
+            self._settle()
+
+    def close(self):
+        """Stop the background flusher (staged pushes are dropped)."""
+        with self._lock:
+            self._links = [_Link(0) for _ in self.shards]
+
+    # ------------------------------------------------------------ argument checks
+    def _buffer(self, name):
+        try:
+            return self.layout[name]
+        except (KeyError, TypeError):
+            raise KeyError(f"name: no buffer {name!r} on this server (it has {sorted(self.layout)})") from None
+
     def _split(self, name, lay, ids):
-        """(ids, {shard: (positions in ids, shard-local ids)}) for every shard of the buffer."""
+        """(ids, {shard: (positions in ids or None for all, shard-local int64 ids)})."""
         if len(lay.shape) != 2:
             raise ValueError(f"name: {name!r} has shape {lay.shape}; row access needs a 2-D table")
         ids = np.asarray(ids)
@@ -264,15 +472,219 @@ class Client:
         if ids.dtype.kind not in "iu" or ids.ndim != 1:
             raise TypeError(f"ids: expected a 1-D array of integer row ids, got {ids.dtype} of shape {ids.shape}")
         n = lay.shape[0]
-        bad = np.flatnonzero((ids < 0) | (ids >= n))
-        if bad.size:
-            raise IndexError(f"ids[{bad[0]}]: row id {ids[bad[0]]} is out of range for {name!r} with {n} rows")
+        if ids.size and (ids.min() < 0 or ids.max() >= n):
+            bad = np.flatnonzero((ids < 0) | (ids >= n))[0]
+            raise IndexError(f"ids[{bad}]: row id {ids[bad]} is out of range for {name!r} with {n} rows")
+        owners = lay.shards()
+        if len(owners) == 1:
+            local = ids.astype(np.int64, copy=False)
+            return ids, {owners[0]: (None, local - lay.bounds[owners[0]] if lay.bounds[owners[0]] else local)}
         shard = np.searchsorted(lay.bounds, ids, side="right") - 1
         parts = {}
-        for k in lay.shards():
+        for k in owners:
             sel = np.flatnonzero(shard == k)
             parts[k] = (sel, ids[sel].astype(np.int64) - lay.bounds[k])
         return ids, parts
+
+    # ------------------------------------------------------------ pushes
+    def _push(self, name, per_shard, wait):
+        with self._lock:
+            self._reap(block=False)   # errors of earlier pipelined pushes surface here, before any change
+            if any(link.dirty for link in self._links):
+                self._settle()        # resend what a shard refused or lost, before anything new
+            for k, ids, grad in per_shard:
+                self._stage(k, name, ids, grad)
+            now = time.monotonic()
+            for k, link in enumerate(self._links):
+                if link.items and (wait or link.nbytes >= self.batch_bytes or now - link.since >= self.batch_delay):
+                    self._send(k)
+            if wait:
+                self._settle()
+            elif any(link.items for link in self._links):
+                self._wake_flusher()
+
+    def _stage(self, k, name, ids, grad):
+        """Copy one item into shard k's stage (sending the stage first when it is full); an item larger
+        than a stage is sent at once, as it is (sending copies it)."""
+        link = self._links[k]
+        nbytes = grad.nbytes + (0 if ids is None else ids.nbytes)
+        if link.items and link.nbytes + nbytes > self.batch_bytes:
+            self._send(k)
+        copies = link.take([ids, grad])
+        if not link.items:
+            link.since = time.monotonic()
+        link.items.append((name, *(copies or [ids, grad])))
+        link.nbytes += nbytes
+        if copies is None:
+            self._send(k)
+
+    def _send(self, k):
+        """Send shard k's staged items as its next message."""
+        link = self._links[k]
+        if not link.items:
+            return
+        import ray
+        items, nbytes = link.items, link.nbytes
+        link.items, link.nbytes, link.used, link.since = [], 0, 0, None
+        if nbytes >= _INLINE_BYTES:
+            payload = ray.put(items)   # one copy into the object store; the shard reads it in place
+        else:  # small: travels inside the call; keep our own copy for resending (the stage is reused)
+            payload = items = [(n, None if i is None else i.copy(), g.copy()) for n, i, g in items]
+        link.sent += 1
+        link.log[link.sent] = payload
+        link.inflight.append((link.sent, self.shards[k].push.remote(self.id, link.sent, self.worker, payload),
+                              link.epoch))
+        while len(link.inflight) > self.max_inflight:
+            self._reap_one(k)
+
+    def _reap(self, block):
+        """Take the replies that are in (block: all of them); raise the first error met."""
+        import ray
+        error = self._errors.pop(0) if self._errors else None
+        for k, link in enumerate(self._links):
+            while link.inflight:
+                if not block:
+                    ready, _ = ray.wait([link.inflight[0][1]], timeout=0)
+                    if not ready:
+                        break
+                try:
+                    self._reap_one(k)
+                except Exception as e:
+                    error = error or e
+        if error is not None:
+            raise error
+
+    def _reap_one(self, k):
+        """The reply to shard k's oldest message in flight."""
+        import ray
+        link = self._links[k]
+        seq, ref, epoch = link.inflight.popleft()
+        try:
+            status, last, durable, _ = self._get(ref, k)
+        except CheckpointError as e:
+            link.dirty = True
+            raise CheckpointError(f"push to shard {k} (message {seq} of this client) was refused and not applied: "
+                                  f"the shard could not write its checkpoint; it is resent by this client's "
+                                  f"call after next ({_cause(e)})") from e
+        except Exception:
+            link.dirty = True
+            raise
+        if status == "gap" and epoch == link.epoch:
+            link.dirty = True   # the shard lost messages (restarted) or refused one: resend from `last`
+        self._forget(link, durable if self.replay else last)
+
+    def _forget(self, link, upto):
+        """Drop logged messages the shard holds for good (checkpointed, or without checkpoints: taken)."""
+        while link.log and next(iter(link.log)) <= upto:
+            link.log.popitem(last=False)
+
+    def _settle(self):
+        """Send everything staged, take every reply, resend what shards lack, until all is taken."""
+        deadline = time.monotonic() + self.timeout
+        for k in range(len(self._links)):
+            self._send(k)
+        while True:
+            self._reap(block=True)
+            dirty = [k for k, link in enumerate(self._links) if link.dirty]
+            if not dirty:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"shards {dirty}: pushes still not taken after {self.timeout} s of resending")
+            for k in dirty:
+                self._resend(k)
+
+    def _resend(self, k):
+        """Ask shard k which message of ours it holds last, and send the ones after it again."""
+        link = self._links[k]
+        link.dirty = False
+        last, durable, _ = self._get(self.shards[k].last_seq.remote(self.id), k)
+        self._forget(link, durable if self.replay else last)
+        if last >= link.sent:
+            return
+        if not link.log or next(iter(link.log)) > last + 1:
+            raise RuntimeError(f"shard {k}: holds this client's messages up to {last} of {link.sent}, and "
+                               f"messages {last + 1}... are no longer kept here (was its checkpoint removed?)")
+        link.epoch += 1
+        for seq, payload in link.log.items():
+            if seq > last:
+                link.inflight.append((seq, self.shards[k].push.remote(self.id, seq, self.worker, payload),
+                                      link.epoch))
+
+    def _get(self, ref, k):
+        import ray
+        try:
+            return ray.get(ref, timeout=self.timeout * 1.5 + 10)
+        except ray.exceptions.GetTimeoutError:
+            raise TimeoutError(f"shard {k}: no reply within {self.timeout * 1.5 + 10:.0f} s") from None
+        except ray.exceptions.ActorDiedError as e:
+            raise RuntimeError(f"shard {k} died and is not restarted any more (give the server a checkpoint_dir "
+                               f"and max_restarts): {e}") from e
+
+    # ------------------------------------------------------------ pulls
+    def _pull(self, name, keys):
+        """{shard: rows} for shard -> local ids (None: the whole slice), once each shard holds every push of
+        this client (and, in sync mode, has applied their rounds)."""
+        with self._lock:
+            self._settle()
+            got, deadline = {}, time.monotonic() + self.timeout
+            todo = dict(keys)
+            while todo:
+                refs = {k: self.shards[k].pull.remote(self.id, self._links[k].sent, self.worker, name, ids)
+                        for k, ids in todo.items()}
+                for k, ref in refs.items():
+                    status, value, extra, _ = self._get(ref, k)
+                    if status == "ok":
+                        got[k] = value
+                        self._forget(self._links[k], extra if self.replay else self._links[k].sent)
+                        del todo[k]
+                    elif status == "timeout":
+                        raise TimeoutError(f"pull {name!r}: shard {k} waited {self.timeout} s for sync round "
+                                           f"{value}; no push yet from workers {extra}")
+                    else:   # gap: the shard restarted and lacks some of our messages
+                        self._links[k].dirty = True
+                if todo:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"pull {name!r}: shards {sorted(todo)} still lack this client's pushes")
+                    self._settle()
+            return got
+
+    # ------------------------------------------------------------ the latency budget
+    def _wake_flusher(self):
+        if self._flusher is None or not self._flusher.is_alive():
+            self._flusher = threading.Thread(target=_flush_loop, args=(weakref.ref(self),), daemon=True,
+                                             name="fastlr-ps-flusher")
+            self._flusher.start()
+
+
+def _flush_loop(ref):
+    """Send a client's staged pushes once they are batch_delay old; ends when nothing is staged."""
+    while True:
+        client = ref()
+        if client is None:
+            return
+        with client._lock:
+            links = [link for link in client._links if link.items]
+            if not links:
+                client._flusher = None
+                return
+            oldest = min(link.since for link in links)
+            due = oldest + client.batch_delay - time.monotonic()
+            if due <= 0:
+                try:
+                    for k, link in enumerate(client._links):
+                        if link.items and time.monotonic() - link.since >= client.batch_delay:
+                            client._send(k)
+                except Exception as e:   # raised by the client's next call
+                    client._errors.append(e)
+                continue
+        del client
+        time.sleep(max(due, 1e-4))
+
+
+def _cause(error):
+    """The message of the exception a Ray task raised, without Ray's traceback."""
+    cause = getattr(error, "cause", None)
+    return str(cause if cause is not None else error).strip().splitlines()[-1]
 
 
 def _optimizer_factory(optimizer, kwargs):
@@ -291,132 +703,3 @@ def _optimizer_factory(optimizer, kwargs):
     raise TypeError("optimizer: expected a fastlr optimizer name or class (options as keyword arguments), "
                     f"or a callable make(array) -> optimizer without them; got {optimizer!r}")
 
-
-def _save(path, state):
-    """Write state atomically: a temporary file, fsync, rename over `path`, fsync the folder."""
-    from ray import cloudpickle
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        cloudpickle.dump(state, f, protocol=5)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    directory = os.open(os.path.dirname(path), os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a crash
-    finally:
-        os.close(directory)
-
-
-class _Shard:
-    """One Ray actor: rows of every buffer, an optimizer for each, sync rounds, checkpoints."""
-
-    def __init__(self, index, slices, make, mode, num_workers, path, every):
-        import asyncio
-        self.index, self.mode, self.num_workers, self.path, self.every = index, mode, num_workers, path, every
-        if path is not None:
-            from ray import cloudpickle
-            with open(path, "rb") as f:
-                saved = cloudpickle.load(f)
-            self.params, self.steps = saved["params"], saved["steps"]
-        else:  # own, writeable copies of the initial rows (object-store arrays are read-only)
-            self.params, self.steps = {name: np.array(a) for name, a in slices.items()}, 0
-        self.restarted = _reconstructed()
-        self.restored_from = self.steps if self.restarted else None
-        self.opts = {name: make(p) for name, p in self.params.items()}
-        if path is not None and saved["optim"] is not None:
-            for name, opt in self.opts.items():
-                opt.load_state_dict(saved["optim"][name])
-        # sync rounds, counted from this actor's start: a restart loses only unapplied pushes
-        self.rounds = dict.fromkeys(self.params, 0)
-        self.pushed = {name: collections.Counter() for name in self.params}
-        self.pending = {name: {} for name in self.params}
-        self.cond = asyncio.Condition()
-
-    # ------------------------------------------------------------ updates
-    async def push(self, name, grad, worker):
-        await self._submit(name, worker, ("dense", grad))
-
-    async def push_rows(self, name, ids, rows, worker):
-        await self._submit(name, worker, ("rows", ids, rows))
-
-    async def _submit(self, name, worker, item):
-        if self.mode == "async":
-            self._apply(name, [item], 1.0)
-            return
-        async with self.cond:
-            # one push per worker per round: a second one waits for the next round
-            await self.cond.wait_for(lambda: worker not in self.pending[name])
-            self.pending[name][worker] = item
-            self.pushed[name][worker] += 1
-            if len(self.pending[name]) == self.num_workers:
-                pending, self.pending[name] = self.pending[name], {}
-                try:
-                    self._apply(name, [pending[w] for w in sorted(pending)], 1.0 / self.num_workers)
-                finally:
-                    self.rounds[name] += 1
-                    self.cond.notify_all()
-
-    def _apply(self, name, items, scale):
-        """One optimizer step with the sum of the items' gradients times scale."""
-        from .sparse import step_rows
-        kinds = {item[0] for item in items}
-        if len(kinds) > 1:
-            raise ValueError(f"{name!r}: push and push_rows mixed in one synchronous round")
-        opt = self.opts[name]
-        if "dense" in kinds:
-            total = np.array(items[0][1])
-            for item in items[1:]:
-                total += item[1]
-            if scale != 1.0:
-                total *= scale
-            opt.step(total)
-        else:
-            ids = np.concatenate([item[1] for item in items])
-            rows = np.concatenate([item[2] for item in items])
-            if scale != 1.0:
-                rows = rows * rows.dtype.type(scale)
-            step_rows(opt, None, ids, rows)
-        self.steps += 1
-        if self.every and self.path and self.steps % self.every == 0:
-            self._save()
-
-    # ------------------------------------------------------------ reads
-    async def _applied(self, name, worker):
-        """In sync mode: until the rounds of all of this worker's pushes are applied."""
-        if self.mode == "sync":
-            async with self.cond:
-                await self.cond.wait_for(lambda: self.rounds[name] >= self.pushed[name][worker])
-
-    async def pull(self, name, worker):
-        await self._applied(name, worker)
-        return self.params[name].copy()  # a snapshot: later steps must not change what is returned
-
-    async def pull_rows(self, name, ids, worker):
-        await self._applied(name, worker)
-        return self.params[name][ids]
-
-    # ------------------------------------------------------------ durability
-    def _save(self):
-        _save(self.path, {"steps": self.steps, "params": self.params,
-                          "optim": {name: opt.state_dict() for name, opt in self.opts.items()}})
-
-    async def checkpoint(self):
-        if not self.path:
-            raise ValueError("checkpoint: the server was made without checkpoint_dir")
-        self._save()
-        return self.steps
-
-    async def info(self):
-        return {"index": self.index, "steps": self.steps, "pid": os.getpid(), "restored_from": self.restored_from,
-                "restarted": self.restarted}
-
-
-def _reconstructed():
-    """Whether Ray restarted this actor (rather than creating it)."""
-    import warnings
-
-    import ray
-    with warnings.catch_warnings():  # ray 2.60 warns from inside its own property
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return ray.get_runtime_context().was_current_actor_reconstructed
