@@ -47,10 +47,16 @@ import weakref
 
 import numpy as np
 
-from .ps_checkpoint import CheckpointError, read_json, read_manifest, write_checkpoint, write_json
+from .ps_checkpoint import (
+    CheckpointError,
+    read_json,
+    read_manifest,
+    write_checkpoint,
+    write_json,
+)
 from .ps_shard import Shard, shard_stem
 
-__all__ = ["ParameterServer", "Client", "CheckpointError", "init_ray"]
+__all__ = ["CheckpointError", "Client", "ParameterServer", "init_ray"]
 
 SERVER_FILE = "server.json"
 _INLINE_BYTES = 100_000   # messages below this go inline with the call (Ray's own threshold)
@@ -65,7 +71,9 @@ def init_ray(num_cpus=None, **kwargs):
     this sets that for the start, asks for the node address 127.0.0.1, and checks the result.
     """
     import ray
-    from ray._private import ray_constants   # read by ray at start; the variable only reaches new processes
+    from ray._private import (
+        ray_constants,  # read by ray at start; the variable only reaches new processes
+    )
     env, flag = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"), ray_constants.ENABLE_RAY_CLUSTER
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
@@ -150,7 +158,7 @@ class ParameterServer:
                 self._owns_ray = True
         if max_restarts is None:
             max_restarts = 3 if directory else 0
-        options = dict(max_restarts=max_restarts, max_task_retries=-1 if max_restarts else 0, num_cpus=0)
+        options = {"max_restarts": max_restarts, "max_task_retries": -1 if max_restarts else 0, "num_cpus": 0}
         if threads_per_shard is not None:
             options["runtime_env"] = {"env_vars": {"NUMBA_NUM_THREADS": str(threads_per_shard)}}
         actor = ray.remote(Shard).options(**options)
@@ -164,11 +172,11 @@ class ParameterServer:
             self.shards.append(actor.remote(k, slices, make, mode, num_workers, directory, every, timeout))
         self.layout, self.mode, self.num_workers = layout, mode, num_workers
         self.checkpoint_dir, self.timeout = directory, timeout
-        self._client_options = dict(batch_bytes=int(batch_bytes), batch_delay=float(batch_delay), timeout=timeout,
-                                    replay=directory is not None)
+        self._client_options = {"batch_bytes": int(batch_bytes), "batch_delay": float(batch_delay),
+                                "timeout": timeout, "replay": directory is not None}
         self._clients = {}
         try:
-            ray.get([s.info.remote() for s in self.shards], timeout=timeout)  # up, with their optimizers built
+            ray.get([s.info.remote() for s in self.shards], timeout=max(timeout, 120))  # up, optimizers built
         except Exception:
             self.shutdown()
             raise
@@ -330,6 +338,7 @@ class _Link:
         self.inflight = collections.deque()    # (seq, reply ref, epoch)
         self.log = collections.OrderedDict()   # seq -> payload, until the shard has it for good
         self.epoch = 0                         # bumped at each resend: replies to older sends are stale
+        self.refused = set()                   # messages the shard refused with an error: never resent
         self.dirty = False                     # the shard refused a message: resend before going on
 
     def take(self, arrays):
@@ -490,8 +499,8 @@ class Client:
     def _push(self, name, per_shard, wait):
         with self._lock:
             self._reap(block=False)   # errors of earlier pipelined pushes surface here, before any change
-            if any(link.dirty for link in self._links):
-                self._settle()        # resend what a shard refused or lost, before anything new
+            if wait or any(link.dirty for link in self._links):
+                self._settle()        # resend what a shard lost; with wait, this push goes in a message alone
             for k, ids, grad in per_shard:
                 self._stage(k, name, ids, grad)
             now = time.monotonic()
@@ -531,7 +540,8 @@ class Client:
         else:  # small: travels inside the call; keep our own copy for resending (the stage is reused)
             payload = items = [(n, None if i is None else i.copy(), g.copy()) for n, i, g in items]
         link.sent += 1
-        link.log[link.sent] = payload
+        names = collections.Counter(name for name, _, _ in items)
+        link.log[link.sent] = (payload, ", ".join(f"{n} push(es) of {name!r}" for name, n in names.items()))
         link.inflight.append((link.sent, self.shards[k].push.remote(self.id, link.sent, self.worker, payload),
                               link.epoch))
         while len(link.inflight) > self.max_inflight:
@@ -549,7 +559,7 @@ class Client:
                         break
                 try:
                     self._reap_one(k)
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 (raised below, after the other replies)
                     error = error or e
         if error is not None:
             raise error
@@ -561,11 +571,18 @@ class Client:
         seq, ref, epoch = link.inflight.popleft()
         try:
             status, last, durable, _ = self._get(ref, k)
-        except CheckpointError as e:
+        except ray.exceptions.RayTaskError as e:   # the shard refused the message: nothing of it is applied
+            link.refused.add(seq)
             link.dirty = True
-            raise CheckpointError(f"push to shard {k} (message {seq} of this client) was refused and not applied: "
-                                  f"the shard could not write its checkpoint; it is resent by this client's "
-                                  f"call after next ({_cause(e)})") from e
+            what = f"{link.log[seq][1]} to shard {k} (message {seq} of this client) refused, not applied and dropped"
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, CheckpointError):
+                raise CheckpointError(f"{what}: the shard could not write its checkpoint ({cause})") from e
+            try:
+                error = type(cause)(f"{what}: {cause}")
+            except Exception:  # noqa: BLE001 (an exception type that takes other arguments)
+                error = RuntimeError(f"{what}: {cause!r}")
+            raise error from e
         except Exception:
             link.dirty = True
             raise
@@ -601,11 +618,19 @@ class Client:
         self._forget(link, durable if self.replay else last)
         if last >= link.sent:
             return
+        if link.refused and min(link.refused) <= last:
+            raise RuntimeError(f"shard {k}: took message {min(link.refused)}, which it had refused")
         if not link.log or next(iter(link.log)) > last + 1:
             raise RuntimeError(f"shard {k}: holds this client's messages up to {last} of {link.sent}, and "
                                f"messages {last + 1}... are no longer kept here (was its checkpoint removed?)")
+        if link.refused:   # drop them; the shard took none after them: number the rest from last + 1
+            kept = [v for seq, v in link.log.items() if seq > last and seq not in link.refused]
+            for seq in [seq for seq in link.log if seq > last]:
+                del link.log[seq]
+            link.log.update(zip(range(last + 1, last + 1 + len(kept)), kept))
+            link.sent, link.refused = last + len(kept), set()
         link.epoch += 1
-        for seq, payload in link.log.items():
+        for seq, (payload, _) in link.log.items():
             if seq > last:
                 link.inflight.append((seq, self.shards[k].push.remote(self.id, seq, self.worker, payload),
                                       link.epoch))
@@ -674,23 +699,18 @@ def _flush_loop(ref):
                     for k, link in enumerate(client._links):
                         if link.items and time.monotonic() - link.since >= client.batch_delay:
                             client._send(k)
-                except Exception as e:   # raised by the client's next call
+                except Exception as e:  # noqa: BLE001 (raised by the client's next call)
                     client._errors.append(e)
                 continue
         del client
         time.sleep(max(due, 1e-4))
 
 
-def _cause(error):
-    """The message of the exception a Ray task raised, without Ray's traceback."""
-    cause = getattr(error, "cause", None)
-    return str(cause if cause is not None else error).strip().splitlines()[-1]
-
-
 def _optimizer_factory(optimizer, kwargs):
     """A picklable make(array) -> fastlr optimizer."""
     if isinstance(optimizer, str):
         import fastlr
+
         from . import sparse
         cls = getattr(fastlr, optimizer, None) or getattr(sparse, optimizer, None)
         if not (isinstance(cls, type) and issubclass(cls, fastlr.Optimizer)):
