@@ -283,10 +283,10 @@ class ParameterServer:
         """Client.pull_rows as worker `worker`."""
         return self.client(worker).pull_rows(name, ids)
 
-    def wait(self):
-        """Block until every push made through this server's own clients is taken by its shard."""
+    def wait(self, durable=False):
+        """Client.wait for every client this server made (``client(worker)``)."""
         for c in self._clients.values():
-            c.wait()
+            c.wait(durable)
 
     def checkpoint(self):
         """Save every shard now (after this server's own clients' pushes are taken); returns each
@@ -454,10 +454,28 @@ class Client:
             for k in range(len(self._links)):
                 self._send(k)
 
-    def wait(self):
-        """Send what is staged and block until every push is taken by its shard (raises their errors)."""
+    def wait(self, durable=False):
+        """Send what is staged and block until every push is held by its shard (raises their errors).
+
+        With checkpoints, a shard that restarted since it took a push may have lost it: wait() asks
+        each shard that has pushes of this client not yet in a checkpoint, and resends what it lacks.
+        durable: also make those shards save a checkpoint, so that no later restart can lose them
+        (the client keeps nothing to resend after that; end a worker's run with it)."""
         with self._lock:
-            self._settle()
+            deadline = time.monotonic() + self.timeout
+            while True:
+                self._settle()
+                if not self.replay:
+                    return
+                for k, link in enumerate(self._links):
+                    if link.log:   # messages no checkpoint holds yet: does the shard still hold them?
+                        last, durable_seq, _ = self._get(self.shards[k].last_seq.remote(self.id, durable), k)
+                        self._forget(link, durable_seq)
+                        link.dirty = last < link.sent
+                if not any(link.dirty or (durable and link.log) for link in self._links):
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"wait: pushes still not held after {self.timeout} s of resending")
 
     def close(self):
         """Stop the background flusher (staged pushes are dropped)."""

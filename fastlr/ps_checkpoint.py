@@ -22,8 +22,15 @@ import uuid
 
 import numpy as np
 
-__all__ = ["CheckpointError", "write_checkpoint", "read_checkpoint", "read_manifest", "write_json", "read_json",
-           "checkpoint_files"]
+__all__ = [
+    "CheckpointError",
+    "checkpoint_files",
+    "read_checkpoint",
+    "read_json",
+    "read_manifest",
+    "write_checkpoint",
+    "write_json",
+]
 
 FORMAT = "fastlr-ps-checkpoint/1"
 _UNSAVED = object()   # a value that has no file form (a callable lr): left out, the live object keeps its own

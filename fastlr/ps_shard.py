@@ -165,7 +165,11 @@ class Shard:
         rows = self.params[name].copy() if ids is None else self.params[name][ids]
         return ("ok", rows, self.durable.get(client, 0), self.incarnation)
 
-    async def last_seq(self, client):
+    async def last_seq(self, client, persist=False):
+        """(last seq held, durable seq, incarnation) of `client`; persist: first save a checkpoint if the
+        newest one lacks some of the client's messages."""
+        if persist and self.directory and self.seq.get(client, 0) > self.durable.get(client, 0):
+            self._save()
         return self.seq.get(client, 0), self.durable.get(client, 0), self.incarnation
 
     # ------------------------------------------------------------ durability

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 import fastlr
-from fastlr.ps_checkpoint import CheckpointError, checkpoint_files, read_checkpoint, read_json, write_checkpoint
+from fastlr.ps_checkpoint import (
+    CheckpointError,
+    checkpoint_files,
+    read_checkpoint,
+    read_json,
+    write_checkpoint,
+)
 from fastlr.sparse import RowWiseAdagrad, step_rows
 
 
