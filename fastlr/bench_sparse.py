@@ -121,34 +121,107 @@ def run_sparse_bench(rows=1_000_000, dim=64, batch=4096, batches=50, zipf=1.1, r
     return out
 
 
-def run_server_bench(rows=1_000_000, dim=64, batch=4096, zipf=1.1, workers=(1, 2, 4), shards=2, seconds=3.0,
-                     seed=0, **server_kwargs):
-    """Parameter-server updates per second (asynchronous mode, lazy Adam, `shards` shards): for each
-    number of workers, Ray actors that push_rows Zipf batches for `seconds`. One dict per count."""
+def run_server_bench(rows=1_000_000, dim=64, batch=4096, zipf=1.1, workers=(1, 2, 4), shards=(1, 2), seconds=3.0,
+                     warm_seconds=3.0, repeat=3, inprocess=True, seed=0, progress=True, **server_kwargs):
+    """Parameter-server updates per second (asynchronous mode, lazy Adam) for every number of
+    `shards` x `workers`, side by side with in-process ``step_rows`` on the same batches.
+
+    Workers are Ray actors that push_rows pre-drawn Zipf batches as fast as the server takes them.
+    Each server first takes `warm_seconds` of pushes untimed (kernels compiled, the table's pages
+    touched); so does the in-process table (one pass over its batches). Then, `repeat` rounds of:
+    `seconds` of in-process step_rows in this process (the server idle), `seconds` of the server
+    (this process idle). ids_per_s is the median over rounds, vs_step_rows the median of the
+    per-round ratios. Where the time goes: apply_share (fraction of the wall time each shard
+    spends in optimizer steps, mean over shards), and the workers' stage/send/wait shares.
+    One dict per (shards, workers); `server_kwargs` go to ParameterServer.
+    """
     import ray
 
     from .ps import ParameterServer
+    shards = (shards,) if isinstance(shards, int) else tuple(shards)
     rng = np.random.default_rng(seed)
     init = (0.01 * rng.standard_normal((rows, dim))).astype(np.float32)
-    ps = ParameterServer({"emb": init}, optimizer="Adam", lr=1e-3, num_shards=shards, mode="async",
-                         **server_kwargs)
+    local = _local_rate(init, dim, batch, zipf, seed) if inprocess else None
+    bar = _progress(len(shards) * (1 + len(workers) * repeat), progress, "parameter server")
     out = []
-    try:
-        pusher = ray.remote(num_cpus=0)(_Pusher)
-        for k in workers:
-            actors = [pusher.remote(ps.client(w), rows, dim, batch, zipf, seed + w) for w in range(k)]
-            ray.get([a.ready.remote() for a in actors])
-            t = time.perf_counter()
-            counts = ray.get([a.run.remote(seconds) for a in actors])
-            elapsed = time.perf_counter() - t
-            out.append({"case": f"fastlr.ps push_rows Adam, {k} worker(s), {shards} shards",
-                        "ids_per_s": sum(counts) * batch / elapsed, "pushes_per_s": sum(counts) / elapsed,
-                        "workers": k, "shards": shards, "rows": rows, "dim": dim, "batch": batch, "zipf": zipf})
-            for a in actors:
-                ray.kill(a)
-    finally:
-        ps.shutdown()
+    for n_shards in shards:
+        ps = ParameterServer({"emb": init}, optimizer="Adam", lr=1e-3, num_shards=n_shards, mode="async",
+                             **server_kwargs)
+        try:
+            pusher = ray.remote(num_cpus=0)(_Pusher)
+            warm = pusher.remote(ps.client(0), rows, dim, batch, zipf, seed)
+            ray.get(warm.run.remote(warm_seconds))
+            ray.kill(warm)
+            bar.update()
+            for k in workers:
+                actors = [pusher.remote(ps.client(w), rows, dim, batch, zipf, seed + w) for w in range(k)]
+                ray.get([a.ready.remote() for a in actors])
+                rates, ratios, shares = [], [], []
+                for _ in range(repeat):
+                    ref = local(seconds) if local else None
+                    before = {s["index"]: s["apply_seconds"] for s in ps.info()}
+                    t = time.perf_counter()
+                    done = ray.get([a.run.remote(seconds) for a in actors])
+                    elapsed = time.perf_counter() - t
+                    after = ps.info()
+                    rates.append(sum(n for n, _ in done) * batch / elapsed)
+                    ratios.append(rates[-1] / ref if ref else float("nan"))
+                    shares.append((float(np.mean([(s["apply_seconds"] - before[s["index"]]) / elapsed
+                                                  for s in after])), _merge([st for _, st in done])))
+                    bar.update()
+                apply_share = float(np.median([a for a, _ in shares]))
+                client = {key: float(np.median([c[key] for _, c in shares])) for key in shares[0][1]}
+                out.append({"case": f"fastlr.ps push_rows Adam, {k} worker(s), {n_shards} shard(s)",
+                            "ids_per_s": float(np.median(rates)), "vs_step_rows": float(np.median(ratios)),
+                            "step_rows_ids_per_s": float(np.median(rates) / np.median(ratios)) if local else None,
+                            "apply_share": apply_share, **{f"worker_{key}_share": v for key, v in client.items()},
+                            "workers": k, "shards": n_shards, "rows": rows, "dim": dim, "batch": batch,
+                            "zipf": zipf})
+                for a in actors:
+                    ray.kill(a)
+        finally:
+            ps.shutdown()
+    bar.close()
     return out
+
+
+def _local_rate(init, dim, batch, zipf, seed):
+    """seconds -> in-process step_rows ids/s (lazy Adam) on its own warmed copy of the table: the better
+    of numba's default thread count and 1 thread, each run for half the time (on a loaded machine a
+    parallel kernel can fall far below a serial one)."""
+    import numba
+
+    import fastlr
+
+    from .sparse import step_rows
+    ids, grads = zipf_batches(len(init), dim, batch, 50, zipf, seed)
+    opt = fastlr.Adam(init.copy(), lr=1e-3)
+    step = lambda i: step_rows(opt, None, ids[i % len(ids)], grads[i % len(grads)])  # noqa: E731
+    _pass_seconds(step, len(ids))
+    default = numba.get_num_threads()
+
+    def rate(seconds):
+        best = 0.0
+        for threads in sorted({default, 1}, reverse=True):
+            numba.set_num_threads(threads)
+            n, end, t = 0, time.perf_counter() + seconds / 2, time.perf_counter()
+            while time.perf_counter() < end:
+                step(n)
+                n += 1
+            best = max(best, n * batch / (time.perf_counter() - t))
+        numba.set_num_threads(default)
+        return best
+    return rate
+
+
+def _merge(stats):
+    """Workers' client time shares (stage, send, wait), averaged."""
+    return {key: float(np.mean([s[key] for s in stats])) for key in stats[0]}
+
+
+def _progress(total, show, desc):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, disable=not show, desc=desc, leave=False)
 
 
 class _Pusher:
@@ -164,12 +237,16 @@ class _Pusher:
         return True
 
     def run(self, seconds):
-        n, end = 0, time.perf_counter() + seconds
+        """(pushes made, {stage, send, wait}: shares of the wall time in the client)."""
+        self.client.stats(reset=True)
+        n, t = 0, time.perf_counter()
+        end = t + seconds
         while time.perf_counter() < end:
             self.client.push_rows("emb", self.ids[n % 8], self.grads[n % 8])
             n += 1
         self.client.wait()
-        return n
+        wall = time.perf_counter() - t
+        return n, {key: v / wall for key, v in self.client.stats().items()}
 
 
 def format_rows(rows):

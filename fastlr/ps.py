@@ -393,6 +393,7 @@ class Client:
         self._links = [_Link(self.batch_bytes) for _ in self.shards]
         self._flusher = None
         self._errors = []   # met by the background flusher, raised by the next call
+        self._seconds = dict.fromkeys(("stage", "send", "wait"), 0.0)
 
     _CONFIG = ("shards", "layout", "mode", "worker", "batch_bytes", "batch_delay", "timeout", "replay",
                "max_inflight")
@@ -477,6 +478,15 @@ class Client:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"wait: pushes still not held after {self.timeout} s of resending")
 
+    def stats(self, reset=False):
+        """Seconds this client spent staging (copying) pushes, sending messages (into the object store,
+        the calls) and waiting for shards' replies; reset: start counting afresh."""
+        with self._lock:
+            out = dict(self._seconds)
+            if reset:
+                self._seconds = dict.fromkeys(out, 0.0)
+            return out
+
     def close(self):
         """Stop the background flusher (staged pushes are dropped)."""
         with self._lock:
@@ -537,7 +547,9 @@ class Client:
         nbytes = grad.nbytes + (0 if ids is None else ids.nbytes)
         if link.items and link.nbytes + nbytes > self.batch_bytes:
             self._send(k)
+        t = time.perf_counter()
         copies = link.take([ids, grad])
+        self._seconds["stage"] += time.perf_counter() - t
         if not link.items:
             link.since = time.monotonic()
         link.items.append((name, *(copies or [ids, grad])))
@@ -551,6 +563,7 @@ class Client:
         if not link.items:
             return
         import ray
+        t = time.perf_counter()
         items, nbytes = link.items, link.nbytes
         link.items, link.nbytes, link.used, link.since = [], 0, 0, None
         if nbytes >= _INLINE_BYTES:
@@ -562,6 +575,7 @@ class Client:
         link.log[link.sent] = (payload, ", ".join(f"{n} push(es) of {name!r}" for name, n in names.items()))
         link.inflight.append((link.sent, self.shards[k].push.remote(self.id, link.sent, self.worker, payload),
                               link.epoch))
+        self._seconds["send"] += time.perf_counter() - t
         while len(link.inflight) > self.max_inflight:
             self._reap_one(k)
 
@@ -655,6 +669,7 @@ class Client:
 
     def _get(self, ref, k):
         import ray
+        t = time.perf_counter()
         try:
             return ray.get(ref, timeout=self.timeout * 1.5 + 10)
         except ray.exceptions.GetTimeoutError:
@@ -662,6 +677,8 @@ class Client:
         except ray.exceptions.ActorDiedError as e:
             raise RuntimeError(f"shard {k} died and is not restarted any more (give the server a checkpoint_dir "
                                f"and max_restarts): {e}") from e
+        finally:
+            self._seconds["wait"] += time.perf_counter() - t
 
     # ------------------------------------------------------------ pulls
     def _pull(self, name, keys):

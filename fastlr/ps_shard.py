@@ -22,6 +22,7 @@ error and nothing of it is applied.
 import asyncio
 import collections
 import os
+import time
 import uuid
 
 import numpy as np
@@ -65,6 +66,7 @@ class Shard:
         for name, state in (optim or {}).items():
             self.opts[name].load_state_dict(state)
         self.saved_steps = self.steps
+        self.apply_seconds = self.save_seconds = 0.0   # where the time goes (info())
         self.durable = dict(self.seq)          # what the newest checkpoint holds, per client
         self.round_done = asyncio.Event()      # set (and replaced) whenever a sync round is applied
 
@@ -135,6 +137,7 @@ class Shard:
     def _step(self, name, ids, grad, scale):
         """One optimizer step of buffer `name` with gradient grad * scale (rows `ids`, or all of it)."""
         from .sparse import step_rows
+        t = time.perf_counter()
         opt = self.opts[name]
         if ids is None:
             if scale != 1.0:
@@ -145,6 +148,7 @@ class Shard:
                 grad = grad * grad.dtype.type(scale)
             step_rows(opt, None, ids, grad)
         self.steps += 1
+        self.apply_seconds += time.perf_counter() - t
 
     # ------------------------------------------------------------ reads
     async def pull(self, client, seq, worker, name, ids):
@@ -174,13 +178,17 @@ class Shard:
 
     # ------------------------------------------------------------ durability
     def _save(self):
+        t = time.perf_counter()
         tree = {"params": self.params, "optim": {name: opt.state_dict() for name, opt in self.opts.items()},
                 "seq": self.seq, "rounds": self.rounds,
                 "queues": {name: {w: list(q) for w, q in queue.items()} for name, queue in self.queues.items()}}
         meta = {"index": self.index, "steps": self.steps, "mode": self.mode, "num_workers": self.num_workers,
                 "rounds": self.rounds, "queued": {name: {str(w): len(q) for w, q in queue.items()}
                                                   for name, queue in self.queues.items()}}
-        write_checkpoint(self.directory, shard_stem(self.index), meta, tree)
+        try:
+            write_checkpoint(self.directory, shard_stem(self.index), meta, tree)
+        finally:
+            self.save_seconds += time.perf_counter() - t
         self.saved_steps, self.durable = self.steps, dict(self.seq)
 
     async def checkpoint(self):
@@ -192,7 +200,8 @@ class Shard:
     async def info(self):
         return {"index": self.index, "steps": self.steps, "pid": os.getpid(), "restored_from": self.restored_from,
                 "restarted": self.restarted, "incarnation": self.incarnation, "rounds": dict(self.rounds),
-                "saved_steps": self.saved_steps}
+                "saved_steps": self.saved_steps, "apply_seconds": self.apply_seconds,
+                "save_seconds": self.save_seconds}
 
 
 def _reconstructed():
