@@ -21,6 +21,7 @@ error and nothing of it is applied.
 """
 import asyncio
 import collections
+import concurrent.futures
 import os
 import time
 import uuid
@@ -37,8 +38,10 @@ def shard_stem(index):
 
 
 class Shard:
-    """One Ray actor (asyncio: calls from one caller start in the order they were made and run
-    without awaiting, so messages are taken in order; sync-mode pulls wait on rounds)."""
+    """One Ray actor (asyncio). Every call's work runs in one apply thread, in the order the calls
+    started (the order a caller made them): the event loop meanwhile takes in the next messages,
+    which Ray has already fetched and deserialized, so receiving overlaps applying. Sync-mode pulls
+    wait on rounds in the event loop, not in the apply thread."""
 
     def __init__(self, index, slices, make, mode, num_workers, directory, every, timeout):
         self.index, self.mode, self.num_workers = index, mode, num_workers
@@ -69,10 +72,24 @@ class Shard:
         self.apply_seconds = self.save_seconds = 0.0   # where the time goes (info())
         self.durable = dict(self.seq)          # what the newest checkpoint holds, per client
         self.round_done = asyncio.Event()      # set (and replaced) whenever a sync round is applied
+        self.loop = None
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fastlr-shard-apply")
+
+    async def _run(self, fn, *args):
+        """fn(*args) in the apply thread, after every call that started before this one."""
+        self.loop = asyncio.get_running_loop()
+        return await self.loop.run_in_executor(self.pool, fn, *args)
+
+    def _signal(self):   # in the event loop
+        self.round_done.set()
+        self.round_done = asyncio.Event()
 
     # ------------------------------------------------------------ updates
     async def push(self, client, seq, worker, items):
         """Take message `seq` of `client`: ("ok" | "dup" | "gap", last seq held, durable seq, incarnation)."""
+        return await self._run(self._push, client, seq, worker, items)
+
+    def _push(self, client, seq, worker, items):
         last = self.seq.get(client, 0)
         if seq != last + 1:
             return ("dup" if seq <= last else "gap", last, self.durable.get(client, 0), self.incarnation)
@@ -130,9 +147,8 @@ class Shard:
                                np.concatenate([h[1] for h in heads]), 1.0 / self.num_workers)
                 self.rounds[name] += 1
                 applied = True
-        if applied:
-            self.round_done.set()
-            self.round_done = asyncio.Event()
+        if applied and self.loop is not None:
+            self.loop.call_soon_threadsafe(self._signal)
 
     def _step(self, name, ids, grad, scale):
         """One optimizer step of buffer `name` with gradient grad * scale (rows `ids`, or all of it)."""
@@ -153,25 +169,38 @@ class Shard:
     # ------------------------------------------------------------ reads
     async def pull(self, client, seq, worker, name, ids):
         """("ok", rows) once message `seq` of `client` is held (sync: and its rounds applied); ("gap", last
-        seq held) when the shard lacks messages of that client; ("timeout", workers missing) after `timeout`."""
+        seq held) when the shard lacks messages of that client; ("timeout", round, workers missing) after
+        `timeout` seconds of waiting for a sync round."""
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        while True:
+            round_done = self.round_done   # taken before the check: a round applied after it still wakes us
+            reply = await self._run(self._pull, client, seq, worker, name, ids)
+            if reply is not None:
+                return reply
+            try:
+                await asyncio.wait_for(round_done.wait(), max(deadline - asyncio.get_running_loop().time(), 0.0))
+            except TimeoutError:
+                return await self._run(self._missing, name)
+
+    def _pull(self, client, seq, worker, name, ids):
         last = self.seq.get(client, 0)
         if last < seq:
             return ("gap", last, self.durable.get(client, 0), self.incarnation)
-        if self.mode == "sync":
-            queue, deadline = self.queues[name], asyncio.get_running_loop().time() + self.timeout
-            while queue[worker]:
-                left = deadline - asyncio.get_running_loop().time()
-                try:
-                    await asyncio.wait_for(self.round_done.wait(), max(left, 0.0))
-                except TimeoutError:
-                    missing = [w for w in range(self.num_workers) if not queue[w]]
-                    return ("timeout", self.rounds[name], missing, self.incarnation)
+        if self.mode == "sync" and self.queues[name][worker]:
+            return None   # this worker's pushes wait for other workers' to complete their rounds
         rows = self.params[name].copy() if ids is None else self.params[name][ids]
         return ("ok", rows, self.durable.get(client, 0), self.incarnation)
+
+    def _missing(self, name):
+        queue = self.queues[name]
+        return ("timeout", self.rounds[name], [w for w in range(self.num_workers) if not queue[w]], self.incarnation)
 
     async def last_seq(self, client, persist=False):
         """(last seq held, durable seq, incarnation) of `client`; persist: first save a checkpoint if the
         newest one lacks some of the client's messages."""
+        return await self._run(self._last_seq, client, persist)
+
+    def _last_seq(self, client, persist):
         if persist and self.directory and self.seq.get(client, 0) > self.durable.get(client, 0):
             self._save()
         return self.seq.get(client, 0), self.durable.get(client, 0), self.incarnation
@@ -194,10 +223,16 @@ class Shard:
     async def checkpoint(self):
         if not self.directory:
             raise ValueError("checkpoint: the server was made without checkpoint_dir")
+        return await self._run(self._checkpoint)
+
+    def _checkpoint(self):
         self._save()
         return self.steps
 
     async def info(self):
+        return await self._run(self._info)
+
+    def _info(self):
         return {"index": self.index, "steps": self.steps, "pid": os.getpid(), "restored_from": self.restored_from,
                 "restarted": self.restarted, "incarnation": self.incarnation, "rounds": dict(self.rounds),
                 "saved_steps": self.saved_steps, "apply_seconds": self.apply_seconds,
