@@ -2,17 +2,20 @@
 
 Same batches, same process, side by side: fastlr ``step_rows`` (lazy Adam, row-wise
 Adagrad, SGD), torch.optim.SparseAdam, torch's sparse Adagrad and an ``index_add_`` SGD
-baseline; optionally the parameter server (``fastlr.ps``) with 1, 2 and 4 workers. Ids
-are drawn from a Zipf(s) law truncated to the table (id k with probability ~ (k+1)^-s).
+baseline; optionally the parameter server (``fastlr.ps``) with 1, 2 and 4 workers on 1 and 2
+shards, side by side with in-process step_rows. Ids are drawn from a Zipf(s) law truncated to
+the table (id k with probability ~ (k+1)^-s).
 
-    from fastlr.bench_sparse import run_sparse_bench
-    for row in run_sparse_bench(): print(row)
+    python -m fastlr.bench_sparse                      # step_rows vs torch
+    python -m fastlr.bench_sparse --server --json ps.json --plot ps.png
 """
+import os
 import time
 
 import numpy as np
 
-__all__ = ["zipf_ids", "zipf_batches", "sparse_cases", "run_sparse_bench", "run_server_bench", "format_rows"]
+__all__ = ["format_rows", "format_server_rows", "plot_server_rows", "run_server_bench", "run_sparse_bench",
+           "sparse_cases", "zipf_batches", "zipf_ids"]
 
 
 def zipf_ids(n_rows, size, s=1.1, rng=None):
@@ -259,5 +262,77 @@ def format_rows(rows):
     return "\n".join(lines)
 
 
+def format_server_rows(rows):
+    """run_server_bench's rows as an aligned text table."""
+    lines = [f"{'shards':>6} {'workers':>7} {'M ids/s':>8} {'in-process':>10} {'ratio':>6} {'shard apply':>11} "
+             f"{'worker stage/send/wait':>22}"]
+    for r in rows:
+        ref = r.get("step_rows_ids_per_s")
+        lines.append(f"{r['shards']:>6} {r['workers']:>7} {r['ids_per_s'] / 1e6:>8.2f} "
+                     f"{(f'{ref / 1e6:.2f}' if ref else '-'):>10} {r['vs_step_rows']:>6.2f} {r['apply_share']:>11.2f} "
+                     f"{r['worker_stage_share']:>8.2f}/{r['worker_send_share']:.2f}/{r['worker_wait_share']:.2f}")
+    return "\n".join(lines)
+
+
+def plot_server_rows(rows, path):
+    """A bar chart of run_server_bench's rows (M ids/s per shards x workers, in-process step_rows as a line)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    labels = [f"{r['shards']} shard{'s' * (r['shards'] > 1)}\n{r['workers']} worker{'s' * (r['workers'] > 1)}"
+              for r in rows]
+    bars = ax.bar(labels, [r["ids_per_s"] / 1e6 for r in rows], color="tab:blue")
+    for bar, r in zip(bars, rows):
+        ax.annotate(f"{r['vs_step_rows']:.2f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    refs = [r["step_rows_ids_per_s"] / 1e6 for r in rows if r.get("step_rows_ids_per_s")]
+    if refs:
+        ax.axhline(float(np.median(refs)), color="tab:orange", ls="--", label="in-process step_rows (median)")
+        ax.axhline(0.4 * float(np.median(refs)), color="tab:red", ls=":", label="40% of it (target, 1 shard 1 worker)")
+        ax.legend(fontsize=8)
+    r0 = rows[0]
+    ax.set_ylabel("M ids/s")
+    ax.set_title(f"fastlr.ps push_rows, async lazy Adam, {r0['rows']:,} x {r0['dim']} fp32, "
+                 f"batches of {r0['batch']} Zipf({r0['zipf']}) ids", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    import argparse
+    import json
+    ap = argparse.ArgumentParser(prog="python -m fastlr.bench_sparse", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--server", action="store_true",
+                    help="only the parameter server (run_server_bench), side by side with in-process step_rows")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--shards", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--seconds", type=float, default=3.0, help="per timed window")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--batch-mb", type=float, default=None, help="the clients' batch_bytes, in MiB")
+    ap.add_argument("--threads-per-shard", type=int, default=1)
+    ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument("--plot", default=None, help="write a PNG bar chart here (needs matplotlib)")
+    args = ap.parse_args(argv)
+    if not args.server:
+        print(format_rows(run_sparse_bench()))
+        return 0
+    from .ps import init_ray
+    init_ray(num_cpus=2, log_to_driver=False)
+    kwargs = {"threads_per_shard": args.threads_per_shard}
+    if args.batch_mb is not None:
+        kwargs["batch_bytes"] = int(args.batch_mb * (1 << 20))
+    rows = run_server_bench(workers=tuple(args.workers), shards=tuple(args.shards), seconds=args.seconds,
+                            repeat=args.repeat, **kwargs)
+    print(format_server_rows(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"load_average": os.getloadavg(), "rows": rows}, f, indent=1)
+    if args.plot:
+        plot_server_rows(rows, args.plot)
+    return 0
+
+
 if __name__ == "__main__":
-    print(format_rows(run_sparse_bench()))
+    raise SystemExit(main())

@@ -119,7 +119,7 @@ class ParameterServer:
 
     def __init__(self, params=None, optimizer="Adam", *, num_shards=2, mode="sync", num_workers=1,
                  checkpoint_dir=None, checkpoint_every=None, resume=False, overwrite=False, max_restarts=None,
-                 timeout=120.0, batch_bytes=8 << 20, batch_delay=0.005, address=None, num_cpus=2,
+                 timeout=120.0, batch_bytes=16 << 20, batch_delay=0.005, address=None, num_cpus=2,
                  threads_per_shard=1, ray_init=None, **optimizer_kwargs):
         if mode not in ("sync", "async"):
             raise ValueError(f"mode: expected 'sync' or 'async', got {mode!r}")
@@ -341,27 +341,38 @@ class _Link:
         self.refused = set()                   # messages the shard refused with an error: never resent
         self.dirty = False                     # the shard refused a message: resend before going on
 
-    def take(self, arrays):
-        """Copies of `arrays` (None entries stay None) in the stage, or None when they do not fit."""
+    def take(self, parts):
+        """Copies of `parts` in the stage, or None when they do not fit; each part is None (stays None)
+        or (array, sel): array[sel] along the first axis, all of it for sel None (gathered straight
+        into the stage: no intermediate copy)."""
         spans, end = [], self.used
-        for a in arrays:
-            if a is not None:
+        for part in parts:
+            if part is not None:
                 start = -(-end // 64) * 64
-                end = start + a.nbytes
+                end = start + _nbytes(part)
                 spans.append((start, end))
         if self.stage is None or end > self.stage.size:
             return None
         self.used = end
         out, spans = [], iter(spans)
-        for a in arrays:
-            if a is None:
+        for part in parts:
+            if part is None:
                 out.append(None)
                 continue
-            start, stop = next(spans)
-            view = self.stage[start:stop].view(a.dtype).reshape(a.shape)
-            np.copyto(view, a)
+            (a, sel), (start, stop) = part, next(spans)
+            shape = a.shape if sel is None else (len(sel),) + a.shape[1:]
+            view = self.stage[start:stop].view(a.dtype).reshape(shape)
+            if sel is None:
+                np.copyto(view, a)
+            else:
+                np.take(a, sel, axis=0, out=view)
             out.append(view)
         return out
+
+
+def _nbytes(part):
+    a, sel = part
+    return a.nbytes if sel is None else len(sel) * (a.nbytes // max(len(a), 1))
 
 
 class Client:
@@ -377,7 +388,7 @@ class Client:
     messages are resent by the call after (``push(..., wait=True)`` raises it in the push itself).
     """
 
-    def __init__(self, shards, layout, mode, num_workers, worker, *, batch_bytes=8 << 20, batch_delay=0.005,
+    def __init__(self, shards, layout, mode, num_workers, worker, *, batch_bytes=16 << 20, batch_delay=0.005,
                  timeout=120.0, replay=True, max_inflight=4):
         top = num_workers if mode == "sync" else None  # sync rounds count pushes per worker id
         if isinstance(worker, bool) or not isinstance(worker, int) or worker < 0 or (top and worker >= top):
@@ -415,7 +426,7 @@ class Client:
             raise ValueError(f"grad: expected shape {lay.shape} and dtype {lay.dtype} (as {name!r}), got "
                              f"{grad.shape} {grad.dtype}")
         b = lay.bounds
-        self._push(name, [(k, None, grad[b[k]:b[k + 1]]) for k in lay.shards()], wait)
+        self._push(name, [(k, None, (grad[b[k]:b[k + 1]], None)) for k in lay.shards()], wait)
 
     def push_rows(self, name, ids, rows, wait=False):
         """Gradient rows of a 2-D buffer: rows[j] for row ids[j] (duplicates are summed)."""
@@ -428,7 +439,7 @@ class Client:
         per_shard = []
         for k, (sel, local) in parts.items():
             if local.size or self.mode == "sync":  # in sync mode every shard counts this worker's push
-                per_shard.append((k, local, rows if sel is None else rows[sel]))
+                per_shard.append((k, local, (rows, sel)))
         self._push(name, per_shard, wait)
 
     def pull(self, name):
@@ -542,19 +553,22 @@ class Client:
 
     def _stage(self, k, name, ids, grad):
         """Copy one item into shard k's stage (sending the stage first when it is full); an item larger
-        than a stage is sent at once, as it is (sending copies it)."""
+        than a stage is sent at once, as it is (sending copies it). grad: (array, selected rows or None)."""
         link = self._links[k]
-        nbytes = grad.nbytes + (0 if ids is None else ids.nbytes)
+        nbytes = _nbytes(grad) + (0 if ids is None else ids.nbytes)
         if link.items and link.nbytes + nbytes > self.batch_bytes:
             self._send(k)
         t = time.perf_counter()
-        copies = link.take([ids, grad])
+        copies = link.take([None if ids is None else (ids, None), grad])
+        if copies is None:
+            a, sel = grad
+            copies = [ids, a if sel is None else a[sel]]
         self._seconds["stage"] += time.perf_counter() - t
         if not link.items:
             link.since = time.monotonic()
-        link.items.append((name, *(copies or [ids, grad])))
+        link.items.append((name, *copies))
         link.nbytes += nbytes
-        if copies is None:
+        if link.stage is None or copies[1].base is not link.stage:
             self._send(k)
 
     def _send(self, k):
