@@ -199,7 +199,8 @@ def _local_rate(init, dim, batch, zipf, seed):
     from .sparse import step_rows
     ids, grads = zipf_batches(len(init), dim, batch, 50, zipf, seed)
     opt = fastlr.Adam(init.copy(), lr=1e-3)
-    step = lambda i: step_rows(opt, None, ids[i % len(ids)], grads[i % len(grads)])  # noqa: E731
+    def step(i):
+        step_rows(opt, None, ids[i % len(ids)], grads[i % len(grads)])
     _pass_seconds(step, len(ids))
     default = numba.get_num_threads()
 
@@ -264,8 +265,8 @@ def format_rows(rows):
 
 def format_server_rows(rows):
     """run_server_bench's rows as an aligned text table."""
-    lines = [f"{'shards':>6} {'workers':>7} {'M ids/s':>8} {'in-process':>10} {'ratio':>6} {'shard apply':>11} "
-             f"{'worker stage/send/wait':>22}"]
+    lines = [(f"{'shards':>6} {'workers':>7} {'M ids/s':>8} {'in-process':>10} {'ratio':>6} {'shard apply':>11} "
+              f"{'worker stage/send/wait':>22}")]
     for r in rows:
         ref = r.get("step_rows_ids_per_s")
         lines.append(f"{r['shards']:>6} {r['workers']:>7} {r['ids_per_s'] / 1e6:>8.2f} "

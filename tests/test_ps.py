@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from ps_helpers import sync_adam_reference
 
 import fastlr
 from fastlr.sparse import step_rows
@@ -29,7 +30,7 @@ def local_ray():
 
 def test_ray_started_by_fastlr_listens_on_loopback_only():
     """Every listening socket of this process and its descendants (GCS, raylet, agents, workers)."""
-    import psutil   # shipped inside ray
+    import psutil  # shipped inside ray
     ps = ParameterServer({"a": np.zeros(4)}, "SGD", lr=1.0, num_shards=1, mode="async")   # a worker is up
     try:
         listeners = []
@@ -71,16 +72,8 @@ def test_sync_rounds_equal_single_process_training():
     finally:
         ps.shutdown()
 
-    w, e = w0.copy(), e0.copy()
-    ow, oe = fastlr.Adam(w, lr=0.05), fastlr.Adam(e, lr=0.05)
-    for r in range(rounds):
-        g = w - targets[0]
-        for k in range(1, K):
-            g += w - targets[k]
-        ow.step(g * (1.0 / K))
-        ids = np.concatenate([b[0] for b in batches[r]])
-        rows = np.concatenate([b[1] * e[b[0]] for b in batches[r]])
-        step_rows(oe, None, ids, rows * (1.0 / K))
+    w, e = sync_adam_reference(w0, e0, targets, [[b[0] for b in round_] for round_ in batches],
+                               lambda rows, r, k: batches[r][k][1] * rows, lr=0.05)
     np.testing.assert_allclose(got_w, w, rtol=1e-14, atol=1e-15)
     np.testing.assert_allclose(got_e, e, rtol=1e-14, atol=1e-15)
     assert not np.allclose(e, e0)

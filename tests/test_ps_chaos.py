@@ -7,13 +7,9 @@ their checkpoints; clients resend what a checkpoint lacks; Ray's retried calls a
 * sync, 2 workers, Adam, gradients computed from pulled values: the final tables equal
   single-process training bit for bit (every round applied once, in order, with the right pushes).
 """
-import threading
-
 import numpy as np
 import pytest
-
-import fastlr
-from fastlr.sparse import step_rows
+from ps_helpers import in_threads, sync_adam_reference
 
 ray = pytest.importorskip("ray")
 from fastlr.ps import ParameterServer, init_ray  # noqa: E402
@@ -37,36 +33,27 @@ def test_async_training_under_random_shard_kills(tmp_path):
                          mode="async", checkpoint_dir=tmp_path, checkpoint_every=4, max_restarts=-1,
                          batch_delay=0.002, timeout=60)
     pushed = [[] for _ in range(3)]
-    errors = []
 
     def worker(k):
         rng, client = np.random.default_rng(10 + k), ps.client(k)
-        try:
-            for i in range(120):
-                if rng.random() < 0.3:
-                    g = rng.integers(-3, 4, N).astype(float)
-                    client.push("w", g)
-                    pushed[k].append(("w", None, g))
-                else:
-                    ids = rng.integers(0, ROWS, int(rng.integers(1, 6)))
-                    rows = rng.integers(-3, 4, (ids.size, DIM)).astype(float)
-                    client.push_rows("emb", ids, rows)
-                    pushed[k].append(("emb", ids, rows))
-                if i % 15 == 14:
-                    client.wait()
-                if k == 0 and i % 20 == 10:   # kills land asynchronously, amid everyone's pushes
-                    _kill(ps, rng)
-            client.wait(durable=True)   # a later kill cannot lose them
-        except Exception as e:  # noqa: BLE001 (reported by the main thread)
-            errors.append(e)
+        for i in range(120):
+            if rng.random() < 0.3:
+                g = rng.integers(-3, 4, N).astype(float)
+                client.push("w", g)
+                pushed[k].append(("w", None, g))
+            else:
+                ids = rng.integers(0, ROWS, int(rng.integers(1, 6)))
+                rows = rng.integers(-3, 4, (ids.size, DIM)).astype(float)
+                client.push_rows("emb", ids, rows)
+                pushed[k].append(("emb", ids, rows))
+            if i % 15 == 14:
+                client.wait()
+            if k == 0 and i % 20 == 10:   # kills land asynchronously, amid everyone's pushes
+                _kill(ps, rng)
+        client.wait(durable=True)   # a later kill cannot lose them
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert not errors, errors
+        in_threads(worker, 3)
         emb, w = ps.pull("emb"), ps.pull("w")
         info = ps.info()
     finally:
@@ -94,43 +81,26 @@ def test_sync_training_under_random_shard_kills(tmp_path):
     kills = set(rng.choice(np.arange(2, R - 2), 5, replace=False).tolist())
     ps = ParameterServer({"emb": e0, "w": w0}, "Adam", lr=0.05, num_shards=2, mode="sync", num_workers=K,
                          checkpoint_dir=tmp_path, checkpoint_every=3, max_restarts=-1, timeout=60)
-    errors = []
 
     def worker(k):
         client, krng = ps.client(k), np.random.default_rng(100 + k)
-        try:
-            for r in range(R):
-                w = client.pull("w")
-                ids = batches[r][k]
-                e = client.pull_rows("emb", ids)
-                if k == 0 and r in kills:
-                    _kill(ps, krng)
-                client.push("w", w - targets[k])
-                client.push_rows("emb", ids, e * e - 0.5)
-            client.wait(durable=True)
-        except Exception as e:  # noqa: BLE001 (reported by the main thread)
-            errors.append(e)
+        for r in range(R):
+            w = client.pull("w")
+            ids = batches[r][k]
+            e = client.pull_rows("emb", ids)
+            if k == 0 and r in kills:
+                _kill(ps, krng)
+            client.push("w", w - targets[k])
+            client.push_rows("emb", ids, e * e - 0.5)
+        client.wait(durable=True)
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(K)]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert not errors, errors
+        in_threads(worker, K)
         got_w, got_e, info = ps.pull("w"), ps.pull("emb"), ps.info()
     finally:
         ps.shutdown()
 
-    w, e = w0.copy(), e0.copy()
-    ow, oe = fastlr.Adam(w, lr=0.05), fastlr.Adam(e, lr=0.05)
-    for r in range(R):
-        g = w - targets[0]
-        for k in range(1, K):
-            g += w - targets[k]
-        rows = np.concatenate([e[batches[r][k]] * e[batches[r][k]] - 0.5 for k in range(K)])
-        ow.step(g * (1.0 / K))
-        step_rows(oe, None, np.concatenate(batches[r]), rows * (1.0 / K))
+    w, e = sync_adam_reference(w0, e0, targets, batches, lambda rows, r, k: rows * rows - 0.5, lr=0.05)
     assert sum(s["restarted"] for s in info) >= 1
     assert [s["rounds"] for s in info] == [{"emb": R, "w": R}] * 2
     assert got_w.tobytes() == w.tobytes() and got_e.tobytes() == e.tobytes()
