@@ -196,6 +196,33 @@ def test_resume_restores_the_whole_server_and_nothing_is_overwritten_silently(tm
         ps.shutdown()
 
 
+def test_sync_resume_needs_a_checkpoint_between_rounds(tmp_path):
+    """A sync server checkpointed between rounds resumes its rounds exactly; one saved mid-round is refused."""
+    w0, targets = np.zeros(5), [np.arange(5.0), -np.arange(5.0) + 1]
+
+    def round_(ps):
+        for k in (0, 1):
+            ps.push("w", ps.pull("w", worker=k) - targets[k], worker=k)
+    kw = {"num_shards": 2, "mode": "sync", "num_workers": 2, "checkpoint_dir": tmp_path}
+    ps = ParameterServer({"w": w0}, "Adam", lr=0.1, **kw)
+    round_(ps)
+    ps.checkpoint()
+    ps.shutdown()
+    ps = ParameterServer(None, "Adam", lr=0.1, resume=True, **kw)
+    try:
+        round_(ps)
+        got = ps.pull("w", worker=0)
+        ps.push("w", got, worker=0)   # half a round
+        ps.checkpoint()
+    finally:
+        ps.shutdown()
+    w, _ = sync_adam_reference(w0, np.zeros((1, 1)), targets, [[np.zeros(0, int)] * 2] * 2,
+                               lambda rows, r, k: rows, lr=0.1)
+    assert got.tobytes() == w.tobytes()
+    with pytest.raises(ValueError, match=r"saved at different sync rounds .* or mid-round \(shards \[0, 1\]\)"):
+        ParameterServer(None, "Adam", lr=0.1, resume=True, **kw)
+
+
 def test_resume_refuses_damaged_or_pickled_checkpoints(tmp_path):
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "shard-0.pkl").write_bytes(b"\x80\x05crafted")
