@@ -284,14 +284,14 @@ def test_failed_checkpoint_write_refuses_the_push_cleanly(tmp_path):
 
 
 def test_sync_pull_times_out_with_a_clear_error():
-    ps = ParameterServer({"w": np.zeros(4)}, "SGD", lr=1.0, num_shards=2, mode="sync", num_workers=2, timeout=1.0)
+    ps = ParameterServer({"w": np.zeros(4)}, "SGD", lr=1.0, num_shards=2, mode="sync", num_workers=2, timeout=3.0)
     try:
         for worker in (0, 1):   # one whole round first: the shards' first step loads its kernel
             ps.push("w", np.ones(4), worker=worker)
         assert ps.pull("w", worker=1).tolist() == [-1.0] * 4
         ps.push("w", np.ones(4), worker=0)
         t = time.perf_counter()
-        with pytest.raises(TimeoutError, match=r"pull 'w': shard \d waited 1.0 s for sync round 1; no push yet "
+        with pytest.raises(TimeoutError, match=r"pull 'w': shard \d waited 3.0 s for sync round 1; no push yet "
                                                r"from workers \[1\]"):
             ps.pull("w", worker=0)
         assert time.perf_counter() - t < 30
