@@ -101,9 +101,11 @@ class ParameterServer:
         ``make(array) -> optimizer``; ``**optimizer_kwargs`` go to the class.
     mode: "sync" (``num_workers`` pushes averaged per step) or "async".
     checkpoint_dir: a folder every shard can reach. The initial values go there first; each
-        shard saves itself every ``checkpoint_every`` optimizer steps (default 100) and on
-        checkpoint(). A shard that dies is restarted by Ray (``max_restarts``, default 3 with
-        checkpoint_dir, else 0) from its checkpoint, and clients resend what it lacks.
+        shard saves itself once ``checkpoint_every`` optimizer steps (default 100) have passed,
+        checked before each message it takes (a message holds up to batch_bytes of one client's
+        pushes), and on checkpoint(). A shard that dies is restarted by Ray (``max_restarts``,
+        default 3 with checkpoint_dir, else 0; -1: always) from its checkpoint, and clients resend
+        what it lacks.
     resume: restore every shard (rows, optimizer states, sync rounds, message numbers) from
         checkpoint_dir; `params` may then be None (the layout is read back) or must match it.
         Without resume, a folder that holds a checkpoint is an error unless ``overwrite=True``.
@@ -112,7 +114,9 @@ class ParameterServer:
         sent at the latest batch_delay seconds after the first (0: every push sent at once).
     address: join this Ray cluster; otherwise a running Ray is used, or a local one is started
         by init_ray (127.0.0.1 only) with ``num_cpus`` CPUs (and ``ray_init`` passed on).
-    threads_per_shard: numba threads of each shard process (None: numba's default).
+    threads_per_shard: numba threads of each shard process (None: numba's default). Default 1: shards
+        share the machine with workers and each other, and a parallel kernel on busy cores can run
+        several times slower than a serial one (docs/PERFORMANCE.md, "Parameter server").
 
     Workers use ``client(worker)`` (or the same methods here, with ``worker=``): push,
     push_rows, pull, pull_rows, flush, wait.
