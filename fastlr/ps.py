@@ -72,17 +72,21 @@ def init_ray(num_cpus=None, **kwargs):
     this sets that for the start, asks for the node address 127.0.0.1, and checks the result.
     """
     import ray
-    from ray._private import (
-        ray_constants,  # read by ray at start; the variable only reaches new processes
-    )
-    env, flag = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"), ray_constants.ENABLE_RAY_CLUSTER
+    try:   # ray reads the variable when imported; new processes read it from the environment
+        from ray._private import ray_constants
+    except ImportError:   # another Ray layout: the environment alone, and the check below
+        ray_constants = None
+    env = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    flag = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    if flag is not None:
+        ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         ctx = ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1",
                        **{"include_dashboard": False, **kwargs})
     finally:
-        ray_constants.ENABLE_RAY_CLUSTER = flag
+        if flag is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = flag
         if env is None:
             os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
         else:
