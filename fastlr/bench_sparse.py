@@ -120,7 +120,7 @@ def run_sparse_bench(rows=1_000_000, dim=64, batch=4096, batches=50, zipf=1.1, r
                     "vs_sparse_adam": float(np.median(np.divide(ref, t))) if ref else None,
                     "rows": rows, "dim": dim, "batch": batch, "unique_per_batch": unique, "zipf": zipf})
     if server:
-        out += run_server_bench(rows=rows, dim=dim, batch=batch, zipf=zipf, workers=workers, seed=seed)
+        out += run_server_bench(rows=rows, dim=dim, batch=batch, zipf=zipf, workers=workers, repeat=repeat, seed=seed)
     return out
 
 
