@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 import pytest
-from ps_helpers import sync_adam_reference
 
 import fastlr
 from fastlr.sparse import step_rows
+from ps_helpers import sync_adam_reference
 
 ray = pytest.importorskip("ray")
 from fastlr.ps import CheckpointError, ParameterServer, init_ray  # noqa: E402

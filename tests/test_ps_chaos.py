@@ -9,6 +9,7 @@ their checkpoints; clients resend what a checkpoint lacks; Ray's retried calls a
 """
 import numpy as np
 import pytest
+
 from ps_helpers import in_threads, sync_adam_reference
 
 ray = pytest.importorskip("ray")
@@ -60,7 +61,7 @@ def test_async_training_under_random_shard_kills(tmp_path):
         ps.shutdown()
     want_emb, want_w, items = np.zeros((ROWS, DIM)), np.zeros(N), [0, 0]
     half = ROWS // 2
-    for name, ids, g in (p for ps_ in pushed for p in ps_):
+    for _name, ids, g in (p for ps_ in pushed for p in ps_):
         if ids is None:
             want_w -= g
             items = [items[0] + 1, items[1] + 1]
