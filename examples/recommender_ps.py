@@ -12,6 +12,10 @@ loss and held-out MSE per epoch, and rows updated per second.
     python examples/recommender_ps.py --users 400 --items 300 --ratings 20000 --epochs 3
     python examples/recommender_ps.py --kill-shard-at 2                 # a shard dies mid-epoch 2
 
+A killed shard is restarted by Ray from its last checkpoint; the workers resend the pushes that
+checkpoint lacks, and Ray's retries of calls the shard had already taken are dropped, so every
+push is applied exactly once (docs/RELIABILITY.md).
+
 Needs ``pip install fastlr[distributed]`` (Ray); starts a local Ray unless --address is given.
 """
 import argparse
@@ -80,6 +84,7 @@ def main(argv=None):
     ap.add_argument("--reg", type=float, default=1e-3)
     ap.add_argument("--mode", choices=["async", "sync"], default="async")
     ap.add_argument("--checkpoint-dir", default=None, help="default: a temporary folder")
+    ap.add_argument("--overwrite", action="store_true", help="start afresh in a --checkpoint-dir that holds one")
     ap.add_argument("--checkpoint-every", type=int, default=20, help="shard steps between checkpoints")
     ap.add_argument("--kill-shard-at", type=int, default=None, metavar="EPOCH",
                     help="kill shard 0 during this epoch (Ray restarts it from its last checkpoint)")
@@ -105,7 +110,8 @@ def main(argv=None):
     checkpoint_dir = args.checkpoint_dir or tempfile.mkdtemp(prefix="fastlr-ps-")
     ps = ParameterServer(tables, "Adam", lr=args.lr, num_shards=args.shards, mode=args.mode,
                          num_workers=args.workers, checkpoint_dir=checkpoint_dir,
-                         checkpoint_every=args.checkpoint_every, address=args.address, num_cpus=args.num_cpus)
+                         checkpoint_every=args.checkpoint_every, overwrite=args.overwrite, address=args.address,
+                         num_cpus=args.num_cpus)
     history = []
     try:
         remote = ray.remote(num_cpus=0)(Worker)

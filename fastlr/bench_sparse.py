@@ -2,17 +2,20 @@
 
 Same batches, same process, side by side: fastlr ``step_rows`` (lazy Adam, row-wise
 Adagrad, SGD), torch.optim.SparseAdam, torch's sparse Adagrad and an ``index_add_`` SGD
-baseline; optionally the parameter server (``fastlr.ps``) with 1, 2 and 4 workers. Ids
-are drawn from a Zipf(s) law truncated to the table (id k with probability ~ (k+1)^-s).
+baseline; optionally the parameter server (``fastlr.ps``) with 1, 2 and 4 workers on 1 and 2
+shards, side by side with in-process step_rows. Ids are drawn from a Zipf(s) law truncated to
+the table (id k with probability ~ (k+1)^-s).
 
-    from fastlr.bench_sparse import run_sparse_bench
-    for row in run_sparse_bench(): print(row)
+    python -m fastlr.bench_sparse                      # step_rows vs torch
+    python -m fastlr.bench_sparse --server --json ps.json --plot ps.png
 """
+import os
 import time
 
 import numpy as np
 
-__all__ = ["zipf_ids", "zipf_batches", "sparse_cases", "run_sparse_bench", "run_server_bench", "format_rows"]
+__all__ = ["format_rows", "format_server_rows", "plot_server_rows", "run_server_bench", "run_sparse_bench",
+           "sparse_cases", "zipf_batches", "zipf_ids"]
 
 
 def zipf_ids(n_rows, size, s=1.1, rng=None):
@@ -118,38 +121,112 @@ def run_sparse_bench(rows=1_000_000, dim=64, batch=4096, batches=50, zipf=1.1, r
                     "vs_sparse_adam": float(np.median(np.divide(ref, t))) if ref else None,
                     "rows": rows, "dim": dim, "batch": batch, "unique_per_batch": unique, "zipf": zipf})
     if server:
-        out += run_server_bench(rows=rows, dim=dim, batch=batch, zipf=zipf, workers=workers, seed=seed)
+        out += run_server_bench(rows=rows, dim=dim, batch=batch, zipf=zipf, workers=workers, repeat=repeat, seed=seed)
     return out
 
 
-def run_server_bench(rows=1_000_000, dim=64, batch=4096, zipf=1.1, workers=(1, 2, 4), shards=2, seconds=3.0,
-                     seed=0, **server_kwargs):
-    """Parameter-server updates per second (asynchronous mode, lazy Adam, `shards` shards): for each
-    number of workers, Ray actors that push_rows Zipf batches for `seconds`. One dict per count."""
+def run_server_bench(rows=1_000_000, dim=64, batch=4096, zipf=1.1, workers=(1, 2, 4), shards=(1, 2), seconds=3.0,
+                     warm_seconds=3.0, repeat=3, inprocess=True, seed=0, progress=True, **server_kwargs):
+    """Parameter-server updates per second (asynchronous mode, lazy Adam) for every number of
+    `shards` x `workers`, side by side with in-process ``step_rows`` on the same batches.
+
+    Workers are Ray actors that push_rows pre-drawn Zipf batches as fast as the server takes them.
+    Each server first takes `warm_seconds` of pushes untimed (kernels compiled, the table's pages
+    touched); so does the in-process table (one pass over its batches). Then, `repeat` rounds of:
+    `seconds` of in-process step_rows in this process (the server idle), `seconds` of the server
+    (this process idle). ids_per_s is the median over rounds, vs_step_rows the median of the
+    per-round ratios. Where the time goes: apply_share (fraction of the wall time each shard
+    spends in optimizer steps, mean over shards), and the workers' stage/send/wait shares.
+    One dict per (shards, workers); `server_kwargs` go to ParameterServer.
+    """
     import ray
 
     from .ps import ParameterServer
+    shards = (shards,) if isinstance(shards, int) else tuple(shards)
     rng = np.random.default_rng(seed)
     init = (0.01 * rng.standard_normal((rows, dim))).astype(np.float32)
-    ps = ParameterServer({"emb": init}, optimizer="Adam", lr=1e-3, num_shards=shards, mode="async",
-                         **server_kwargs)
+    local = _local_rate(init, dim, batch, zipf, seed) if inprocess else None
+    bar = _progress(len(shards) * (1 + len(workers) * repeat), progress, "parameter server")
     out = []
-    try:
-        pusher = ray.remote(num_cpus=0)(_Pusher)
-        for k in workers:
-            actors = [pusher.remote(ps.client(w), rows, dim, batch, zipf, seed + w) for w in range(k)]
-            ray.get([a.ready.remote() for a in actors])
-            t = time.perf_counter()
-            counts = ray.get([a.run.remote(seconds) for a in actors])
-            elapsed = time.perf_counter() - t
-            out.append({"case": f"fastlr.ps push_rows Adam, {k} worker(s), {shards} shards",
-                        "ids_per_s": sum(counts) * batch / elapsed, "pushes_per_s": sum(counts) / elapsed,
-                        "workers": k, "shards": shards, "rows": rows, "dim": dim, "batch": batch, "zipf": zipf})
-            for a in actors:
-                ray.kill(a)
-    finally:
-        ps.shutdown()
+    for n_shards in shards:
+        ps = ParameterServer({"emb": init}, optimizer="Adam", lr=1e-3, num_shards=n_shards, mode="async",
+                             **server_kwargs)
+        try:
+            pusher = ray.remote(num_cpus=0)(_Pusher)
+            warm = pusher.remote(ps.client(0), rows, dim, batch, zipf, seed)
+            ray.get(warm.run.remote(warm_seconds))
+            ray.kill(warm)
+            bar.update()
+            for k in workers:
+                actors = [pusher.remote(ps.client(w), rows, dim, batch, zipf, seed + w) for w in range(k)]
+                ray.get([a.ready.remote() for a in actors])
+                rates, ratios, shares = [], [], []
+                for _ in range(repeat):
+                    ref = local(seconds) if local else None
+                    before = {s["index"]: s["apply_seconds"] for s in ps.info()}
+                    t = time.perf_counter()
+                    done = ray.get([a.run.remote(seconds) for a in actors])
+                    elapsed = time.perf_counter() - t
+                    after = ps.info()
+                    rates.append(sum(n for n, _ in done) * batch / elapsed)
+                    ratios.append(rates[-1] / ref if ref else float("nan"))
+                    shares.append((float(np.mean([(s["apply_seconds"] - before[s["index"]]) / elapsed
+                                                  for s in after])), _merge([st for _, st in done])))
+                    bar.update()
+                apply_share = float(np.median([a for a, _ in shares]))
+                client = {key: float(np.median([c[key] for _, c in shares])) for key in shares[0][1]}
+                out.append({"case": f"fastlr.ps push_rows Adam, {k} worker(s), {n_shards} shard(s)",
+                            "ids_per_s": float(np.median(rates)), "vs_step_rows": float(np.median(ratios)),
+                            "step_rows_ids_per_s": float(np.median(rates) / np.median(ratios)) if local else None,
+                            "apply_share": apply_share, **{f"worker_{key}_share": v for key, v in client.items()},
+                            "workers": k, "shards": n_shards, "rows": rows, "dim": dim, "batch": batch,
+                            "zipf": zipf})
+                for a in actors:
+                    ray.kill(a)
+        finally:
+            ps.shutdown()
+    bar.close()
     return out
+
+
+def _local_rate(init, dim, batch, zipf, seed):
+    """seconds -> in-process step_rows ids/s (lazy Adam) on its own warmed copy of the table: the better
+    of numba's default thread count and 1 thread, each run for half the time (on a loaded machine a
+    parallel kernel can fall far below a serial one)."""
+    import numba
+
+    import fastlr
+
+    from .sparse import step_rows
+    ids, grads = zipf_batches(len(init), dim, batch, 50, zipf, seed)
+    opt = fastlr.Adam(init.copy(), lr=1e-3)
+    def step(i):
+        step_rows(opt, None, ids[i % len(ids)], grads[i % len(grads)])
+    _pass_seconds(step, len(ids))
+    default = numba.get_num_threads()
+
+    def rate(seconds):
+        best = 0.0
+        for threads in sorted({default, 1}, reverse=True):
+            numba.set_num_threads(threads)
+            n, end, t = 0, time.perf_counter() + seconds / 2, time.perf_counter()
+            while time.perf_counter() < end:
+                step(n)
+                n += 1
+            best = max(best, n * batch / (time.perf_counter() - t))
+        numba.set_num_threads(default)
+        return best
+    return rate
+
+
+def _merge(stats):
+    """Workers' client time shares (stage, send, wait), averaged."""
+    return {key: float(np.mean([s[key] for s in stats])) for key in stats[0]}
+
+
+def _progress(total, show, desc):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, disable=not show, desc=desc, leave=False)
 
 
 class _Pusher:
@@ -165,12 +242,16 @@ class _Pusher:
         return True
 
     def run(self, seconds):
-        n, end = 0, time.perf_counter() + seconds
+        """(pushes made, {stage, send, wait}: shares of the wall time in the client)."""
+        self.client.stats(reset=True)
+        n, t = 0, time.perf_counter()
+        end = t + seconds
         while time.perf_counter() < end:
             self.client.push_rows("emb", self.ids[n % 8], self.grads[n % 8])
             n += 1
         self.client.wait()
-        return n
+        wall = time.perf_counter() - t
+        return n, {key: v / wall for key, v in self.client.stats().items()}
 
 
 def format_rows(rows):
@@ -183,5 +264,77 @@ def format_rows(rows):
     return "\n".join(lines)
 
 
+def format_server_rows(rows):
+    """run_server_bench's rows as an aligned text table."""
+    lines = [(f"{'shards':>6} {'workers':>7} {'M ids/s':>8} {'in-process':>10} {'ratio':>6} {'shard apply':>11} "
+              f"{'worker stage/send/wait':>22}")]
+    for r in rows:
+        ref = r.get("step_rows_ids_per_s")
+        lines.append(f"{r['shards']:>6} {r['workers']:>7} {r['ids_per_s'] / 1e6:>8.2f} "
+                     f"{(f'{ref / 1e6:.2f}' if ref else '-'):>10} {r['vs_step_rows']:>6.2f} {r['apply_share']:>11.2f} "
+                     f"{r['worker_stage_share']:>8.2f}/{r['worker_send_share']:.2f}/{r['worker_wait_share']:.2f}")
+    return "\n".join(lines)
+
+
+def plot_server_rows(rows, path):
+    """A bar chart of run_server_bench's rows (M ids/s per shards x workers, in-process step_rows as a line)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    labels = [f"{r['shards']} shard{'s' * (r['shards'] > 1)}\n{r['workers']} worker{'s' * (r['workers'] > 1)}"
+              for r in rows]
+    bars = ax.bar(labels, [r["ids_per_s"] / 1e6 for r in rows], color="tab:blue")
+    for bar, r in zip(bars, rows):
+        ax.annotate(f"{r['vs_step_rows']:.2f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    refs = [r["step_rows_ids_per_s"] / 1e6 for r in rows if r.get("step_rows_ids_per_s")]
+    if refs:
+        ax.axhline(float(np.median(refs)), color="tab:orange", ls="--", label="in-process step_rows (median)")
+        ax.axhline(0.4 * float(np.median(refs)), color="tab:red", ls=":", label="40% of it (target, 1 shard 1 worker)")
+        ax.legend(fontsize=8)
+    r0 = rows[0]
+    ax.set_ylabel("M ids/s")
+    ax.set_title(f"fastlr.ps push_rows, async lazy Adam, {r0['rows']:,} x {r0['dim']} fp32, "
+                 f"batches of {r0['batch']} Zipf({r0['zipf']}) ids", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    import argparse
+    import json
+    ap = argparse.ArgumentParser(prog="python -m fastlr.bench_sparse", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--server", action="store_true",
+                    help="only the parameter server (run_server_bench), side by side with in-process step_rows")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--shards", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--seconds", type=float, default=3.0, help="per timed window")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--batch-mb", type=float, default=None, help="the clients' batch_bytes, in MiB")
+    ap.add_argument("--threads-per-shard", type=int, default=1)
+    ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument("--plot", default=None, help="write a PNG bar chart here (needs matplotlib)")
+    args = ap.parse_args(argv)
+    if not args.server:
+        print(format_rows(run_sparse_bench()))
+        return 0
+    from .ps import init_ray
+    init_ray(num_cpus=2, log_to_driver=False)
+    kwargs = {"threads_per_shard": args.threads_per_shard}
+    if args.batch_mb is not None:
+        kwargs["batch_bytes"] = int(args.batch_mb * (1 << 20))
+    rows = run_server_bench(workers=tuple(args.workers), shards=tuple(args.shards), seconds=args.seconds,
+                            repeat=args.repeat, **kwargs)
+    print(format_server_rows(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"load_average": os.getloadavg(), "rows": rows}, f, indent=1)
+    if args.plot:
+        plot_server_rows(rows, args.plot)
+    return 0
+
+
 if __name__ == "__main__":
-    print(format_rows(run_sparse_bench()))
+    raise SystemExit(main())

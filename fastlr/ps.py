@@ -3,31 +3,41 @@
 Every buffer (dense, or a 2-D embedding table) is split by row range over ``num_shards``
 Ray actors; each shard holds its rows and one fastlr optimizer per buffer. Workers push
 dense gradients (``push``) or gradient rows (``push_rows(name, ids, rows)``, duplicates
-summed, lazy updates as ``step_rows``) and read back with ``pull`` / ``pull_rows``. NumPy
-arrays travel through Ray's object store (read zero-copy by the receiving process).
+summed, lazy updates as ``step_rows``) and read back with ``pull`` / ``pull_rows``.
 
 Modes:
 * ``"sync"``: each shard waits for one push per worker (``num_workers`` of them) for a
   buffer, averages the gradients in worker order and takes one optimizer step; a worker's
-  ``pull`` waits until the round it pushed to is applied. K workers each on their own
-  batch thus train exactly as one process on the union of the batches (mean loss).
-* ``"async"``: every push is applied at once as its own step; pulls never wait.
+  ``pull`` waits until the rounds it pushed to are applied (at most ``timeout`` seconds, then
+  a TimeoutError names the workers still missing). K workers each on their own batch thus
+  train exactly as one process on the union of the batches (mean loss).
+* ``"async"``: every push is applied at once as its own step; pulls never wait for others.
 
-Durability: with ``checkpoint_dir`` (a folder every shard can reach), each shard saves its
-params, optimizer states and step count atomically (temporary file, fsync, rename) every
-``checkpoint_every`` steps and on ``checkpoint()``; the initial values are written there
-first (a new server starts afresh, overwriting what the folder held). A shard actor that
-dies is restarted by Ray (``max_restarts``) from its last checkpoint; calls in flight are
-retried on the new actor (updates applied after the checkpoint are lost, as in any
-checkpoint-restart scheme) and training continues.
+Guarantees (docs/RELIABILITY.md, "Parameter server"):
+* Exactly once: pushes travel as numbered messages per (client, shard); a shard drops a number
+  it already holds (Ray retrying a call after a restart) and refuses one that skips numbers
+  (it lost messages when it restarted from its checkpoint); the client then resends, from the
+  messages it keeps until a checkpoint holds them. Sync rounds stay aligned across restarts.
+* Checkpoints (``checkpoint_dir``): pickle-free (.npz read with ``allow_pickle=False`` + a JSON
+  manifest), atomic, checksummed (fastlr.ps_checkpoint); taken every ``checkpoint_every``
+  optimizer steps of a shard, before the push that finds one due is applied, so a failed
+  write (disk full) refuses that push, unapplied, with the error. ``resume=True`` restores a
+  whole server; an existing checkpoint is never overwritten unless ``overwrite=True``.
+* Ray started here listens on 127.0.0.1 only (``init_ray``); ``address=`` joins a cluster as is.
+
+Throughput: a client coalesces its pushes per shard into one message of up to
+``batch_bytes`` (sent at the latest ``batch_delay`` seconds after its first push), copied once
+into a staging buffer and once into Ray's object store, which the shard reads zero-copy.
 
     ps = ParameterServer({"emb": np.zeros((10**6, 64), np.float32)}, "Adam", lr=1e-3,
                          num_shards=2, mode="async")
     ps.push_rows("emb", ids, grad_rows)
     rows = ps.pull_rows("emb", ids)
 
-Ray is imported only here, and started on the fly (a local instance with ``num_cpus``)
-unless it is already running or ``address`` names a cluster to join.
+Modules: this one (server, init_ray), fastlr.ps_client (Client), fastlr.ps_shard (the shard
+actor), fastlr.ps_checkpoint (checkpoint files). Ray is imported by them only when used, and
+started on the fly (``init_ray``: a local instance with ``num_cpus``) unless it is already
+running or ``address`` names a cluster to join.
 """
 import collections
 import functools
@@ -35,7 +45,54 @@ import os
 
 import numpy as np
 
-__all__ = ["ParameterServer", "Client"]
+from .ps_checkpoint import (
+    CheckpointError,
+    read_json,
+    read_manifest,
+    write_checkpoint,
+    write_json,
+)
+from .ps_client import Client
+from .ps_shard import Shard, shard_stem
+
+__all__ = ["CheckpointError", "Client", "ParameterServer", "init_ray"]
+
+SERVER_FILE = "server.json"
+
+
+def init_ray(num_cpus=None, **kwargs):
+    """Start a local Ray whose servers all listen on 127.0.0.1 (not on every interface, as a plain
+    ``ray.init()`` does); `kwargs` go to ``ray.init``. Returns what ``ray.init`` returns.
+
+    Ray binds its gRPC servers and agents to the node address, which it replaces with the
+    machine's network address unless clustering is off (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0);
+    this sets that for the start, asks for the node address 127.0.0.1, and checks the result.
+    """
+    import ray
+    try:   # ray reads the variable when imported; new processes read it from the environment
+        from ray._private import ray_constants
+    except ImportError:   # another Ray layout: the environment alone, and the check below
+        ray_constants = None
+    env = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    flag = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if flag is not None:
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ctx = ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1",
+                       **{"include_dashboard": False, **kwargs})
+    finally:
+        if flag is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = flag
+        if env is None:
+            os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+        else:
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = env
+    address = ray.util.get_node_ip_address()
+    if address != "127.0.0.1":
+        ray.shutdown()
+        raise RuntimeError(f"init_ray: Ray came up on {address}, not on 127.0.0.1; stopped it")
+    return ctx
 
 
 class ParameterServer:
@@ -44,85 +101,185 @@ class ParameterServer:
     optimizer: a fastlr optimizer name ("Adam", "RowWiseAdagrad", ...), class, or a callable
         ``make(array) -> optimizer``; ``**optimizer_kwargs`` go to the class.
     mode: "sync" (``num_workers`` pushes averaged per step) or "async".
-    checkpoint_dir, checkpoint_every: where and how often (in steps of a shard) shards save
-        themselves; checkpoint() saves on request. max_restarts: Ray restarts of a dead shard
-        (default 3 with checkpoint_dir, else 0: without checkpoints a restart would start over).
+    checkpoint_dir: a folder every shard can reach. The initial values go there first; each
+        shard saves itself once ``checkpoint_every`` optimizer steps (default 100) have passed,
+        checked before each message it takes (a message holds up to batch_bytes of one client's
+        pushes), and on checkpoint(). A shard that dies is restarted by Ray (``max_restarts``,
+        default 3 with checkpoint_dir, else 0; -1: always) from its checkpoint, and clients resend
+        what it lacks.
+    resume: restore every shard (rows, optimizer states, sync rounds, message numbers) from
+        checkpoint_dir; `params` may then be None (the layout is read back) or must match it.
+        Without resume, a folder that holds a checkpoint is an error unless ``overwrite=True``.
+    timeout: seconds a call waits for a sync round or a shard's reply before a TimeoutError.
+    batch_bytes, batch_delay: a client's pushes to one shard are coalesced up to this many bytes,
+        sent at the latest batch_delay seconds after the first (0: every push sent at once).
     address: join this Ray cluster; otherwise a running Ray is used, or a local one is started
-        with ``num_cpus`` CPUs (and ``ray_init`` passed to ``ray.init``).
-    threads_per_shard: numba threads of each shard process (None: numba's default; 1 by
-        default, as shards share the machine with workers and other shards).
+        by init_ray (127.0.0.1 only) with ``num_cpus`` CPUs (and ``ray_init`` passed on).
+    threads_per_shard: numba threads of each shard process (None: numba's default). Default 1: shards
+        share the machine with workers and each other, and a parallel kernel on busy cores can run
+        several times slower than a serial one (docs/PERFORMANCE.md, "Parameter server").
 
     Workers use ``client(worker)`` (or the same methods here, with ``worker=``): push,
-    push_rows, pull, pull_rows, wait.
+    push_rows, pull, pull_rows, flush, wait.
     """
 
-    def __init__(self, params, optimizer="Adam", *, num_shards=2, mode="sync", num_workers=1,
-                 checkpoint_dir=None, checkpoint_every=None, max_restarts=None, address=None, num_cpus=2,
+    def __init__(self, params=None, optimizer="Adam", *, num_shards=2, mode="sync", num_workers=1,
+                 checkpoint_dir=None, checkpoint_every=None, resume=False, overwrite=False, max_restarts=None,
+                 timeout=120.0, batch_bytes=16 << 20, batch_delay=0.005, address=None, num_cpus=2,
                  threads_per_shard=1, ray_init=None, **optimizer_kwargs):
         if mode not in ("sync", "async"):
             raise ValueError(f"mode: expected 'sync' or 'async', got {mode!r}")
         for name, value in (("num_shards", num_shards), ("num_workers", num_workers)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-        if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+        if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or
+                                             not isinstance(checkpoint_every, int) or checkpoint_every < 1):
             raise ValueError(f"checkpoint_every: expected an integer >= 1 or None, got {checkpoint_every!r}")
-        if not isinstance(params, dict) or not params:
-            raise TypeError("params: expected a non-empty dict of name -> NumPy array")
-        layout = {}
-        for name, a in params.items():
-            if not isinstance(a, np.ndarray) or a.ndim < 1 or a.dtype not in (np.float32, np.float64):
-                raise TypeError(f"params[{name!r}]: expected a float32/float64 NumPy array with at least 1 "
-                                f"dimension, got {type(a).__name__} {getattr(a, 'dtype', '')}")
-            bounds = [k * a.shape[0] // num_shards for k in range(num_shards + 1)]
-            layout[name] = _Layout(tuple(a.shape), a.dtype, bounds)
+        for name, value in (("timeout", timeout), ("batch_delay", batch_delay), ("batch_bytes", batch_bytes)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+        if (resume or overwrite) and checkpoint_dir is None:
+            raise ValueError("resume/overwrite: need checkpoint_dir")
+        if resume and overwrite:
+            raise ValueError("resume and overwrite: choose one")
+        directory = os.path.abspath(checkpoint_dir) if checkpoint_dir is not None else None
+        if resume:
+            layout, params = self._saved_layout(directory, params, num_shards, mode, num_workers)
+        else:
+            layout = self._layout(params, num_shards)
         make = _optimizer_factory(optimizer, optimizer_kwargs)
-        for a in params.values():  # bad options fail here, not in an actor
-            make(np.zeros((2,) + a.shape[1:], a.dtype))
+        for lay in layout.values():  # bad options fail here, not in an actor
+            make(np.zeros((2,) + lay.shape[1:], lay.dtype))
+        if directory is not None and not resume:
+            self._claim(directory, overwrite)
+            self._write_initial(directory, params, layout, num_shards, mode, num_workers, optimizer)
+
         import ray
         self._owns_ray = False
         if not ray.is_initialized():
             if address is not None:
                 ray.init(address=address, **(ray_init or {}))
             else:
-                ray.init(num_cpus=num_cpus, include_dashboard=False, **(ray_init or {}))
+                init_ray(num_cpus=num_cpus, **(ray_init or {}))
                 self._owns_ray = True
-        if checkpoint_dir is not None:
-            checkpoint_dir = os.path.abspath(checkpoint_dir)
-            os.makedirs(checkpoint_dir, exist_ok=True)
         if max_restarts is None:
-            max_restarts = 3 if checkpoint_dir else 0
-        options = dict(max_restarts=max_restarts, max_task_retries=-1 if max_restarts else 0)
+            max_restarts = 3 if directory else 0
+        options = {"max_restarts": max_restarts, "max_task_retries": -1 if max_restarts else 0, "num_cpus": 0}
         if threads_per_shard is not None:
             options["runtime_env"] = {"env_vars": {"NUMBA_NUM_THREADS": str(threads_per_shard)}}
-        actor = ray.remote(_Shard).options(**options)
+        actor = ray.remote(Shard).options(**options)
+        every = (checkpoint_every or 100) if directory else None
         self.shards = []
+        for k in range(num_shards):
+            slices = None
+            if directory is None:   # with checkpoints, a (re)started shard reads its rows from there
+                slices = {name: np.ascontiguousarray(a[lay.bounds[k]:lay.bounds[k + 1]])
+                          for name, a in params.items() if (lay := layout[name]).bounds[k + 1] > lay.bounds[k]}
+            self.shards.append(actor.remote(k, slices, make, mode, num_workers, directory, every, timeout))
+        self.layout, self.mode, self.num_workers = layout, mode, num_workers
+        self.checkpoint_dir, self.timeout = directory, timeout
+        self._client_options = {"batch_bytes": int(batch_bytes), "batch_delay": float(batch_delay),
+                                "timeout": timeout, "replay": directory is not None}
+        self._clients = {}
+        try:
+            ray.get([s.info.remote() for s in self.shards], timeout=max(timeout, 120))  # up, optimizers built
+        except Exception:
+            self.shutdown()
+            raise
+
+    # ------------------------------------------------------------ construction helpers
+    @staticmethod
+    def _layout(params, num_shards):
+        if not isinstance(params, dict) or not params:
+            raise TypeError("params: expected a non-empty dict of name -> NumPy array")
+        layout = {}
+        for name, a in params.items():
+            if not isinstance(name, str):
+                raise TypeError(f"params: expected str names, got {name!r}")
+            if not isinstance(a, np.ndarray) or a.ndim < 1 or a.dtype not in (np.float32, np.float64):
+                raise TypeError(f"params[{name!r}]: expected a float32/float64 NumPy array with at least 1 "
+                                f"dimension, got {type(a).__name__} {getattr(a, 'dtype', '')}")
+            bounds = [k * a.shape[0] // num_shards for k in range(num_shards + 1)]
+            layout[name] = _Layout(tuple(a.shape), a.dtype, bounds)
+        return layout
+
+    @staticmethod
+    def _claim(directory, overwrite):
+        """Make sure starting afresh in `directory` destroys no checkpoint silently."""
+        os.makedirs(directory, exist_ok=True)
+        ours = [n for n in os.listdir(directory)
+                if n.startswith((SERVER_FILE, "shard-")) and n.endswith((".json", ".npz", ".tmp", ".pkl"))]
+        if ours and not overwrite:
+            raise FileExistsError(f"checkpoint_dir: {directory} already holds a parameter-server checkpoint "
+                                  f"({', '.join(sorted(ours)[:4])}{', ...' if len(ours) > 4 else ''}); pass "
+                                  f"resume=True to continue from it or overwrite=True to start afresh")
+        for n in ours:
+            os.unlink(os.path.join(directory, n))
+
+    @staticmethod
+    def _write_initial(directory, params, layout, num_shards, mode, num_workers, optimizer):
+        """The initial rows of every shard, then server.json (the layout) last: a folder with a
+        server.json holds a complete checkpoint."""
         for k in range(num_shards):
             slices = {name: np.ascontiguousarray(a[lay.bounds[k]:lay.bounds[k + 1]])
                       for name, a in params.items() if (lay := layout[name]).bounds[k + 1] > lay.bounds[k]}
-            path = None
-            if checkpoint_dir:  # the initial rows go to the checkpoint: a restart never needs them as arguments
-                path = os.path.join(checkpoint_dir, f"shard-{k}.pkl")
-                _save(path, {"steps": 0, "params": slices, "optim": None})
-                slices = None
-            self.shards.append(actor.remote(k, slices, make, mode, num_workers, path, checkpoint_every))
-        self.layout, self.mode, self.num_workers = layout, mode, num_workers
-        self.checkpoint_dir = checkpoint_dir
-        self._clients = {}
-        ray.get([s.info.remote() for s in self.shards])  # up, with their optimizers built
+            tree = {"params": slices, "optim": None, "seq": {}, "rounds": dict.fromkeys(slices, 0),
+                    "queues": {name: {w: [] for w in range(num_workers)} for name in slices}}
+            write_checkpoint(directory, shard_stem(k), {"index": k, "steps": 0, "mode": mode,
+                                                        "num_workers": num_workers}, tree)
+        write_json(os.path.join(directory, SERVER_FILE), {
+            "num_shards": num_shards, "mode": mode, "num_workers": num_workers,
+            "optimizer": optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", repr(optimizer)),
+            "layout": {name: {"shape": list(lay.shape), "dtype": lay.dtype.str, "bounds": lay.bounds}
+                       for name, lay in layout.items()}})
 
+    @staticmethod
+    def _saved_layout(directory, params, num_shards, mode, num_workers):
+        """The layout in checkpoint_dir, checked against what the caller asks for."""
+        server = os.path.join(directory, SERVER_FILE)
+        if not os.path.exists(server):
+            legacy = [n for n in os.listdir(directory) if n.endswith(".pkl")] if os.path.isdir(directory) else []
+            hint = f" (pickle checkpoints such as {legacy[0]} are never loaded)" if legacy else ""
+            raise FileNotFoundError(f"checkpoint_dir: no parameter-server checkpoint in {directory}{hint}")
+        saved = read_json(server)
+        for what, want, got in (("num_shards", num_shards, saved["num_shards"]), ("mode", mode, saved["mode"]),
+                                ("num_workers", num_workers, saved["num_workers"])):
+            if want != got:
+                raise ValueError(f"{what}: the checkpoint in {directory} was made with {what}={got!r}, got {want!r}")
+        layout = {name: _Layout(tuple(v["shape"]), np.dtype(v["dtype"]), list(v["bounds"]))
+                  for name, v in saved["layout"].items()}
+        if params is not None:
+            given = ParameterServer._layout(params, num_shards)
+            if {n: (v.shape, v.dtype) for n, v in given.items()} != {n: (v.shape, v.dtype) for n, v in layout.items()}:
+                raise ValueError(f"params: expected the buffers saved in {directory}: "
+                                 f"{ {n: (v.shape, str(v.dtype)) for n, v in layout.items()} }")
+        if mode == "sync":   # every shard must be at the same round, none mid-round
+            metas = [read_manifest(directory, shard_stem(k))["meta"] for k in range(num_shards)]
+            rounds = {name: {m["index"]: m["rounds"][name] for m in metas if name in m.get("rounds", {})}
+                      for name in layout}
+            queued = [m["index"] for m in metas if any(any(q.values()) for q in m.get("queued", {}).values())]
+            split = [name for name, r in rounds.items() if len(set(r.values())) > 1]
+            if split or queued:
+                raise ValueError(f"resume: the shards in {directory} were saved at different sync rounds "
+                                 f"({ {n: rounds[n] for n in split} }) or mid-round (shards {queued}); sync mode "
+                                 f"resumes from a checkpoint() taken between rounds")
+        return layout, None
+
+    # ------------------------------------------------------------ the driver's own clients
     def client(self, worker=0):
         """The handle worker `worker` pushes and pulls through (sync mode: 0 <= worker < num_workers); picklable."""
         if worker not in self._clients:
-            self._clients[worker] = Client(self.shards, self.layout, self.mode, self.num_workers, worker)
+            self._clients[worker] = Client(self.shards, self.layout, self.mode, self.num_workers, worker,
+                                           **self._client_options)
         return self._clients[worker]
 
-    def push(self, name, grad, worker=0):
+    def push(self, name, grad, worker=0, wait=False):
         """Client.push as worker `worker`."""
-        self.client(worker).push(name, grad)
+        self.client(worker).push(name, grad, wait=wait)
 
-    def push_rows(self, name, ids, rows, worker=0):
+    def push_rows(self, name, ids, rows, worker=0, wait=False):
         """Client.push_rows as worker `worker`."""
-        self.client(worker).push_rows(name, ids, rows)
+        self.client(worker).push_rows(name, ids, rows, wait=wait)
 
     def pull(self, name, worker=0):
         """Client.pull as worker `worker`."""
@@ -132,27 +289,30 @@ class ParameterServer:
         """Client.pull_rows as worker `worker`."""
         return self.client(worker).pull_rows(name, ids)
 
-    def wait(self):
-        """Block until every push made through this server's clients is taken by its shard."""
+    def wait(self, durable=False):
+        """Client.wait for every client this server made (``client(worker)``)."""
         for c in self._clients.values():
-            c.wait()
+            c.wait(durable)
 
     def checkpoint(self):
-        """Save every shard now (atomically); returns each shard's step count."""
+        """Save every shard now (after this server's own clients' pushes are taken); returns each
+        shard's step count. A failed write raises CheckpointError; the previous files stay."""
         import ray
         self.wait()
-        return ray.get([s.checkpoint.remote() for s in self.shards])
+        return ray.get([s.checkpoint.remote() for s in self.shards], timeout=self.timeout)
 
     def info(self):
         """Per shard (after pushes in flight are taken): index, steps, process id, the step it was
-        restored from (None) and whether Ray restarted it."""
+        restored from (None), whether Ray restarted it, sync rounds per buffer."""
         import ray
         self.wait()
-        return ray.get([s.info.remote() for s in self.shards])
+        return ray.get([s.info.remote() for s in self.shards], timeout=self.timeout)
 
     def shutdown(self):
-        """Stop the shard actors (and the local Ray, if this server started it)."""
+        """Stop the shard actors (and the local Ray, if this server started it); checkpoints stay."""
         import ray
+        for c in self._clients.values():
+            c.close()
         for s in self.shards:
             ray.kill(s, no_restart=True)
         self.shards = []
@@ -173,112 +333,11 @@ class _Layout(collections.namedtuple("_Layout", "shape dtype bounds")):
         return [k for k in range(len(self.bounds) - 1) if self.bounds[k + 1] > self.bounds[k]]
 
 
-class Client:
-    """A worker's handle on the server: push, push_rows, pull, pull_rows. Picklable (send it to
-    Ray tasks or actors). Pushes are asynchronous, at most `max_inflight` per client in flight;
-    wait() blocks until all are taken. Arguments are checked here, before anything is sent."""
-
-    def __init__(self, shards, layout, mode, num_workers, worker, max_inflight=8):
-        top = num_workers if mode == "sync" else None  # sync rounds count pushes per worker id
-        if isinstance(worker, bool) or not isinstance(worker, int) or worker < 0 or (top and worker >= top):
-            raise ValueError(f"worker: expected an integer in [0, {top or 'inf'}), got {worker!r}")
-        self.shards, self.layout, self.mode, self.worker = shards, layout, mode, worker
-        self.max_inflight = max_inflight
-        self._inflight = collections.deque()
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_inflight"] = collections.deque()
-        return state
-
-    def _buffer(self, name):
-        try:
-            return self.layout[name]
-        except KeyError:
-            raise KeyError(f"name: no buffer {name!r} on this server (it has {sorted(self.layout)})") from None
-
-    def _send(self, refs):
-        import ray
-        self._inflight.extend(refs)
-        while len(self._inflight) > self.max_inflight:
-            ray.get(self._inflight.popleft())
-
-    def wait(self):
-        import ray
-        while self._inflight:
-            ray.get(self._inflight.popleft())
-
-    def push(self, name, grad):
-        """The gradient of a whole buffer (its shape and dtype)."""
-        lay = self._buffer(name)
-        grad = np.asarray(grad)
-        if grad.shape != lay.shape or grad.dtype != lay.dtype:
-            raise ValueError(f"grad: expected shape {lay.shape} and dtype {lay.dtype} (as {name!r}), got "
-                             f"{grad.shape} {grad.dtype}")
-        b = lay.bounds
-        self._send([self.shards[k].push.remote(name, np.ascontiguousarray(grad[b[k]:b[k + 1]]), self.worker)
-                    for k in lay.shards()])
-
-    def push_rows(self, name, ids, rows):
-        """Gradient rows of a 2-D buffer: rows[j] for row ids[j] (duplicates are summed)."""
-        lay = self._buffer(name)
-        ids, parts = self._split(name, lay, ids)
-        rows = np.asarray(rows)
-        if rows.shape != (ids.size, lay.shape[1]) or rows.dtype != lay.dtype:
-            raise ValueError(f"rows: expected shape ({ids.size}, {lay.shape[1]}) and dtype {lay.dtype} (one row "
-                             f"of {name!r} per id), got {rows.shape} {rows.dtype}")
-        refs = []
-        for k, (sel, local) in parts.items():
-            if local.size or self.mode == "sync":  # in sync mode every shard counts this worker's push
-                refs.append(self.shards[k].push_rows.remote(name, local, np.ascontiguousarray(rows[sel]),
-                                                            self.worker))
-        self._send(refs)
-
-    def pull(self, name):
-        """The whole buffer (in sync mode: after the round of this worker's last push is applied)."""
-        import ray
-        lay = self._buffer(name)
-        self.wait()
-        return np.concatenate(ray.get([self.shards[k].pull.remote(name, self.worker) for k in lay.shards()]))
-
-    def pull_rows(self, name, ids):
-        """Rows ids of a 2-D buffer, as an array (len(ids), dim)."""
-        import ray
-        lay = self._buffer(name)
-        ids, parts = self._split(name, lay, ids)
-        self.wait()
-        out = np.empty((ids.size,) + lay.shape[1:], lay.dtype)
-        keys = [k for k, (_, local) in parts.items() if local.size]
-        for k, got in zip(keys, ray.get([self.shards[k].pull_rows.remote(name, parts[k][1], self.worker)
-                                         for k in keys])):
-            out[parts[k][0]] = got
-        return out
-
-    def _split(self, name, lay, ids):
-        """(ids, {shard: (positions in ids, shard-local ids)}) for every shard of the buffer."""
-        if len(lay.shape) != 2:
-            raise ValueError(f"name: {name!r} has shape {lay.shape}; row access needs a 2-D table")
-        ids = np.asarray(ids)
-        if ids.size == 0 and ids.ndim == 1:
-            ids = ids.astype(np.int64)
-        if ids.dtype.kind not in "iu" or ids.ndim != 1:
-            raise TypeError(f"ids: expected a 1-D array of integer row ids, got {ids.dtype} of shape {ids.shape}")
-        n = lay.shape[0]
-        bad = np.flatnonzero((ids < 0) | (ids >= n))
-        if bad.size:
-            raise IndexError(f"ids[{bad[0]}]: row id {ids[bad[0]]} is out of range for {name!r} with {n} rows")
-        shard = np.searchsorted(lay.bounds, ids, side="right") - 1
-        parts = {}
-        for k in lay.shards():
-            sel = np.flatnonzero(shard == k)
-            parts[k] = (sel, ids[sel].astype(np.int64) - lay.bounds[k])
-        return ids, parts
-
-
 def _optimizer_factory(optimizer, kwargs):
     """A picklable make(array) -> fastlr optimizer."""
     if isinstance(optimizer, str):
         import fastlr
+
         from . import sparse
         cls = getattr(fastlr, optimizer, None) or getattr(sparse, optimizer, None)
         if not (isinstance(cls, type) and issubclass(cls, fastlr.Optimizer)):
@@ -291,132 +350,3 @@ def _optimizer_factory(optimizer, kwargs):
     raise TypeError("optimizer: expected a fastlr optimizer name or class (options as keyword arguments), "
                     f"or a callable make(array) -> optimizer without them; got {optimizer!r}")
 
-
-def _save(path, state):
-    """Write state atomically: a temporary file, fsync, rename over `path`, fsync the folder."""
-    from ray import cloudpickle
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        cloudpickle.dump(state, f, protocol=5)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    directory = os.open(os.path.dirname(path), os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a crash
-    finally:
-        os.close(directory)
-
-
-class _Shard:
-    """One Ray actor: rows of every buffer, an optimizer for each, sync rounds, checkpoints."""
-
-    def __init__(self, index, slices, make, mode, num_workers, path, every):
-        import asyncio
-        self.index, self.mode, self.num_workers, self.path, self.every = index, mode, num_workers, path, every
-        if path is not None:
-            from ray import cloudpickle
-            with open(path, "rb") as f:
-                saved = cloudpickle.load(f)
-            self.params, self.steps = saved["params"], saved["steps"]
-        else:  # own, writeable copies of the initial rows (object-store arrays are read-only)
-            self.params, self.steps = {name: np.array(a) for name, a in slices.items()}, 0
-        self.restarted = _reconstructed()
-        self.restored_from = self.steps if self.restarted else None
-        self.opts = {name: make(p) for name, p in self.params.items()}
-        if path is not None and saved["optim"] is not None:
-            for name, opt in self.opts.items():
-                opt.load_state_dict(saved["optim"][name])
-        # sync rounds, counted from this actor's start: a restart loses only unapplied pushes
-        self.rounds = dict.fromkeys(self.params, 0)
-        self.pushed = {name: collections.Counter() for name in self.params}
-        self.pending = {name: {} for name in self.params}
-        self.cond = asyncio.Condition()
-
-    # ------------------------------------------------------------ updates
-    async def push(self, name, grad, worker):
-        await self._submit(name, worker, ("dense", grad))
-
-    async def push_rows(self, name, ids, rows, worker):
-        await self._submit(name, worker, ("rows", ids, rows))
-
-    async def _submit(self, name, worker, item):
-        if self.mode == "async":
-            self._apply(name, [item], 1.0)
-            return
-        async with self.cond:
-            # one push per worker per round: a second one waits for the next round
-            await self.cond.wait_for(lambda: worker not in self.pending[name])
-            self.pending[name][worker] = item
-            self.pushed[name][worker] += 1
-            if len(self.pending[name]) == self.num_workers:
-                pending, self.pending[name] = self.pending[name], {}
-                try:
-                    self._apply(name, [pending[w] for w in sorted(pending)], 1.0 / self.num_workers)
-                finally:
-                    self.rounds[name] += 1
-                    self.cond.notify_all()
-
-    def _apply(self, name, items, scale):
-        """One optimizer step with the sum of the items' gradients times scale."""
-        from .sparse import step_rows
-        kinds = {item[0] for item in items}
-        if len(kinds) > 1:
-            raise ValueError(f"{name!r}: push and push_rows mixed in one synchronous round")
-        opt = self.opts[name]
-        if "dense" in kinds:
-            total = np.array(items[0][1])
-            for item in items[1:]:
-                total += item[1]
-            if scale != 1.0:
-                total *= scale
-            opt.step(total)
-        else:
-            ids = np.concatenate([item[1] for item in items])
-            rows = np.concatenate([item[2] for item in items])
-            if scale != 1.0:
-                rows = rows * rows.dtype.type(scale)
-            step_rows(opt, None, ids, rows)
-        self.steps += 1
-        if self.every and self.path and self.steps % self.every == 0:
-            self._save()
-
-    # ------------------------------------------------------------ reads
-    async def _applied(self, name, worker):
-        """In sync mode: until the rounds of all of this worker's pushes are applied."""
-        if self.mode == "sync":
-            async with self.cond:
-                await self.cond.wait_for(lambda: self.rounds[name] >= self.pushed[name][worker])
-
-    async def pull(self, name, worker):
-        await self._applied(name, worker)
-        return self.params[name].copy()  # a snapshot: later steps must not change what is returned
-
-    async def pull_rows(self, name, ids, worker):
-        await self._applied(name, worker)
-        return self.params[name][ids]
-
-    # ------------------------------------------------------------ durability
-    def _save(self):
-        _save(self.path, {"steps": self.steps, "params": self.params,
-                          "optim": {name: opt.state_dict() for name, opt in self.opts.items()}})
-
-    async def checkpoint(self):
-        if not self.path:
-            raise ValueError("checkpoint: the server was made without checkpoint_dir")
-        self._save()
-        return self.steps
-
-    async def info(self):
-        return {"index": self.index, "steps": self.steps, "pid": os.getpid(), "restored_from": self.restored_from,
-                "restarted": self.restarted}
-
-
-def _reconstructed():
-    """Whether Ray restarted this actor (rather than creating it)."""
-    import warnings
-
-    import ray
-    with warnings.catch_warnings():  # ray 2.60 warns from inside its own property
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return ray.get_runtime_context().was_current_actor_reconstructed
