@@ -288,7 +288,7 @@ def test_overlap_made_later_changes_nothing():
 
 
 @pytest.mark.xfail(strict=True, reason="open: since main a25a6fc grads are not checked against the arrays a step "
-                                        "writes (docs/RELIABILITY.md, open items)")
+                                        "writes (docs/RELIABILITY.md)")
 def test_grad_that_is_another_param_is_rejected():
     """Each param's grad is the other param: the second is then updated with the first one's new values."""
     a, b = np.linspace(-1, 1, 64), np.linspace(1, 2, 64)
