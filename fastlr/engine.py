@@ -653,9 +653,22 @@ class _TableUnit(Unit):
         return out
 
     def check_overlap(self):
-        bad = kernel_module("_pointers").overlap(self.ptrs, self.sizes, self.itemsize, self.writable)
+        """Written arrays must not overlap (and their sorted spans are kept for check_grads)."""
+        pointers = kernel_module("_pointers")
+        bad = pointers.overlap(self.ptrs, self.sizes, self.itemsize, self.writable)
         if bad >= 0:
             self.overlap_error(bad)
+        if self.wspans is None or self.wspans.shape[0] != self.ptrs.size + 1:
+            self.wspans = np.zeros((self.ptrs.size + 1, 2), np.int64)
+        pointers.written_spans(self.ptrs, self.sizes, self.itemsize, self.writable, self.wspans)
+
+    def check_grads(self):
+        """No gradient may overlap a param or state other than (exactly) its own param."""
+        bad = kernel_module("_pointers").grad_alias(self.ptrs, self.sizes, self.itemsize, self.wspans)
+        if bad >= 0:
+            self.overlap_error(bad * self.ncols + 1)
+
+    wspans = None   # the written arrays' sorted byte ranges (kernels._pointers.written_spans)
 
 
 class _NumpyUnit(_TableUnit):
@@ -683,9 +696,11 @@ class _NumpyUnit(_TableUnit):
                 self.ptrs[:, c] = [a.__array_interface__["data"][0] for a in col]
             self.sizes[:] = [a.size for a in allcols[0]]
             self.check_overlap()
+            self.check_grads()
             self._new_sizes()
             return
-        status = kernel_module("_pointers").gather(self.objs, self.meta, self.ptrs, self.sizes, self.last)
+        status = kernel_module("_pointers").gather(self.objs, self.meta, self.ptrs, self.sizes, self.last,
+                                                   self.wspans)
         if status > 0:
             self._explain(status, allcols)
         elif status < 0:
@@ -706,6 +721,7 @@ class _NumpyUnit(_TableUnit):
         self.ptrs = np.empty((n, self.ncols), np.int64)
         self.last = np.zeros((n, self.ncols), np.int64)
         self.sizes = np.full(n, -1, np.int64)
+        self.wspans = np.zeros((n * self.ncols + 1, 2), np.int64)
 
     def _explain(self, status, allcols):
         """Turn a gather() status into the error the Python checks give (or accept an equal dtype
@@ -738,6 +754,7 @@ class _TorchCPUUnit(_TableUnit):
             allcols = self._check(allcols, gmeta)
             ptrs[1] = list(map(torch.Tensor.data_ptr, allcols[1]))
         self.ptrs = np.array(ptrs, np.int64).T.copy()
+        self.check_grads()
 
     def _check(self, allcols, gmeta):
         """Validate everything; returns the columns to use (a dense grad whose strides differ from its

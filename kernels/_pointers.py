@@ -70,18 +70,19 @@ BAD_TYPE, BAD_DTYPE, NOT_CONTIGUOUS, NOT_ALIGNED, READ_ONLY, BAD_SHAPE, OVERLAP 
 
 
 @njit(cache=True, nogil=True)
-def gather(objs, meta, ptrs, sizes, last):
+def gather(objs, meta, ptrs, sizes, last, spans):
     """Read and check the arrays whose object addresses fill objs (rows: tensors; columns: p, g, states).
 
     meta rows: [0] the addresses of the accepted Python types (two), [1] each column's dtype object
     address, [2] its item size, [3] 1 where the column is written by the update. On success fills
     ptrs (data addresses) and sizes (elements per row) and returns 0, or -1 when some size changed
     since the last call (the work list must be rebuilt). Every array must have its row's column 0
-    shape, be C-contiguous and aligned; no written array may overlap another array (checked
-    whenever a written array's address differs from ``last``, which then takes the new addresses;
-    gradients, read only, may alias anything). Otherwise
-    returns a status code (see BAD_TYPE ...) locating the first offending array; ``last`` is then
-    left as it was.
+    shape, be C-contiguous and aligned; no written array may overlap another written array
+    (checked whenever a written array's address differs from ``last``, which then takes the new
+    addresses, and ``spans`` their sorted byte ranges), and no gradient may overlap a written
+    array other than its own param (checked at every step, against ``spans``). Otherwise returns
+    a status code (see BAD_TYPE ...) locating the first offending array; ``last`` is then left as
+    it was.
     """
     n, k = objs.shape
     changed = False
@@ -126,8 +127,53 @@ def gather(objs, meta, ptrs, sizes, last):
         bad = overlap(ptrs, sizes, meta[2], meta[3])
         if bad >= 0:
             return OVERLAP + 8 * bad
+        written_spans(ptrs, sizes, meta[2], meta[3], spans)
         last[:, :] = ptrs
+    bad = grad_alias(ptrs, sizes, meta[2], spans)
+    if bad >= 0:
+        return OVERLAP + 8 * (bad * k + 1)
     return -1 if resized else 0
+
+
+@njit(cache=True, nogil=True)
+def written_spans(ptrs, sizes, itemsize, writable, spans):
+    """spans[0, 0] = m, then rows 1..m: the (start, end) byte ranges of the written arrays, by start."""
+    n, k = ptrs.shape
+    m = 0
+    for t in range(n):
+        for c in range(k):
+            if writable[c] and sizes[t] * itemsize[c] > 0:
+                m += 1
+                spans[m, 0] = ptrs[t, c]
+                spans[m, 1] = ptrs[t, c] + sizes[t] * itemsize[c]
+    order = np.argsort(spans[1:m + 1, 0])
+    spans[1:m + 1] = spans[1:m + 1][order]
+    spans[0, 0] = m
+
+
+@njit(cache=True, nogil=True)
+def grad_alias(ptrs, sizes, itemsize, spans):
+    """-1, or the row whose gradient (column 1) overlaps a written array other than its own param
+    (a grad that IS its param, element for element, is harmless: each element is read, then written)."""
+    m = spans[0, 0]
+    for t in range(ptrs.shape[0]):
+        nbytes = sizes[t] * itemsize[1]
+        if nbytes == 0:
+            continue
+        g0, g1 = ptrs[t, 1], ptrs[t, 1] + nbytes
+        lo, hi = 1, m + 1          # first span starting at or after g1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if spans[mid, 0] < g1:
+                lo = mid + 1
+            else:
+                hi = mid
+        j = lo - 1                 # spans before j start below g1: the one ending last overlaps if any
+        while j >= 1 and spans[j, 1] > g0:
+            if not (spans[j, 0] == ptrs[t, 0] and g0 == ptrs[t, 0] and spans[j, 1] == g1):
+                return t
+            j -= 1
+    return -1
 
 
 @njit(cache=True, nogil=True)
