@@ -6,17 +6,16 @@ rule re-implemented in NumPy; every fused kernel against dequantize -> float64 r
 quantization error against torchao's AdamW8bit (live only); the CUDA kernels under the simulator.
 """
 import json
-import math
 import os
 
 import numpy as np
 import pytest
-from conftest import run_under_simulator
-from fastlr.kernels import lowbit_cpu, quant, rules
-from fastlr.kernels._codegen import n_states
 from numba import njit
 
 from fastlr import lowbit
+from fastlr.kernels import lowbit_cpu, quant, rules
+from fastlr.kernels._codegen import n_states
+from lowbit_cases import H, random_states
 
 HERE = os.path.dirname(__file__)
 CODEBOOKS = sorted(quant.CODEBOOKS)
@@ -129,32 +128,11 @@ def test_byte_permute_decode_equals_the_map():
 
 
 # ---------------------------------------------------------------- fused step vs reference
-H = {
-    "sgd_momentum": rules.sgd_scalars(2, 0.01, 0.9, 0.1, 0.01, True, False),
-    "adagrad": rules.adagrad_scalars(2, 0.01, 0.01, 0.01, 1e-10, False),
-    "rmsprop": rules.rmsprop_scalars(0.01, 0.99, 1e-8, 0.01, 0.0, False),
-    "rmsprop_centered": rules.rmsprop_scalars(0.01, 0.99, 1e-8, 0.0, 0.0, True),
-    "rmsprop_momentum": rules.rmsprop_scalars(0.01, 0.99, 1e-8, 0.0, 0.9, False),
-    "rmsprop_centered_momentum": rules.rmsprop_scalars(0.01, 0.99, 1e-8, 0.01, 0.9, False),
-    "adadelta": rules.adadelta_scalars(1.0, 0.9, 1e-6, 0.01, False),
-    "adam": rules.adam_scalars(3, 1e-3, (0.9, 0.999), 1e-8, 0.01, False, True),
-    "adam_amsgrad": rules.adam_scalars(3, 1e-3, (0.9, 0.999), 1e-8, 0.0, True, False),
-    "adamax": rules.adamax_scalars(3, 2e-3, (0.9, 0.999), 1e-8, 0.01, False),
-    "nadam": rules.nadam_scalars(3, 0.7, 2e-3, (0.9, 0.999), 1e-8, 0.0, 0.004, False, False),
-    "radam": rules.radam_scalars(10, 1e-3, (0.9, 0.999), 1e-8, 0.01, False, True),
-    "lion": rules.lion_scalars(1e-4, (0.9, 0.99), 0.1, False),
-}
 C = (0.5, -3.0, 3.0)  # conditioning: scale and clip, so the fused condition runs too
 
 
 def test_every_stateful_rule_has_a_case():
     assert sorted(H) == sorted(r for r in rules.ELEMENT_RULES if n_states(r))
-
-
-def random_states(rule, size, rng):
-    """Float states of plausible sign and size (second moments positive and above the first's square)."""
-    return [rng.uniform(0.5, 1.0, size).astype(np.float32) if not signed
-            else (0.1 * rng.standard_normal(size)).astype(np.float32) for signed in quant.state_signs(rule)]
 
 
 def reference_codes(x, cb, block):
@@ -312,17 +290,3 @@ def test_quantization_error_no_worse_than_torchao(precision):
         err_ours = np.linalg.norm(lowbit.dequantize(ours) - exact)
         err_theirs = np.linalg.norm(theirs_ - exact)
         assert err_ours <= err_theirs * 1.001 + 1e-12, (err_ours, err_theirs)
-
-
-# ---------------------------------------------------------------- CUDA kernels, simulated
-@pytest.fixture(scope="module")
-def sim():
-    return run_under_simulator("lowbit_sim_check.py")
-
-
-def test_cuda_blockwise_kernels_match_cpu_under_simulator(sim):
-    assert {(r["rule"], r["precision"]) for r in sim["results"]} == \
-        {(r, p) for r in ("lion", "adam", "adam_amsgrad") for p in ("8bit", "4bit", "bf16")}
-    for r in sim["results"]:
-        assert r["p_err"] <= 1e-6 and r["absmax_err"] <= 1e-6 and r["codes_off"] <= 0.01, r
-        assert math.isfinite(r["p_err"])
