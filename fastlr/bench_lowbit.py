@@ -148,7 +148,8 @@ def _timed(step, reps):
 
 
 def format_table(rows):
-    header = f"{'case':28s} {'ms/step':>8s} {'x fp32':>7s} {'B/param':>8s} {'GB/s':>6s} {'of ceiling':>10s} {'CPU ms':>8s}"
+    header = (f"{'case':28s} {'ms/step':>8s} {'x fp32':>7s} {'B/param':>8s} {'GB/s':>6s} {'of ceiling':>10s} "
+              f"{'CPU ms':>8s}")
     lines = [header]
     for r in rows:
         lines.append(f"{r['case']:28s} {r['ms']:8.2f} {r['vs_fp32']:7.3f} {r['bytes_per_param']:8.3f} "

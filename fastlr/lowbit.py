@@ -282,7 +282,8 @@ def _validate(rule, p, g, states):
         if isinstance(s, Quantized):
             _check_quantized(j, s, p.size, quant.state_signs(rule)[j])
         elif s.shape != p.shape or (precision == "fp32" and s.dtype != p.dtype):
-            raise ValueError(f"states[{j}] must have p's shape {p.shape}" + (" and dtype" if precision == "fp32" else "")
+            raise ValueError(f"states[{j}] must have p's shape {p.shape}"
+                             + (" and dtype" if precision == "fp32" else "")
                              + f", got {s.dtype} of shape {s.shape}")
         if not isinstance(s, Quantized) and _on_cuda(s) != _on_cuda(p):
             raise ValueError(f"states[{j}] must be on p's device")

@@ -275,6 +275,38 @@ class LowbitUnit(_engine.Unit):
                               for a, n in (_address(p),)]
 
 
+def functional_update(spec, group, pstate, pbuf, gbuf, names, states, precision):
+    """fastlr.functional's update with states in low precision (checked first, then one fused kernel)."""
+    from .engine import plan_scalars
+    from .streams import current_stream
+    if precision not in quant.PRECISIONS or precision == "fp32":
+        raise ValueError(f"state_precision: expected one of {quant.PRECISIONS}, got {precision!r}")
+    p, size = pbuf.obj, numel(pbuf.obj)
+    held, spans = [], [(*_address(p), "param")]
+    rule = spec.rule(group)
+    for name, state, signed in zip(names, states, quant.state_signs(rule)):
+        if precision == "bf16":
+            _check_bf16(name, state, p)
+            held.append(flat_view(state))
+            spans.append((*_address(state), name))
+            continue
+        if not (isinstance(state, (tuple, list)) and len(state) == 2):
+            raise ValueError(f"{name}: expected a pair (codes, absmax) for {precision} states, got "
+                             f"{type(state).__name__}")
+        _check_flat(f"{name} codes", state[0], p, "uint8", n_codes(size, precision),
+                    f"{precision} codes of a param of {size} elements", name)
+        _check_flat(f"{name} absmax", state[1], p, "float32", n_blocks(size, precision),
+                    "one float32 absmax per block", name)
+        held.append(lowbit.Quantized(flat_view(state[0]), flat_view(state[1]), precision, signed, size))
+        spans += [(*_address(state[0]), f"{name} codes"), (*_address(state[1]), f"{name} absmax")]
+    pair = _engine.first_overlap((a, a + n, w) for a, n, w in spans if a is not None and n)
+    if pair:
+        raise ValueError(f"{pair[1]}: shares memory with {pair[0]}")
+    rule, h = plan_scalars(spec, group, pstate)
+    lowbit.step(rule, pbuf.kernel_view(), gbuf.kernel_view(), held, h,
+                stream=current_stream(p) if pbuf.on_cuda else 0)
+
+
 def _check_flat(where, x, p, dtype, n, what, name):
     """A state array of the low-bit layout: 1-D, contiguous, dtype, n elements, the param's library and device."""
     if x is None:

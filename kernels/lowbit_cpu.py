@@ -70,7 +70,8 @@ _V64B, _V16F, _V16I = ir.VectorType(_I8, 64), ir.VectorType(_F32, 16), ir.Vector
 def _interleave(builder, a, b):
     """[a0, b0, a1, b1, ...] of two vectors of the same type."""
     n = a.type.count
-    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, 2 * n), [x for j in range(n) for x in (j, n + j)]))
+    order = [x for j in range(n) for x in (j, n + j)]
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, 2 * n), order))
 
 
 @intrinsic
@@ -104,7 +105,8 @@ def decode_64(typingctx, codes, out, planes, absmax):
             values = builder.bitcast(_interleave(builder, low, high), ir.VectorType(_F32, 64))
             for q in range(4):
                 part = builder.shuffle_vector(values, values, ir.Constant(_V16I, list(range(16 * q, 16 * q + 16))))
-                at = builder.add(builder.mul(loop.index, ir.Constant(loop.index.type, 4)), ir.Constant(loop.index.type, q))
+                at = builder.add(builder.mul(loop.index, ir.Constant(loop.index.type, 4)),
+                                 ir.Constant(loop.index.type, q))
                 builder.store(builder.fmul(part, scale), builder.gep(dst, [at]), align=4)
         return builder.mul(groups, ir.Constant(groups.type, 64))
     return types.intp(codes, out, planes, absmax), codegen
@@ -200,7 +202,8 @@ for _rule in STATEFUL_RULES:
     for _suffix, _loop, _decorate in (("", "prange", _PARALLEL), ("_serial", "range", _SERIAL)):
         for _prec in BITS:
             BLOCKWISE[_prec, _rule + _suffix] = generate_source(
-                _BLOCKWISE, f"{_rule}_{_prec}{_suffix}_{quant.QUANT_HASH}{'_vbmi' if VBMI else ''}", globals(), _decorate,
+                _BLOCKWISE, f"{_rule}_{_prec}{_suffix}_{quant.QUANT_HASH}{'_vbmi' if VBMI else ''}", globals(),
+                _decorate,
                 **_blockwise_fields(_rule, _prec, _loop))
         BF16[_rule + _suffix] = generate_source(
             _BF16, f"{_rule}_bf16{_suffix}", globals(), _decorate, **_bf16_fields(_rule, _loop))

@@ -39,3 +39,23 @@ def test_cuda_equals_cpu(rule, precision):
             continue
         np.testing.assert_allclose(host(a.absmax), b.absmax, rtol=1e-6)
         assert np.mean(host(a.codes) != b.codes) <= 0.01  # a float32 tie may fall either way
+
+
+@pytest.mark.parametrize("precision", ["8bit", "bf16"])
+def test_optimizer_with_states_on_the_device(precision):
+    """fastlr.Adam on numba device arrays with low-precision states (made on the device) equals the same
+    optimizer on host arrays; the dequantized state dict comes back to the host."""
+    import fastlr
+    rng = np.random.default_rng(2)
+    p, g1, g2 = rng.standard_normal((3, 300)).astype(np.float32)
+    dp = cuda.to_device(p)
+    dev = fastlr.Adam(dp, lr=1e-2, state_precision=precision, state_min_size=0)
+    cpu = fastlr.Adam(p, lr=1e-2, state_precision=precision, state_min_size=0)
+    for g in (g1, g2):
+        dev.step(cuda.to_device(g))
+        cpu.step(g)
+    np.testing.assert_allclose(host(dp), p, rtol=0, atol=1e-6)
+    assert hasattr(dev.state[0]["exp_avg"], "copy_to_host")
+    assert np.mean(host(dev.state[0]["exp_avg"]) != cpu.state[0]["exp_avg"]) <= 0.01
+    np.testing.assert_allclose(dev.state_dict(dequantize=True)["state"][0]["exp_avg_sq"],
+                               cpu.state_dict(dequantize=True)["state"][0]["exp_avg_sq"], rtol=1e-2, atol=1e-6)
