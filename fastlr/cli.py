@@ -5,6 +5,8 @@
     fastlr bench --sparse [--rows N --dim D ...]       # sparse row updates (fastlr.bench_sparse)
     fastlr bench --dtype bf16|fp16 [-n N --algorithm Adam --device cpu]
                                                        # mixed precision (fastlr.mixed.bench)
+    fastlr bench --state-precision 8bit[,4bit,bf16] [--algorithm AdamW --size 16M ...]
+                                                       # low-precision states (fastlr.bench_lowbit)
 """
 import argparse
 import importlib
@@ -77,10 +79,14 @@ def _bench(rest):
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--sparse", action="store_true")
     pre.add_argument("--dtype", choices=("bf16", "fp16"))
+    pre.add_argument("--state-precision")
     known, rest = pre.parse_known_args(rest)
-    if known.sparse and known.dtype:
-        print("fastlr bench: --sparse and --dtype cannot be combined", file=sys.stderr)
+    if sum(map(bool, (known.sparse, known.dtype, known.state_precision))) > 1:
+        print("fastlr bench: --sparse, --dtype and --state-precision cannot be combined", file=sys.stderr)
         return 2
+    if known.state_precision:
+        from . import bench_lowbit
+        return bench_lowbit.main(["--precisions", known.state_precision, *rest])
     if known.sparse:
         return _bench_sparse(rest)
     if known.dtype:

@@ -195,7 +195,8 @@ def make_optimizers(total_steps):
         "SGD": "step_lr(0.2, T/3, 0.3)", "SGD+Nesterov": "cosine_decay(0.05)",
         "Adagrad": "cosine_decay(0.05, alpha=0.1)", "RMSprop": "warmup_cosine_decay(2e-3)",
         "Adadelta": "constant(1.0)", "Adam": "warmup_cosine_decay(3e-3)",
-        "AdamW": "warmup_cosine_decay(3e-3)", "AdamW-8bit": "warmup_cosine_decay(3e-3)", "Lion": "warmup_cosine_decay(1e-3)",
+        "AdamW": "warmup_cosine_decay(3e-3)", "AdamW-8bit": "warmup_cosine_decay(3e-3)",
+        "Lion": "warmup_cosine_decay(1e-3)",
     }
     F = {
         "SGD": lambda p, lr: fastlr.SGD(p, lr=lr),
@@ -205,7 +206,7 @@ def make_optimizers(total_steps):
         "Adadelta": lambda p, lr: fastlr.Adadelta(p, lr=lr),
         "Adam": lambda p, lr: fastlr.Adam(p, lr=lr),
         "AdamW": lambda p, lr: fastlr.AdamW(p, lr=lr, weight_decay=1e-2),
-        # the same with 8-bit block-wise states (the model's 4810 params are one buffer: >= state_min_size)
+        # the same with 8-bit block-wise states (the model's 4810 params: one buffer, >= state_min_size)
         "AdamW-8bit": lambda p, lr: fastlr.AdamW(p, lr=lr, weight_decay=1e-2, state_precision="8bit"),
         "Lion": lambda p, lr: fastlr.Lion(p, lr=lr, weight_decay=1e-2),
     }

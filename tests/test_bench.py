@@ -138,3 +138,29 @@ def test_peak_memory_probe_reports_the_buffers_it_allocates():
     out = bench.peak_memory_in_fresh_process(n=1 << 22, impls=("fastlr",))["fastlr"]
     assert out["expected_bytes"] == 4 * 4 * (1 << 22)
     assert 0.9 < out["ratio"] < 1.5
+
+
+def test_asv_lowbit_benchmarks_tiny(asv_modules):
+    mod = asv_modules("lowbit")
+    b = mod.LowPrecisionStep()
+    for precision in mod.PRECISIONS:
+        b.setup("AdamW", precision, 5000)
+        b.time_step("AdamW", precision, 5000)
+    assert b.track_state_bytes_per_param("AdamW", "4bit", 5000) <= 1.1
+    s = mod.LowPrecisionStateDict()
+    s.setup(5000)
+    s.time_state_dict_dequantize(5000)
+    s.time_load_fp32_into_8bit(5000)
+
+
+def test_cli_bench_state_precision(tmp_path, capsys):
+    from fastlr.cli import main
+    out = tmp_path / "lowbit.json"
+    assert main(["bench", "--state-precision", "8bit", "--size", "8K", "--repeat", "1", "--no-peers",
+                 "--json", str(out)]) == 0
+    rows = {r["case"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"ceiling (stream, 28 B)", "fastlr fp32", "fastlr 8bit"}
+    assert rows["fastlr 8bit"]["bytes_per_param"] < rows["fastlr fp32"]["bytes_per_param"]
+    assert "fastlr 8bit" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["bench", "--state-precision", "int8"])
