@@ -1,6 +1,6 @@
 """The ``fastlr`` command.
 
-    fastlr demo [--out DIR] [--epochs N] [--quick]     # digits MLP with 8 optimizers (fastlr.demo)
+    fastlr demo [--out DIR] [--epochs N] [--quick]     # digits MLP with 9 optimizers (fastlr.demo)
     fastlr bench [ARGS...]                             # dense update benchmark (fastlr.bench)
     fastlr bench --sparse [--rows N --dim D ...]       # sparse row updates (fastlr.bench_sparse)
     fastlr bench --dtype bf16|fp16 [-n N --algorithm Adam --device cpu]
@@ -113,7 +113,7 @@ def main(argv=None):
         epilog="`fastlr demo --help` and `fastlr bench --help` list each command's options.")
     sub = p.add_subparsers(dest="command", metavar="{demo,bench}")
     sub.add_parser("demo", add_help=False,
-                   help="train a NumPy MLP on digits with 8 optimizers; plots in --out (default demo-out)")
+                   help="train a NumPy MLP on digits with 9 optimizers; plots in --out (default demo-out)")
     sub.add_parser("bench", add_help=False,
                    help="benchmarks: dense (default), --sparse, or --dtype bf16|fp16")
     args, rest = p.parse_known_args(argv[:1])
