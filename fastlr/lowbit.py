@@ -49,9 +49,15 @@ class Quantized(NamedTuple):
         return quant.CODEBOOKS[self.precision, self.signed]
 
 
+_MODULES = {}
+
+
 def _kernels(name):
     """fastlr.kernels.<name>, imported on first use (importing it compiles nothing)."""
-    return importlib.import_module(f"{__package__}.kernels.{name}")
+    module = _MODULES.get(name)
+    if module is None:
+        module = _MODULES[name] = importlib.import_module(f"{__package__}.kernels.{name}")
+    return module
 
 
 def _on_cuda(x):

@@ -145,11 +145,13 @@ def _address(x):
 
 def _fingerprint(x):
     """What a check of x relies on: the object, its memory, dtype, shape and strides (None: missing)."""
+    if type(x) is np.ndarray:   # the common case first (a few hundred ns)
+        return id(x), x.__array_interface__["data"][0], x.dtype, x.shape, x.strides, x.flags.writeable
     if x is None:
         return None
-    strides = x.stride() if library(x) == "torch" else getattr(x, "strides", None)
-    return id(x), _address(x), str(x.dtype), tuple(x.shape), strides, getattr(getattr(x, "flags", None),
-                                                                               "writeable", True)
+    if library(x) == "torch":
+        return id(x), x.data_ptr(), x.dtype, x.shape, x.stride(), x.device
+    return id(x), _address(x), x.dtype, tuple(x.shape), getattr(x, "strides", None)
 
 
 class LowbitUnit(_engine.Unit):
@@ -251,9 +253,12 @@ class LowbitUnit(_engine.Unit):
         keys = self._rounding_keys() if self.stochastic else None
         for r, (target, g, arrays) in enumerate(zip(self.targets, self.gviews, self.arrays)):
             h = rows[0 if hidx is None else int(hidx[r])]
-            stream = current_stream(self.params[r]) if self.cuda else 0
             serial = not self.cuda and target.size < PARALLEL_FROM
-            kernel, tables = lowbit.kernel_for(rule, self.precision, self.cuda, target.size, serial, stream)
+            if self.cuda:   # configured for the caller's current stream
+                kernel, tables = lowbit.kernel_for(rule, self.precision, True, target.size, False,
+                                                   current_stream(self.params[r]))
+            else:
+                kernel, tables = lowbit.kernel_for(rule, self.precision, False, target.size, serial)
             scalars = lowbit.launch_scalars(self.precision, h, c, None if keys is None else keys[r])
             with _engine.parallel_guard(self.cuda or serial):
                 kernel(target, g, *arrays, *scalars, *tables)
