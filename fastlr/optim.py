@@ -350,6 +350,7 @@ class Optimizer:
         self.__dict__.update(state)
         self.state = StateDict.adopt(self.state)
         self._engine = Engine(self, self.spec, _NumpyFront(self))
+        _precision.restore(self)
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]

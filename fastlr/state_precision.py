@@ -24,7 +24,7 @@ converts them to this optimizer's. The update itself is ``fastlr.lowbit_unit``'s
 This module only checks and stores the options (importing it compiles and builds nothing);
 the low-precision machinery is imported when an optimizer asks for it.
 """
-__all__ = ["OPTIONS", "PRECISIONS", "configure"]
+__all__ = ["OPTIONS", "PRECISIONS", "configure", "dequantized", "load_param_state", "restore"]
 
 PRECISIONS = ("fp32", "bf16", "8bit", "4bit")   # kernels/quant.py's (tests check they agree)
 OPTIONS = dict(state_precision="fp32", state_min_size=4096, state_stochastic_rounding=False)
@@ -53,8 +53,9 @@ def configure(opt, state_precision="fp32", state_min_size=4096, state_stochastic
     opt.state_stochastic_rounding = state_stochastic_rounding
 
 
-def _names(opt, hp):
-    return [n for n, _ in opt.spec.states(hp)]
+def restore(opt):
+    """After unpickling (a new process may not have imported the low-precision unit yet)."""
+    configure(opt, **{name: getattr(opt, name, default) for name, default in OPTIONS.items()})
 
 
 def load_param_state(opt, param, saved, hp, check):

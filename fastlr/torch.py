@@ -304,6 +304,7 @@ class _TorchOptimizer(torch.optim.Optimizer):
             self._engine = Engine(self, self.spec, _TorchFront(self))
         for name, default in _OPTIONS.items():
             self.__dict__.setdefault(name, default)
+        _precision.restore(self)
         self.__dict__.setdefault("skipped_steps", 0)
         self.__dict__.setdefault("last_step_skipped", False)
         self._engine.reset()

@@ -207,6 +207,22 @@ def test_functional_low_precision_states():
                           state_precision="8bit")
 
 
+def test_pickled_optimizer_steps_in_a_new_process(tmp_path):
+    """Unpickling brings the low-precision unit in (a new process has not imported it)."""
+    import pickle
+    import subprocess
+    import sys
+    p, grads = data(7)
+    opt = fastlr.AdamW(p, state_precision="8bit")
+    opt.step(grads[0])
+    path = tmp_path / "opt.pkl"
+    path.write_bytes(pickle.dumps((opt, grads[1])))
+    code = ("import pickle, sys; opt, g = pickle.load(open(sys.argv[1], 'rb')); opt.step(g); "
+            "print(opt.state[0]['step'], opt.state[0]['exp_avg'].dtype)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["2", "uint8"], out.stderr[-2000:]
+
+
 def test_option_constants_agree_with_the_kernels():
     from fastlr import state_precision
     assert state_precision.PRECISIONS == quant.PRECISIONS
