@@ -5,8 +5,10 @@ of an optimizer with ``state_precision`` "bf16", "8bit" or "4bit" to ``LowbitUni
 params keep fp32 states in the ordinary units. The unit creates its params' states (layout:
 ``fastlr.state_precision``), checks at every step what the caller holds (params, grads, codes,
 absmax, bf16 states: library, dtype, shape, strides, device, address; a replaced or cleared state
-is re-created, or rejected with an error naming it, before anything changes), and launches one
-fused kernel of ``fastlr.lowbit`` per param. Step counts, per-step scalars, gradient conditioning
+is re-created, or rejected with an error naming it, before anything changes), and on the CPU calls
+one segment-table kernel over all its params (``kernels/lowbit_cpu.py``'s ``TABLE``: one parallel
+launch per step, whatever the number of params), on CUDA one fused kernel per param.
+Step counts, per-step scalars, gradient conditioning
 and the non-finite skip are the engine's: a skipped step launches nothing, so codes and absmax
 stay bit-identical.
 
@@ -20,14 +22,10 @@ import numpy as np
 from . import engine as _engine
 from . import lowbit
 from ._arrays import Buffer, library, same_kind
-from ._launch import sum_of_squares
+from ._launch import kernel_module, sum_of_squares
 from .kernels import quant
 
 FAMILIES = ("numpy", "torch-cpu", "cuda", "torch-half")
-# CPU params below this many elements run the one-thread kernels: a unit launches one kernel per param,
-# and each parallel launch waits for every pool thread; on a busy machine a descheduled thread costs
-# a scheduler tick per launch (measured: 50 params of 64K, 7 ms per step serial, 10-700 ms parallel).
-PARALLEL_FROM = 1 << 20
 
 
 def numel(x):
@@ -186,8 +184,23 @@ class LowbitUnit(_engine.Unit):
             self.targets = [flat_view(x) for x in (extra[-1] if self.master else params)]
             self.arrays = [self._state_arrays(r, states, extra) for r in range(len(params))]
             self.held_objs = held   # keeps the checked objects (and so their addresses) alive
+            if not self.cuda:
+                self._new_table()
         self.params = params
         self.gviews = [self._grad_view(r, p, g) for r, (p, g) in enumerate(zip(params, grads))]
+        if not self.cuda:
+            self.ptrs[:, 1] = [g.__array_interface__["data"][0] for g in self.gviews]
+
+    def _new_table(self):
+        """The segment table of the CPU kernels: every param's addresses (the grads' set at each step)."""
+        n = len(self.targets)
+        self.ptrs = np.array([[_address(self.targets[r])[0], 0, *[_address(a)[0] for a in self.arrays[r]]]
+                              for r in range(n)], np.int64)
+        sizes = np.array([t.size for t in self.targets], np.int64)
+        self.work = kernel_module("cpu").make_work(sizes, _engine.CHUNK)   # whole blocks: CHUNK % 256 == 0
+        self.total = int(sizes.sum())
+        self.like = np.empty(0, self.targets[0].dtype)
+        self.keys, self.hzero = np.full(n, -1, np.int64), np.zeros(n, np.int64)
 
     def _state_arrays(self, r, states, extra):
         if not self.quantized:
@@ -248,20 +261,23 @@ class LowbitUnit(_engine.Unit):
     # ------------------------------------------------------------ the step
     def launch(self, rule, htab, hidx, c):
         from .streams import current_stream
-        rows = htab.tolist()
         c = tuple(map(float, c))
         keys = self._rounding_keys() if self.stochastic else None
-        for r, (target, g, arrays) in enumerate(zip(self.targets, self.gviews, self.arrays)):
-            h = rows[0 if hidx is None else int(hidx[r])]
-            serial = not self.cuda and target.size < PARALLEL_FROM
-            if self.cuda:   # configured for the caller's current stream
+        if not self.cuda:   # one call over the unit's segment table
+            if keys is not None:
+                self.keys[:] = [int(key) for key, _ in keys]
+            serial = self.total < lowbit.SERIAL_BELOW
+            kernel = kernel_module("lowbit_cpu").TABLE[self.precision, rule + ("_serial" if serial else "")]
+            with _engine.parallel_guard(serial):
+                kernel(self.ptrs, self.work, self.hzero if hidx is None else hidx, htab, c, self.keys, self.like)
+        else:   # one launch per param, on the caller's current stream
+            rows = htab.tolist()
+            for r, (target, g, arrays) in enumerate(zip(self.targets, self.gviews, self.arrays)):
+                h = rows[0 if hidx is None else int(hidx[r])]
                 kernel, tables = lowbit.kernel_for(rule, self.precision, True, target.size, False,
                                                    current_stream(self.params[r]))
-            else:
-                kernel, tables = lowbit.kernel_for(rule, self.precision, False, target.size, serial)
-            scalars = lowbit.launch_scalars(self.precision, h, c, None if keys is None else keys[r])
-            with _engine.parallel_guard(self.cuda or serial):
-                kernel(target, g, *arrays, *scalars, *tables)
+                kernel(target, g, *arrays, *lowbit.launch_scalars(self.precision, h, c,
+                                                                 None if keys is None else keys[r]), *tables)
         if self.master:   # the master copies rounded to nearest even into the 16-bit params
             for p, st in zip(self.params, self.pstates):
                 p.detach().copy_(st["master_param"])

@@ -61,6 +61,32 @@ def test_step_equals_fp32_optimizer_from_the_same_states(name, precision):
         assert np.mean(codes != q.codes) <= 1e-3, state
 
 
+@pytest.mark.parametrize("precision", ["8bit", "4bit", "bf16"])
+def test_segment_table_equals_one_kernel_per_param(precision):
+    """The optimizer's one table call over several params (one of them cut into chunks, parallel) equals
+    the flat kernel run on each param (fastlr.lowbit.step): bit for bit, stochastic rounding included."""
+    rng = np.random.default_rng(8)
+    sizes = (70001, 4096, 9000)   # 70001: two work chunks, the last block short
+    params = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    grads = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    alone = [p.copy() for p in params]
+    stochastic = precision == "bf16"
+    opt = fastlr.Adam(params, lr=1e-2, state_precision=precision, state_stochastic_rounding=stochastic)
+    opt.step(grads)
+    h = fastlr.kernels.rules.adam_scalars(1, 1e-2, (0.9, 0.999), 1e-8, 0, False, False)
+    from fastlr.mixed import seed_mix
+    for i, (p, g) in enumerate(zip(alone, grads)):
+        states = lowbit.new_states("adam", p, precision)
+        lowbit.step("adam", p, g, states, h, r=seed_mix(0, 1, 0, i) if stochastic else None)
+        np.testing.assert_array_equal(p, params[i])
+        for name, s in zip(("exp_avg", "exp_avg_sq"), states):
+            if precision == "bf16":
+                np.testing.assert_array_equal(s, opt.state[i][name])
+            else:
+                np.testing.assert_array_equal(s.codes, opt.state[i][name])
+                np.testing.assert_array_equal(s.absmax, opt.state[i][f"{name}_absmax"])
+
+
 def test_first_step_equals_fp32_with_conditioning():
     """From zero states (exact at every precision) the first step's params equal the fp32 optimizer's,
     with global-norm clipping over a low-bit and an fp32 param, value clipping and a loss scale."""
