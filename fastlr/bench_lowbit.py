@@ -1,13 +1,15 @@
-"""Benchmark low-precision optimizer states: Adam over one flat buffer on the CPU, same process.
+"""Benchmark low-precision optimizer states: one flat buffer on the CPU, same process.
 
-    python -m fastlr.bench_lowbit [--size 16M] [--threads 2] [--repeat 7] [--png out.png] [--json out.json]
+    python -m fastlr.bench_lowbit [--algorithm AdamW] [--precisions fp32,bf16,8bit,4bit] [--size 16M]
+                                  [--threads 2] [--repeat 7] [--png out.png] [--json out.json]
+    fastlr bench --state-precision 8bit[,4bit,bf16] [same options]
 
 Cases, interleaved round after round (one step each, the median reported): the stream kernel
-with fp32 Adam's traffic (the bandwidth ceiling), fastlr's fp32 Adam kernel, fastlr with bf16,
-8-bit and 4-bit states (``fastlr.lowbit.step``), and, where importable, torch's fused AdamW,
-torchao's ``AdamW8bit`` / ``AdamW4bit`` and bitsandbytes' ``AdamW8bit``. For each: ms per
-step, the ratio to fastlr fp32, the bytes each param moves (what the kernel must read and write;
-the peers move more) and the fraction of the ceiling's bandwidth those bytes reach.
+with fp32 Adam's traffic (the bandwidth ceiling), ``fastlr.<algorithm>(p, state_precision=...)``
+for each precision (fp32 always: the baseline), and for Adam/AdamW, where importable, torch's
+fused AdamW, torchao's ``AdamW8bit`` / ``AdamW4bit`` and bitsandbytes' ``AdamW8bit``. For each:
+ms per step, the ratio to fastlr fp32, the bytes each param moves (what the kernel must read and
+write; the peers move more) and the fraction of the ceiling's bandwidth those bytes reach.
 """
 import argparse
 import json
@@ -20,6 +22,7 @@ from . import lowbit
 from .kernels import quant, rules
 
 ADAM = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
+PRECISIONS = ("fp32", "bf16", "8bit", "4bit")
 
 
 def bytes_per_param(precision, n_states=2):
@@ -31,19 +34,16 @@ def bytes_per_param(precision, n_states=2):
     return 12 + 2 * n_states * per_state
 
 
-def fastlr_cases(p0, g):
-    """fastlr's fp32, bf16, 8-bit and 4-bit Adam on private copies of p0: name -> (step, bytes/param)."""
-    cases, state = {}, {"t": 0}
-    for precision in ("fp32", "bf16", "8bit", "4bit"):
-        p = p0.copy()
-        states = lowbit.new_states("adam", p, precision)
-
-        def step(p=p, states=states):
-            state["t"] += 1
-            h = rules.adam_scalars(state["t"], ADAM["lr"], ADAM["betas"], ADAM["eps"], ADAM["weight_decay"],
-                                   False, True)
-            lowbit.step("adam", p, g, states, h)
-        cases[f"fastlr {precision}"] = (step, bytes_per_param(precision))
+def fastlr_cases(p0, g, algorithm="AdamW", precisions=PRECISIONS):
+    """``fastlr.<algorithm>`` with each state precision on private copies of p0: name -> (step, bytes/param)."""
+    import fastlr
+    cls = getattr(fastlr, algorithm)
+    kw = ADAM if algorithm in ("Adam", "AdamW") else {}
+    n_states = len(cls.spec.states({**cls.spec.constants, **cls.spec.defaults, **kw}))
+    cases = {}
+    for precision in dict.fromkeys(("fp32", *precisions)):
+        opt = cls(p0.copy(), state_precision=precision, **kw)
+        cases[f"fastlr {precision}"] = (lambda opt=opt: opt.step(g), bytes_per_param(precision, n_states))
     return cases
 
 
@@ -86,7 +86,7 @@ def peer_cases(p0, g):
     return cases
 
 
-def run(n=1 << 24, threads=2, repeat=7, peers=True, progress=True):
+def run(n=1 << 24, threads=2, repeat=7, peers=True, progress=True, algorithm="AdamW", precisions=PRECISIONS):
     """Rows of {case, ms, vs_fp32, bytes_per_param, gbps, of_ceiling}: medians over ``repeat`` rounds."""
     import numba
     numba.set_num_threads(threads)
@@ -98,7 +98,8 @@ def run(n=1 << 24, threads=2, repeat=7, peers=True, progress=True):
     rng = np.random.default_rng(0)
     p0 = (0.1 * rng.standard_normal(n)).astype(np.float32)
     g = (1e-3 * rng.standard_normal(n)).astype(np.float32)
-    cases = {**ceiling_case(n), **fastlr_cases(p0, g), **(peer_cases(p0, g) if peers else {})}
+    peers = peers and algorithm in ("Adam", "AdamW")
+    cases = {**ceiling_case(n), **fastlr_cases(p0, g, algorithm, precisions), **(peer_cases(p0, g) if peers else {})}
     for step, _ in cases.values():
         step()  # warm-up: compile, fault in pages
     samples = {name: [] for name in cases}
@@ -106,7 +107,7 @@ def run(n=1 << 24, threads=2, repeat=7, peers=True, progress=True):
     rounds = range(repeat)
     if progress:
         from tqdm import tqdm
-        rounds = tqdm(rounds, desc=f"low-bit Adam, {n} params", unit="round")
+        rounds = tqdm(rounds, desc=f"low-bit {algorithm}, {n} params", unit="round")
     for _ in rounds:
         for name, (step, _) in cases.items():
             t, c = time.perf_counter(), time.process_time()
@@ -148,7 +149,8 @@ def _timed(step, reps):
 
 
 def format_table(rows):
-    header = f"{'case':28s} {'ms/step':>8s} {'x fp32':>7s} {'B/param':>8s} {'GB/s':>6s} {'of ceiling':>10s} {'CPU ms':>8s}"
+    header = (f"{'case':28s} {'ms/step':>8s} {'x fp32':>7s} {'B/param':>8s} {'GB/s':>6s} {'of ceiling':>10s} "
+              f"{'CPU ms':>8s}")
     lines = [header]
     for r in rows:
         lines.append(f"{r['case']:28s} {r['ms']:8.2f} {r['vs_fp32']:7.3f} {r['bytes_per_param']:8.3f} "
@@ -179,6 +181,9 @@ def plot(rows, path, title):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m fastlr.bench_lowbit", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--algorithm", default="AdamW", help="a fastlr optimizer (default AdamW; peers for Adam/AdamW)")
+    ap.add_argument("--precisions", default=",".join(PRECISIONS),
+                    help="comma-separated state precisions (fp32 is always run: the baseline)")
     ap.add_argument("--size", default="16M", help="params, e.g. 4M, 16M (default 16M = 2**24)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=7)
@@ -190,16 +195,24 @@ def main(argv=None):
     n = int(float(size.rstrip("KM")) * {"K": 1 << 10, "M": 1 << 20}.get(size[-1], 1))
     if n < 1 or not math.isfinite(n):
         ap.error("--size must be a positive number of params")
-    rows = run(n, args.threads, args.repeat, peers=not args.no_peers)
+    import fastlr
+    precisions = [x.strip() for x in args.precisions.split(",") if x.strip()]
+    bad = [x for x in precisions if x not in PRECISIONS]
+    if bad or not hasattr(fastlr, args.algorithm) or not isinstance(getattr(fastlr, args.algorithm), type):
+        ap.error(f"--precisions: choose from {PRECISIONS}; --algorithm: a fastlr optimizer "
+                 f"(got {bad or args.algorithm})")
+    rows = run(n, args.threads, args.repeat, peers=not args.no_peers, algorithm=args.algorithm,
+               precisions=precisions)
     print(format_table(rows))
     cost = compute_cost()
     print("in-cache compute, one thread, ns/param: " + ", ".join(f"{k} {v:.2f}" for k, v in cost.items()))
     if args.png:
-        plot(rows, args.png, f"Adam, {n} params, CPU, {args.threads} threads, median of {args.repeat}")
+        plot(rows, args.png, f"{args.algorithm}, {n} params, CPU, {args.threads} threads, median of {args.repeat}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"n": n, "threads": args.threads, "repeat": args.repeat, "rows": rows,
-                       "in_cache_ns_per_param": cost}, f, indent=1)
+            json.dump({"n": n, "algorithm": args.algorithm, "threads": args.threads, "repeat": args.repeat,
+                       "rows": rows, "in_cache_ns_per_param": cost}, f, indent=1)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """The ``fastlr`` command.
 
-    fastlr demo [--out DIR] [--epochs N] [--quick]     # digits MLP with 8 optimizers (fastlr.demo)
+    fastlr demo [--out DIR] [--epochs N] [--quick]     # digits MLP with 9 optimizers (fastlr.demo)
     fastlr bench [ARGS...]                             # dense update benchmark (fastlr.bench)
     fastlr bench --sparse [--rows N --dim D ...]       # sparse row updates (fastlr.bench_sparse)
     fastlr bench --engine [--threads 2 ...]            # many arrays, overhead, fastlr.torch on GPT-2 shapes
                                                        # (fastlr.bench_engine)
     fastlr bench --dtype bf16|fp16 [-n N --algorithm Adam --device cpu]
                                                        # mixed precision (fastlr.mixed.bench)
+    fastlr bench --state-precision 8bit[,4bit,bf16] [--algorithm AdamW --size 16M ...]
+                                                       # low-precision states (fastlr.bench_lowbit)
 """
 import argparse
 import importlib
@@ -80,13 +82,18 @@ def _bench(rest):
     pre.add_argument("--sparse", action="store_true")
     pre.add_argument("--engine", action="store_true")
     pre.add_argument("--dtype", choices=("bf16", "fp16"))
+    pre.add_argument("--state-precision")
     known, rest = pre.parse_known_args(rest)
+    if sum(map(bool, (known.sparse, known.engine, known.dtype, known.state_precision))) > 1:
+        print("fastlr bench: --sparse, --engine, --dtype and --state-precision cannot be combined",
+              file=sys.stderr)
+        return 2
     if known.engine:
         from . import bench_engine
         return bench_engine.main(rest)
-    if known.sparse and known.dtype:
-        print("fastlr bench: --sparse and --dtype cannot be combined", file=sys.stderr)
-        return 2
+    if known.state_precision:
+        from . import bench_lowbit
+        return bench_lowbit.main(["--precisions", known.state_precision, *rest])
     if known.sparse:
         return _bench_sparse(rest)
     if known.dtype:
@@ -113,7 +120,7 @@ def main(argv=None):
         epilog="`fastlr demo --help` and `fastlr bench --help` list each command's options.")
     sub = p.add_subparsers(dest="command", metavar="{demo,bench}")
     sub.add_parser("demo", add_help=False,
-                   help="train a NumPy MLP on digits with 8 optimizers; plots in --out (default demo-out)")
+                   help="train a NumPy MLP on digits with 9 optimizers; plots in --out (default demo-out)")
     sub.add_parser("bench", add_help=False,
                    help="benchmarks: dense (default), --sparse, or --dtype bf16|fp16")
     args, rest = p.parse_known_args(argv[:1])

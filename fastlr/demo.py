@@ -1,4 +1,4 @@
-"""Demo: a NumPy MLP trained on scikit-learn's digits with eight fastlr optimizers.
+"""Demo: a NumPy MLP trained on scikit-learn's digits with nine fastlr optimizers (AdamW with 8-bit states too).
 
     fastlr demo --out demo-out            # or: python -m fastlr.demo --out demo-out
 
@@ -28,7 +28,7 @@ from fastlr import schedules
 __all__ = ["OPTIMIZERS", "load_digits_split", "MLP", "train", "make_optimizers", "run", "format_table", "main"]
 
 
-OPTIMIZERS = ("SGD", "SGD+Nesterov", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Lion")
+OPTIMIZERS = ("SGD", "SGD+Nesterov", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "AdamW-8bit", "Lion")
 
 
 # ---------------------------------------------------------------- data
@@ -188,13 +188,15 @@ def make_optimizers(total_steps):
         "Adadelta": schedules.constant_schedule(1.0),
         "Adam": schedules.warmup_cosine_decay_schedule(0.0, 3e-3, W, T, end_value=1e-5),
         "AdamW": schedules.warmup_cosine_decay_schedule(0.0, 3e-3, W, T, end_value=1e-5),
+        "AdamW-8bit": schedules.warmup_cosine_decay_schedule(0.0, 3e-3, W, T, end_value=1e-5),
         "Lion": schedules.warmup_cosine_decay_schedule(0.0, 1e-3, W, T, end_value=1e-6),
     }
     LABELS = {
         "SGD": "step_lr(0.2, T/3, 0.3)", "SGD+Nesterov": "cosine_decay(0.05)",
         "Adagrad": "cosine_decay(0.05, alpha=0.1)", "RMSprop": "warmup_cosine_decay(2e-3)",
         "Adadelta": "constant(1.0)", "Adam": "warmup_cosine_decay(3e-3)",
-        "AdamW": "warmup_cosine_decay(3e-3)", "Lion": "warmup_cosine_decay(1e-3)",
+        "AdamW": "warmup_cosine_decay(3e-3)", "AdamW-8bit": "warmup_cosine_decay(3e-3)",
+        "Lion": "warmup_cosine_decay(1e-3)",
     }
     F = {
         "SGD": lambda p, lr: fastlr.SGD(p, lr=lr),
@@ -204,6 +206,8 @@ def make_optimizers(total_steps):
         "Adadelta": lambda p, lr: fastlr.Adadelta(p, lr=lr),
         "Adam": lambda p, lr: fastlr.Adam(p, lr=lr),
         "AdamW": lambda p, lr: fastlr.AdamW(p, lr=lr, weight_decay=1e-2),
+        # the same with 8-bit block-wise states (the model's 4810 params: one buffer, >= state_min_size)
+        "AdamW-8bit": lambda p, lr: fastlr.AdamW(p, lr=lr, weight_decay=1e-2, state_precision="8bit"),
         "Lion": lambda p, lr: fastlr.Lion(p, lr=lr, weight_decay=1e-2),
     }
     for name, sched in S.items():   # a readable label for the schedules plot

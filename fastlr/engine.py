@@ -35,7 +35,8 @@ from ._arrays import Buffer, dense, describe_kind, full_like, kind_of, max_abs, 
 from ._launch import NO_CONDITIONING, SERIAL_BELOW, kernel_module, parallel_guard
 from .kernels import _codegen, rules
 
-__all__ = ["Engine", "Front", "Unit", "grad_conditioning", "NO_CONDITIONING", "plan_scalars", "register_unit"]
+__all__ = ["Engine", "Front", "Unit", "grad_conditioning", "NO_CONDITIONING", "plan_scalars", "register_route",
+           "register_unit"]
 
 # Elements per work row of a segment table: big enough to amortize a call into the element
 # loop, small enough to balance the threads over any mix of sizes.
@@ -321,6 +322,14 @@ class Engine:
         plan.refresh(self, gs)
         return plan
 
+    def create_states(self, pstate, param, inits):
+        """Add the param's missing states ((name, initial value) pairs), made as the unit that will update
+        it makes them, then complete its state dict (front.init_state)."""
+        created = [name for name, _ in inits if name not in pstate]
+        unit_class(self, tuple(name for name, _ in inits), param, kind_of(param)).create_states(self, pstate, param,
+                                                                                              inits)
+        self.front.init_state(pstate, param, self.spec, created)
+
     def _launch(self, plan, unit, c):
         """Advance the unit's step counts, compute its scalars (once when all counts agree), run it."""
         spec, front, sts = self.spec, self.front, unit.pstates
@@ -505,11 +514,7 @@ class _GroupPlan:
             st = state.get(key)
             if st is None:
                 st = state[key] = front.new_dict()
-            created = [name for name, _ in inits if name not in st]
-            for name, init in inits:
-                if name not in st:
-                    st[name] = front.new_array(p, name, init)
-            front.init_state(st, p, spec, created)
+            engine.create_states(st, p, inits)
         self.units = []
 
 
@@ -537,11 +542,12 @@ def _make_units(engine, plan, params, labels):
         kind = kind_of(p)
         if kind is None:
             raise TypeError(f"{label[0]}: {describe_kind(p)}")
-        by.setdefault(kind.key, (kind, []))[1].append(r)
+        family = _family(engine, plan.names, p, kind)
+        by.setdefault((family, kind.key), (family, kind, []))[2].append(r)
     whole = len(by) == 1
     units = []
-    for kind, rows in by.values():
-        cls = _UNITS.get(kind.family)
+    for family, kind, rows in by.values():
+        cls = _UNITS.get(family)
         if cls is None:
             raise TypeError(f"{labels[rows[0]][0]}: {kind.dtype} params are updated by fastlr.torch with "
                             f"master_weights=True or stochastic_rounding=True only")
@@ -562,6 +568,13 @@ class Unit:
         self.checked = None
         self.htab = np.zeros((1, 0), np.float64)   # this step's scalars, when every param shares them
         self.front_cache = {}
+
+    @classmethod
+    def create_states(cls, engine, pstate, param, inits):
+        """Add the missing states of a param this kind of unit updates (arrays like the param)."""
+        for name, init in inits:
+            if name not in pstate:
+                pstate[name] = engine.front.new_array(param, name, init)
 
     def _select(self, seq):
         return seq if self.whole else [seq[r] for r in self.rows]
@@ -915,9 +928,33 @@ def _cuda_fingerprint(x):
 _UNITS = {"numpy": _NumpyUnit, "torch-cpu": _TorchCPUUnit, "cuda": _CudaUnit}
 
 
+_ROUTES = []
+
+
 def register_unit(family, cls):
     """Let a feature module (e.g. fastlr.mixed) handle the arrays of one kind family."""
     _UNITS[family] = cls
+
+
+def register_route(route):
+    """Let a feature module claim params for a unit family of its own: ``route(engine, names, param, kind)``
+    returns a family registered with register_unit, or None (names: the group's state names)."""
+    if route not in _ROUTES:
+        _ROUTES.append(route)
+
+
+def _family(engine, names, param, kind):
+    """The unit family that updates a param: a route's choice, else its kind's."""
+    for route in _ROUTES:
+        family = route(engine, names, param, kind)
+        if family is not None:
+            return family
+    return kind.family
+
+
+def unit_class(engine, names, param, kind):
+    """The unit class that updates a param (the Unit base for a kind no unit handles)."""
+    return _UNITS.get(_family(engine, names, param, kind), Unit) if kind is not None else Unit
 
 
 def local_tensors(allcols):

@@ -7,6 +7,10 @@ max_exp_avg_sq when amsgrad=True), ``step`` is the 1-based count including this 
 hyperparameters are keywords with the class's defaults. Everything is validated before any
 array changes. Returns the param's scalar state after the update (``{"step": t}``, plus
 ``mu_product`` for NAdam, which must be passed back in on the next call).
+
+``state_precision="bf16"``: each state a bfloat16 tensor (or uint16 bits) of the param's shape;
+``"8bit"``/``"4bit"``: each state a pair ``(codes, absmax)`` (uint8 and float32, the layout of
+``fastlr.state_precision``; ``fastlr.lowbit.new_states`` makes NumPy ones).
 """
 from . import specs as _specs
 from ._arrays import Buffer, check_disjoint, same_kind
@@ -22,7 +26,7 @@ def _functional(spec):
     """The in-place update function of one spec."""
     name = spec.name.lower() + "_"
 
-    def update_(param, grad, *states, step, **hyperparameters):
+    def update_(param, grad, *states, step, state_precision="fp32", **hyperparameters):
         unknown = set(hyperparameters) - set(spec.defaults) - set(spec.scalar_state)
         if unknown:
             raise TypeError(f"{name}: unexpected keyword argument(s) {sorted(unknown)}")
@@ -41,14 +45,18 @@ def _functional(spec):
         pbuf = Buffer("param", param)
         gbuf = Buffer("grad", grad, writeable=False)
         same_kind("grad", gbuf, pbuf, "param")
-        sbufs = [Buffer(n, s) for n, s in zip(names, states)]
-        for n, b in zip(names, sbufs):
-            same_kind(n, b, pbuf, "param")
-        check_disjoint([("param", param), *zip(names, states)], [("grad", grad)])
         scalar_state = {}
         for k, v in spec.scalar_state.items():
             scalar_state[k] = _specs._number(f"{name}: {k}", hyperparameters.get(k, v))
         pstate = {"step": step, **scalar_state}
+        if state_precision != "fp32":   # states held in low precision (fastlr.state_precision)
+            from .lowbit_unit import functional_update
+            functional_update(spec, group, pstate, pbuf, gbuf, names, states, state_precision)
+            return pstate
+        sbufs = [Buffer(n, s) for n, s in zip(names, states)]
+        for n, b in zip(names, sbufs):
+            same_kind(n, b, pbuf, "param")
+        check_disjoint([("param", param), *zip(names, states)], [("grad", grad)])
         rule, h = plan_scalars(spec, group, pstate)
         run(rule, pbuf.kernel_view(), gbuf.kernel_view(), [b.kernel_view() for b in sbufs],
             h, NO_CONDITIONING, pbuf.on_cuda, current_stream(pbuf.obj) if pbuf.on_cuda else 0)

@@ -658,6 +658,62 @@ def mixed_bandwidth(ctx):
             "summary": ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()) + " of fp32 GB/s"}
 
 
+@check(CHECKS, limit_s=150)
+def lowbit_states(ctx):
+    """Low-precision states on the GPU (fastlr.torch.AdamW, state_precision=): an 8-bit step on CUDA
+    equals the CPU's (codes, absmax, params), then ms per step of fp32, bf16, 8-bit and 4-bit states
+    against torch fused AdamW, torchao AdamW8bit and bitsandbytes AdamW8bit where installed (issue 13)."""
+    torch = _torch_cuda()
+    import fastlr.torch as ft
+    n = 1 << 16 if ctx.tiny else 1 << 24
+    gen = torch.Generator().manual_seed(0)
+    p0, g = torch.randn(n, generator=gen), torch.randn(n, generator=gen) * 1e-3
+    steps = {}
+    for device in ("cpu", "cuda"):
+        w = p0.to(device).requires_grad_()
+        w.grad = g.to(device)
+        opt = ft.AdamW([w], lr=1e-3, state_precision="8bit")
+        opt.step()
+        opt.step()
+        steps[device] = (w.detach().cpu(), {k: v.cpu() for k, v in opt.state[w].items()})
+    (pc, sc), (pg, sg) = steps["cpu"], steps["cuda"]
+    codes_off = max(float((sc[k] != sg[k]).float().mean()) for k in ("exp_avg", "exp_avg_sq"))
+    same = bool(torch.allclose(pc, pg, rtol=0, atol=1e-6)) and codes_off <= 1e-3
+    impls, params = {}, {}
+
+    def add(name, make):
+        w = p0.to("cuda").requires_grad_()
+        w.grad = g.to("cuda")
+        try:
+            opt = make([w])
+            opt.step()
+        except Exception as exc:   # a peer that cannot run here is reported, not fatal
+            params[name] = _err(exc)
+            return
+        impls[name] = opt.step
+    for precision in ("fp32", "bf16", "8bit", "4bit"):
+        add(f"fastlr {precision}", lambda ps, precision=precision: ft.AdamW(ps, lr=1e-3, state_precision=precision))
+    add("torch fused AdamW", lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True))
+    try:
+        from torchao.optim import AdamW4bit, AdamW8bit
+        add("torchao AdamW8bit", lambda ps: AdamW8bit(ps, lr=1e-3))
+        add("torchao AdamW4bit", lambda ps: AdamW4bit(ps, lr=1e-3))
+    except ImportError:
+        params["torchao"] = "not installed"
+    try:
+        import bitsandbytes as bnb
+        add("bitsandbytes AdamW8bit", lambda ps: bnb.optim.AdamW8bit(ps, lr=1e-3))
+    except ImportError:
+        params["bitsandbytes"] = "not installed"
+    t = _interleaved(torch, impls, number=2 if ctx.tiny else 10, repeat=3 if ctx.tiny else 7)
+    ms = {k: 1e3 * v for k, v in t.items()}
+    peers = {k: v / ms["fastlr 8bit"] for k, v in ms.items() if "8bit" in k and not k.startswith("fastlr")}
+    return {"ok": same, "cuda_equals_cpu": same, "codes_differing": codes_off, "ms_per_step": ms,
+            "peer_ms_over_fastlr_8bit": peers, "not_run": params,
+            "summary": f"8-bit CUDA == CPU: {same}; {n} params, ms/step: "
+                       + ", ".join(f"{k} {v:.3f}" for k, v in ms.items())}
+
+
 @check(CHECKS, limit_s=90)
 def sparse_latency(ctx):
     """p50/p99 latency of step_rows (Adam, 1M x 64 float32 table on the GPU, 4096 Zipf-like ids)."""

@@ -49,9 +49,15 @@ class Quantized(NamedTuple):
         return quant.CODEBOOKS[self.precision, self.signed]
 
 
+_MODULES = {}
+
+
 def _kernels(name):
     """fastlr.kernels.<name>, imported on first use (importing it compiles nothing)."""
-    return importlib.import_module(f"{__package__}.kernels.{name}")
+    module = _MODULES.get(name)
+    if module is None:
+        module = _MODULES[name] = importlib.import_module(f"{__package__}.kernels.{name}")
+    return module
 
 
 def _on_cuda(x):
@@ -192,35 +198,52 @@ def launcher(rule, p, g, states, serial=None, stream=0):
     ``serial``: force the one-thread CPU kernel (True) or the parallel one (False); default by size.
     """
     precision = _validate(rule, p, g, states)
-    cuda = _on_cuda(p)
+    kernel, tables = kernel_for(rule, precision, _on_cuda(p), p.size, serial, stream)
+    arrays = kernel_arrays(states)
+
+    def run(h, c=NO_CONDITIONING, r=None):
+        kernel(p, g, *arrays, *launch_scalars(precision, h, c, r), *tables)
+    return run
+
+
+def kernel_arrays(states):
+    """The arrays a kernel takes for these states: each Quantized as (codes, absmax), others as they are."""
+    return tuple(a for s in states for a in ((s.codes, s.absmax) if isinstance(s, Quantized) else (s,)))
+
+
+def launch_scalars(precision, h, c, r=None):
+    """The scalar arguments after the arrays: h and c as floats, and for bf16 the rounding key."""
+    scalars = (tuple(map(float, h)), tuple(map(float, c)))
+    if precision == "bf16":
+        scalars += ((-1, 0) if r is None else (int(r[0]), int(r[1])),)
+    return scalars
+
+
+def kernel_for(rule, precision, cuda, size, serial=None, stream=0):
+    """(kernel, device tables): the kernel of element rule ``rule`` for states in ``precision`` over
+    ``size`` elements, configured for launch on CUDA, and the map/encoder tables it takes last (CUDA
+    low-bit kernels only). Call it as ``kernel(p, g, *kernel_arrays(states), *launch_scalars(...), *tables)``."""
     if precision == "fp32":
         module = _kernels("cuda" if cuda else "cpu")
     else:
         module = _kernels("lowbit_cuda" if cuda else "lowbit_cpu")
     if serial is None:
-        serial = p.size < SERIAL_BELOW
+        serial = size < SERIAL_BELOW
     suffix = "_serial" if serial and not cuda else ""
     if precision == "fp32":
-        kernel, arrays = module.KERNELS[rule + suffix], tuple(states)
+        kernel = module.KERNELS[rule + suffix]
     elif precision == "bf16":
-        kernel, arrays = module.BF16[rule + suffix], tuple(states)
+        kernel = module.BF16[rule + suffix]
     else:
         kernel = module.BLOCKWISE[precision, rule + suffix]
-        arrays = tuple(a for s in states for a in (s.codes, s.absmax))
     tables = ()
     if cuda:
         from .kernels.cuda import launch_config
-        blocks, threads = launch_config(p.size, quant.BLOCK_SIZE.get(precision, 256))  # blockwise: one per block
+        blocks, threads = launch_config(size, quant.BLOCK_SIZE.get(precision, 256))  # blockwise: one per block
         kernel = kernel[blocks, threads, stream]
         if precision in quant.BLOCK_SIZE:
-            tables = tuple(a for s in states for a in _device_tables(s.precision, s.signed))
-
-    def run(h, c=NO_CONDITIONING, r=None):
-        scalars = (tuple(map(float, h)), tuple(map(float, c)))
-        if precision == "bf16":
-            scalars += ((-1, 0) if r is None else (int(r[0]), int(r[1])),)
-        kernel(p, g, *arrays, *scalars, *tables)
-    return run
+            tables = tuple(a for signed in quant.state_signs(rule) for a in _device_tables(precision, signed))
+    return kernel, tables
 
 
 _DEVICE_TABLES = {}
@@ -265,7 +288,8 @@ def _validate(rule, p, g, states):
         if isinstance(s, Quantized):
             _check_quantized(j, s, p.size, quant.state_signs(rule)[j])
         elif s.shape != p.shape or (precision == "fp32" and s.dtype != p.dtype):
-            raise ValueError(f"states[{j}] must have p's shape {p.shape}" + (" and dtype" if precision == "fp32" else "")
+            raise ValueError(f"states[{j}] must have p's shape {p.shape}"
+                             + (" and dtype" if precision == "fp32" else "")
                              + f", got {s.dtype} of shape {s.shape}")
         if not isinstance(s, Quantized) and _on_cuda(s) != _on_cuda(p):
             raise ValueError(f"states[{j}] must be on p's device")

@@ -12,15 +12,18 @@ import numpy as np
 
 from . import capturable as _capturable
 from . import specs as _specs
-from ._arrays import Buffer, copy_into, describe_kind, full_like, kind_of, library, memory_span, same_kind, to_numpy
-from .engine import Engine, Front, plan_scalars
+from . import state_precision as _precision
+from ._arrays import Buffer, copy_into, describe_kind, full_like, host_scalar, kind_of, library, memory_span, \
+    same_kind, to_numpy
+from .engine import Engine, Front, first_overlap, plan_scalars
 from .kernels import rules  # noqa: F401  (re-exported for scripts that bind rules by name)
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax",
            "NAdam", "RAdam", "Lion"]
 
 _ARRAY_TYPES = {np.ndarray, type(None)}
-_OPTIONS = dict(max_grad_norm=None, clip_value=None, grad_scale=None, skip_nonfinite=False, capturable=False)
+_OPTIONS = dict(max_grad_norm=None, clip_value=None, grad_scale=None, skip_nonfinite=False, capturable=False,
+                **_precision.OPTIONS)
 
 
 class Optimizer:
@@ -48,6 +51,8 @@ class Optimizer:
         never sync, so they can be captured in a CUDA graph and replayed (``state[i]['step']``
         is then a one-element float64 device array, and lr may be one; see
         ``fastlr.capturable``). Not with max_grad_norm, grad_scale or skip_nonfinite.
+    state_precision ("fp32", "bf16", "8bit", "4bit"), state_min_size, state_stochastic_rounding:
+        states held in low precision; see ``fastlr.state_precision``.
 
     ``step()`` may be called from several threads: calls on one optimizer are serialized.
     """
@@ -65,7 +70,7 @@ class Optimizer:
         cls.__doc__ = _doc(spec, cls.__doc__)
 
     def __init__(self, params, defaults, *, max_grad_norm=None, clip_value=None, grad_scale=None,
-                 skip_nonfinite=False, capturable=False):
+                 skip_nonfinite=False, capturable=False, **state_options):
         if self.spec is None:
             raise TypeError("Optimizer is a base class: use one of fastlr's algorithms (fastlr.Adam, ...)")
         self.defaults = dict(defaults)
@@ -78,6 +83,7 @@ class Optimizer:
         self.max_grad_norm, self.clip_value, self.grad_scale = max_grad_norm, clip_value, grad_scale
         self.skip_nonfinite = skip_nonfinite or grad_scale is not None
         self.capturable = capturable
+        _precision.configure(self, **state_options)
         self.param_groups = []
         self.state = StateDict()
         self._step_count = 0
@@ -206,6 +212,8 @@ class Optimizer:
         """
         if self.capturable:
             raise NotImplementedError("step_rows: not available with capturable=True")
+        if self.state_precision != "fp32":
+            raise NotImplementedError(f"step_rows: not available with state_precision={self.state_precision!r}")
         from .sparse import step_rows
         return step_rows(self, param, indices, grad_rows)
 
@@ -231,11 +239,15 @@ class Optimizer:
         return plan_scalars(cls.spec, {**cls.spec.constants, **group}, pstate)
 
     # ------------------------------------------------------------ state dict
-    def state_dict(self):
-        """Hyperparameters, step counts and COPIES of the state arrays (a snapshot)."""
+    def state_dict(self, dequantize=False):
+        """Hyperparameters, step counts and COPIES of the state arrays (a snapshot). dequantize=True: states
+        held in low precision as float arrays of their param's shape and dtype (``fastlr.state_precision``)."""
         with self._engine.lock:
             state = {i: {k: (_snapshot(v) if library(v) is not None else v) for k, v in pstate.items()}
                      for i, pstate in self.state.items()}
+            if dequantize:
+                state = _precision.dequantized(self, state, [p for g in self.param_groups for p in g["params"]],
+                                               self._group_of)
             groups, start = [], 0
             for group in self.param_groups:
                 n = len(group["params"])
@@ -304,11 +316,24 @@ class Optimizer:
             missing = [n for n in ["step", *self.spec.scalar_state] if n not in saved]
             if missing:
                 raise ValueError(f"{where} lacks {missing} (expected by {name} with these options)")
-            loaded[i] = self._checked_param_state(where, saved, expected, arrays[i])
+            loaded[i] = self._checked_param_state(where, saved, expected, arrays[i], hp)
         return new_groups, loaded, _step_count(sd.get("step_count", self._step_count))
 
-    def _checked_param_state(self, where, saved, expected, param):
-        """A new state dict for one param from a saved one: validated, arrays copied into new arrays."""
+    def _group_of(self, i):
+        """The hyperparameters of param number i's group."""
+        for group in self.param_groups:
+            if i < len(group["params"]):
+                return {**self.spec.constants, **group}
+            i -= len(group["params"])
+        raise IndexError(i)
+
+    def _checked_param_state(self, where, saved, expected, param, hp):
+        """A new state dict for one param from a saved one: validated, arrays copied into new arrays (in this
+        optimizer's state precision)."""
+        return _precision.load_param_state(self, param, saved, hp,
+                                           lambda floats: self._checked_float_state(where, floats, expected, param))
+
+    def _checked_float_state(self, where, saved, expected, param):
         ref = Buffer("param", param)
         pstate = {"step": _step_value(f"{where}['step']", saved["step"])}
         for n in self.spec.scalar_state:
@@ -338,6 +363,7 @@ class Optimizer:
         self.__dict__.update(state)
         self.state = StateDict.adopt(self.state)
         self._engine = Engine(self, self.spec, _NumpyFront(self))
+        _precision.restore(self)
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]

@@ -22,7 +22,9 @@ Extra options, shared by every algorithm (see ``fastlr.Optimizer``): ``max_grad_
 bfloat16/float16 params ``master_weights=True`` (a float32 master copy in
 ``state[p]["master_param"]``, rounded values written back) or ``stochastic_rounding=True``
 (bfloat16 updated in place with stochastic rounding, deterministic given ``seed``). States of
-16-bit params are float32. Inside ``torch.compile``, ``step()`` is one graph break.
+16-bit params are float32 (or ``state_precision``: bf16, 8-bit or 4-bit states for every
+algorithm, see ``fastlr.state_precision``; ``state_dict(dequantize=True)`` exports them as float32).
+Inside ``torch.compile``, ``step()`` is one graph break.
 """
 import inspect
 import math
@@ -36,13 +38,14 @@ import torch
 
 from . import mixed as _mixed  # noqa: F401  (handles 16-bit params: master weights, stochastic rounding)
 from . import specs as _specs
+from . import state_precision as _precision
 from .engine import Engine, Front
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion"]
 
 _HALF = (torch.bfloat16, torch.float16)
 _OPTIONS = dict(max_grad_norm=None, clip_value=None, grad_scale=None, skip_nonfinite=False, master_weights=False,
-                stochastic_rounding=False, seed=0)
+                stochastic_rounding=False, seed=0, **_precision.OPTIONS)
 _SWITCHES = dict(foreach=None, fused=None, capturable=False, differentiable=False)
 
 
@@ -163,7 +166,7 @@ class _TorchOptimizer(torch.optim.Optimizer):
         self.skipped_steps = 0
 
     def _set_options(self, max_grad_norm=None, clip_value=None, grad_scale=None, skip_nonfinite=False,
-                     master_weights=False, stochastic_rounding=False, seed=0):
+                     master_weights=False, stochastic_rounding=False, seed=0, **state_options):
         for name, v in (("max_grad_norm", max_grad_norm), ("clip_value", clip_value), ("grad_scale", grad_scale)):
             if v is not None:
                 _specs.positive(name, v)
@@ -177,6 +180,7 @@ class _TorchOptimizer(torch.optim.Optimizer):
         self.max_grad_norm, self.clip_value, self.grad_scale = max_grad_norm, clip_value, grad_scale
         self.skip_nonfinite = skip_nonfinite or grad_scale is not None
         self.master_weights, self.stochastic_rounding, self.seed = master_weights, stochastic_rounding, seed
+        _precision.configure(self, **state_options)
 
     # ------------------------------------------------------------ groups
     def add_param_group(self, param_group):
@@ -197,7 +201,6 @@ class _TorchOptimizer(torch.optim.Optimizer):
     def _make_states(self, group):
         """Create (or, while never used, remake in the params' dtype and device) the group's states."""
         hp = self._hyperparameters({**self.spec.constants, **{k: v for k, v in group.items() if k != "params"}})
-        front = self._engine.front
         for p in group["params"]:
             st = self.state[p]
             fresh = not st or (_step_zero(st) and any(
@@ -206,11 +209,7 @@ class _TorchOptimizer(torch.optim.Optimizer):
                 for v in st.values()))
             if fresh:
                 st.clear()
-                created = []
-                for name, init in self.spec.states(hp):
-                    st[name] = front.new_array(p, name, init)
-                    created.append(name)
-                front.init_state(st, p, self.spec, created)
+                self._engine.create_states(st, p, self.spec.states(hp))
 
     def _check_new_group(self, k):
         group = self.param_groups[k]
@@ -285,6 +284,17 @@ class _TorchOptimizer(torch.optim.Optimizer):
         return sum(u.sumsq() for plan in plans for u in plan.units)
 
     # ------------------------------------------------------------ state dicts and copies
+    def state_dict(self, dequantize=False):
+        """torch's state dict; dequantize=True: states held in low precision as float32 tensors in torch's
+        layout (loadable by torch.optim)."""
+        sd = super().state_dict()
+        if dequantize:
+            params = [p for g in self.param_groups for p in g["params"]]
+            groups = [g for g in self.param_groups for _ in g["params"]]
+            sd["state"] = _precision.dequantized(self, sd["state"], params, lambda i: self._hyperparameters(
+                {**self.spec.constants, **{k: v for k, v in groups[i].items() if k != "params"}}), on_device=True)
+        return sd
+
     def load_state_dict(self, state_dict):
         """Load a state dict in torch.optim's layout (from torch.optim.X or fastlr.torch.X). Everything is
         checked before anything changes; states of 16-bit params stay float32."""
@@ -312,6 +322,7 @@ class _TorchOptimizer(torch.optim.Optimizer):
             self._engine = Engine(self, self.spec, _TorchFront(self))
         for name, default in _OPTIONS.items():
             self.__dict__.setdefault(name, default)
+        _precision.restore(self)
         self.__dict__.setdefault("skipped_steps", 0)
         self.__dict__.setdefault("last_step_skipped", False)
         self._engine.reset()
@@ -449,6 +460,11 @@ def _checked_load(opt, sd):
 def _checked_param_state(opt, where, p, saved, hp):
     """One param's loaded state: tensors cast to the param's device (and dtype; float32 for 16-bit params)."""
     names = [n for n, _ in opt.spec.states(hp)]
+    return _precision.load_param_state(opt, p, saved, hp,
+                                       lambda floats: _checked_float_state(opt, where, p, floats, names))
+
+
+def _checked_float_state(opt, where, p, saved, names):
     # a state tensor it lacks (max_exp_avg_sq after amsgrad was switched on) starts from its initial value at
     # the next step, as any missing state does; the counts must be there
     expected = (["step"] if opt.spec.name != "SGD" else []) + list(opt.spec.scalar_state)

@@ -15,6 +15,9 @@ Two families, each compiled over ``kernels.cpu.R`` (no formula is written here):
   or stochastically (``r = (key, base)``: element i of state j gets the random bits
   ``random16(key + j, base + i)``, deterministic).
 
+* ``TABLE[prec, rule]`` (prec "8bit", "4bit" or "bf16"): either family over many params in one call,
+  ``kernel(ptrs, work, hidx, htab, c64, keys, like)``, as ``kernels.cpu.TABLE_KERNELS`` (see below).
+
 ``h64`` and ``c64`` are tuples of float64 as for ``kernels.cpu.KERNELS``; ``_serial`` kernels
 run on one thread (small params). Kernels release the GIL.
 
@@ -34,12 +37,13 @@ carry ``quant.QUANT_HASH``: numba's cache watches only this file, not the tables
 import llvmlite.binding as llvm_binding
 import numpy as np
 from llvmlite import ir
-from numba import config, njit, prange, types  # noqa: F401  (prange: the generated kernels)
+from numba import carray, config, njit, prange, types  # noqa: F401  (carray, prange: the generated kernels)
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import quant
-from ._codegen import generate_source, n_states
+from ._codegen import generate_source, n_states, scalar_names
+from ._pointers import at  # noqa: F401  (the generated table kernels)
 from .cpu import R  # noqa: F401
 
 Q = quant.compiled(njit(inline="always", error_model="numpy"))
@@ -70,7 +74,8 @@ _V64B, _V16F, _V16I = ir.VectorType(_I8, 64), ir.VectorType(_F32, 16), ir.Vector
 def _interleave(builder, a, b):
     """[a0, b0, a1, b1, ...] of two vectors of the same type."""
     n = a.type.count
-    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, 2 * n), [x for j in range(n) for x in (j, n + j)]))
+    order = [x for j in range(n) for x in (j, n + j)]
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, 2 * n), order))
 
 
 @intrinsic
@@ -104,7 +109,8 @@ def decode_64(typingctx, codes, out, planes, absmax):
             values = builder.bitcast(_interleave(builder, low, high), ir.VectorType(_F32, 64))
             for q in range(4):
                 part = builder.shuffle_vector(values, values, ir.Constant(_V16I, list(range(16 * q, 16 * q + 16))))
-                at = builder.add(builder.mul(loop.index, ir.Constant(loop.index.type, 4)), ir.Constant(loop.index.type, q))
+                at = builder.add(builder.mul(loop.index, ir.Constant(loop.index.type, 4)),
+                                 ir.Constant(loop.index.type, q))
                 builder.store(builder.fmul(part, scale), builder.gep(dst, [at]), align=4)
         return builder.mul(groups, ir.Constant(groups.type, 64))
     return types.intp(codes, out, planes, absmax), codegen
@@ -200,11 +206,52 @@ for _rule in STATEFUL_RULES:
     for _suffix, _loop, _decorate in (("", "prange", _PARALLEL), ("_serial", "range", _SERIAL)):
         for _prec in BITS:
             BLOCKWISE[_prec, _rule + _suffix] = generate_source(
-                _BLOCKWISE, f"{_rule}_{_prec}{_suffix}_{quant.QUANT_HASH}{'_vbmi' if VBMI else ''}", globals(), _decorate,
+                _BLOCKWISE, f"{_rule}_{_prec}{_suffix}_{quant.QUANT_HASH}{'_vbmi' if VBMI else ''}", globals(),
+                _decorate,
                 **_blockwise_fields(_rule, _prec, _loop))
         BF16[_rule + _suffix] = generate_source(
             _BF16, f"{_rule}_bf16{_suffix}", globals(), _decorate, **_bf16_fields(_rule, _loop))
 
+
+# Segment tables: many params in one call, as kernels/cpu.py's TABLE_KERNELS. ``ptrs[t]`` holds the
+# addresses of param t's p, g and state arrays (block-wise: codes and absmax per state); ``work`` rows
+# (t, lo, hi) cut the params into chunks whose ``lo`` is a multiple of the block size (cpu.make_work
+# with a chunk that is), so each chunk is a run of whole blocks (the last maybe short) handed to the
+# serial flat kernel on arrays made over its memory. bf16: ``keys[t]`` is param t's rounding key (-1:
+# nearest even), the chunk's base its element offset, so the random bits are the flat kernel's.
+_TABLE = """
+def {name}(ptrs, work, hidx, htab, c64, keys, like):
+    for w in prange(work.shape[0]):
+        t = work[w, 0]
+        lo = work[w, 1]
+        n = work[w, 2] - lo
+        r = hidx[t]
+        CHUNK(carray(at(ptrs[t, 0], lo, like), n), carray(at(ptrs[t, 1], lo, like), n), {columns}({h_row}), c64{key})
+"""
+U8, U16, F32 = np.empty(0, np.uint8), np.empty(0, np.uint16), np.empty(0, np.float32)
+
+
+def _table_fields(rule, prec):
+    k, n_h = n_states(rule), len(scalar_names(rule))
+    if prec == "bf16":
+        columns = "".join(f"carray(at(ptrs[t, {2 + j}], lo, U16), n), " for j in range(k))
+    else:
+        block, codes = quant.BLOCK_SIZE[prec], ("lo", "n") if prec == "8bit" else ("lo >> 1", "(n + 1) >> 1")
+        columns = "".join(f"carray(at(ptrs[t, {2 + 2 * j}], {codes[0]}, U8), {codes[1]}), "
+                          f"carray(at(ptrs[t, {3 + 2 * j}], lo // {block}, F32), (n + {block - 1}) // {block}), "
+                          for j in range(k))
+    return {"columns": columns, "h_row": "".join(f"htab[r, {j}], " for j in range(n_h)),
+            "key": ", (keys[t], lo)" if prec == "bf16" else ""}
+
+
+TABLE = {}
+for _rule in STATEFUL_RULES:
+    for _prec in ("8bit", "4bit", "bf16"):
+        _chunk = BF16[_rule + "_serial"] if _prec == "bf16" else BLOCKWISE[_prec, _rule + "_serial"]
+        for _suffix, _decorate in (("", _PARALLEL), ("_serial", _SERIAL)):
+            TABLE[_prec, _rule + _suffix] = generate_source(
+                _TABLE, f"{_rule}_{_prec}_table{_suffix}_{quant.QUANT_HASH}{'_vbmi' if VBMI else ''}",
+                dict(globals(), CHUNK=_chunk), _decorate, **_table_fields(_rule, _prec))
 
 
 # Whole-state conversions (loading float states, state_dict(dequantize=True)). Generated like the

@@ -98,8 +98,8 @@ def _bf16_fields(rule):
     return {
         **quant.kernel_fields(rule, "b"),
         "decode": "".join(f"{ind}s{j} = np.float32(R.bf16_to_float_arith(b{j}[i]))\n" for j in range(k)),
-        "encode": "".join(f"{ind}b{j}[i] = R.float_to_bf16_arith(s{j}, R.random16(key + {j}, base + i) if key >= 0 else -1)\n"
-                       for j in range(k)),
+        "encode": "".join(f"{ind}b{j}[i] = R.float_to_bf16_arith(s{j}, "
+                          f"R.random16(key + {j}, base + i) if key >= 0 else -1)\n" for j in range(k)),
     }
 
 
@@ -111,3 +111,26 @@ for _rule in quant.STATEFUL_RULES:
             **_blockwise_fields(_rule, _prec))
     BF16[_rule] = generate_source(_BF16, f"{_rule}_bf16", globals(), cuda.jit(cache=not _SIMULATOR),
                                   **_bf16_fields(_rule))
+
+
+def ptx_cases():
+    """(label, kernel, example args) of each kernel here, typed as ``fastlr.lowbit`` launches them
+    (fastlr.kernels.ptx): float32/float64 params, h and c as tuples of floats; block-wise: uint8 codes,
+    float32 absmax, then each state's float32 map and int32 encoder table; bf16: uint16 bits (NumPy API,
+    numba) or int16 (views of torch bfloat16 tensors) and the rounding key (int, int)."""
+    from ._codegen import scalar_names
+    c = (1.0, -np.inf, np.inf)
+    for dtype in (np.float32, np.float64):
+        a, d = np.zeros(1, dtype), dtype.__name__
+        for (prec, rule), kernel in BLOCKWISE.items():
+            signs = quant.state_signs(rule)
+            states = tuple(x for _ in signs for x in (np.zeros(1, np.uint8), np.zeros(1, np.float32)))
+            books = [quant.CODEBOOKS[prec, sg] for sg in signs]
+            tables = tuple(x for cb in books for x in (cb.qmap, cb.table))
+            h = (1.0,) * len(scalar_names(rule))
+            yield f"BLOCKWISE[{prec}, {rule}] {d}", kernel, (a, a, *states, h, c, *tables)
+        for rule, kernel in BF16.items():
+            for bits in (np.uint16, np.int16):
+                states = (np.zeros(1, bits),) * n_states(rule)
+                yield (f"BF16[{rule}] {d}, {bits.__name__} states", kernel,
+                       (a, a, *states, (1.0,) * len(scalar_names(rule)), c, (1, 0)))

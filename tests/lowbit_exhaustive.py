@@ -6,8 +6,9 @@ force). Not collected by pytest (about a minute on 2 cores): ``python tests/lowb
 import time
 
 import numpy as np
-from fastlr.kernels import lowbit_cpu, quant
 from numba import njit, prange
+
+from fastlr.kernels import lowbit_cpu, quant
 
 ONE = 0x3F800000  # bits of 1.0: patterns 0 .. ONE are every float32 in [0, 1]
 

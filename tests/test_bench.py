@@ -164,3 +164,29 @@ def test_bench_engine_quick(tmp_path, capsys):
     counts = [k for k in res["numpy_arrays"]["results"] if k.startswith("fastlr-")]
     assert len(counts) >= 2 and res["overhead"]["results"]["step"]["time_s"] > 0
     assert png.stat().st_size > 0 and "fastlr vs torch fused" in capsys.readouterr().out
+
+
+def test_asv_lowbit_benchmarks_tiny(asv_modules):
+    mod = asv_modules("lowbit")
+    b = mod.LowPrecisionStep()
+    for precision in mod.PRECISIONS:
+        b.setup("AdamW", precision, 5000)
+        b.time_step("AdamW", precision, 5000)
+    assert b.track_state_bytes_per_param("AdamW", "4bit", 5000) <= 1.1
+    s = mod.LowPrecisionStateDict()
+    s.setup(5000)
+    s.time_state_dict_dequantize(5000)
+    s.time_load_fp32_into_8bit(5000)
+
+
+def test_cli_bench_state_precision(tmp_path, capsys):
+    from fastlr.cli import main
+    out = tmp_path / "lowbit.json"
+    assert main(["bench", "--state-precision", "8bit", "--size", "8K", "--repeat", "1", "--no-peers",
+                 "--json", str(out)]) == 0
+    rows = {r["case"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"ceiling (stream, 28 B)", "fastlr fp32", "fastlr 8bit"}
+    assert rows["fastlr 8bit"]["bytes_per_param"] < rows["fastlr fp32"]["bytes_per_param"]
+    assert "fastlr 8bit" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["bench", "--state-precision", "int8"])
