@@ -13,9 +13,18 @@ import numpy as np
 from . import capturable as _capturable
 from . import specs as _specs
 from . import state_precision as _precision
-from ._arrays import Buffer, copy_into, describe_kind, full_like, host_scalar, kind_of, library, memory_span, \
-    same_kind, to_numpy
-from .engine import Engine, Front, first_overlap, plan_scalars
+from ._arrays import (
+    Buffer,
+    copy_into,
+    describe_kind,
+    full_like,
+    kind_of,
+    library,
+    memory_span,
+    same_kind,
+    to_numpy,
+)
+from .engine import Engine, Front, plan_scalars
 from .kernels import rules  # noqa: F401  (re-exported for scripts that bind rules by name)
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax",
