@@ -281,10 +281,16 @@ class Engine:
         try:
             if undo is not None:
                 plans = self._plans_for(hps, grads)
-            _check_disjoint(plans)
+            units = plans[0].units if len(plans) == 1 else [u for plan in plans for u in plan.units]
+            _check_disjoint(units)
             if launch is None:   # (capturable steps keep their counts in device memory)
-                self.front.check_counts(self.spec, [u for plan in plans for u in plan.units])
-            c = grad_conditioning(options, lambda: self.opt._sum_of_squares(plans), lambda: _grad_pairs(plans))
+                self.front.check_counts(self.spec, units)
+            if options.max_grad_norm is None and options.clip_value is None and options.grad_scale is None \
+                    and not options.skip_nonfinite:
+                c = NO_CONDITIONING
+            else:
+                c = grad_conditioning(options, lambda: self.opt._sum_of_squares(plans), lambda: _grad_pairs(plans))
+                c = c if c is None else tuple(map(float, c))
         except BaseException:
             if undo is not None:   # a rejected step leaves no states behind
                 undo()
@@ -293,7 +299,6 @@ class Engine:
             if undo is not None:   # nor does a skipped one
                 undo()
             return False
-        c = tuple(map(float, c))
         for plan in plans:
             for unit in plan.units:
                 (launch or Engine._launch)(self, plan, unit, c)
@@ -432,12 +437,16 @@ def _check_state_entries(engine, plans):
                                     f"got {type(st).__name__}")
 
 
-def _check_disjoint(plans):
-    """No two written arrays of different units (groups, dtypes) share memory."""
-    units = [u for plan in plans for u in plan.units]
+def _check_disjoint(units):
+    """No two written arrays of different units (groups, dtypes) share memory (checked when one moved)."""
     if len(units) <= 1:
         return  # within a unit the unit's own check covers it
+    if not any(u.moved or not u.tracks_moves for u in units):
+        return
     pair = first_overlap(s for u in units for s in u.spans())
+    if not pair:
+        for u in units:
+            u.moved = False
     if pair:
         raise ValueError(f"{pair[1]}: shares memory with {pair[0]}; every param and state must have memory of "
                          f"its own (a view of another param would be updated twice per step)")
@@ -559,6 +568,8 @@ def _make_units(engine, plan, params, labels):
 class Unit:
     """Arrays of one group sharing an array kind, dtype and device: one kernel call per step."""
 
+    tracks_moves = False   # whether ``moved`` is kept up to date (else the check across units runs each step)
+
     def __init__(self, engine, plan, kind, rows, labels, whole):
         self.engine, self.kind, self.rows, self.labels = engine, kind, rows, labels
         self.whole = whole      # every active param of the group is in this unit, in order
@@ -566,6 +577,7 @@ class Unit:
         self.ncols = 2 + len(plan.names)
         self.pstates = None
         self.checked = None
+        self.moved = True   # a written array moved since the check across units last ran (if tracks_moves)
         self.htab = np.zeros((1, 0), np.float64)   # this step's scalars, when every param shares them
         self.front_cache = {}
 
@@ -624,6 +636,8 @@ class Unit:
 class _TableUnit(Unit):
     """CPU arrays updated by one segment-table kernel call per step."""
 
+    tracks_moves = True
+
     def __init__(self, engine, plan, kind, rows, labels, whole):
         super().__init__(engine, plan, kind, rows, labels, whole)
         self.dtype = kind.dtype
@@ -634,16 +648,20 @@ class _TableUnit(Unit):
         self.total = 0
 
     def _new_sizes(self):
-        """The work list and totals for the current sizes."""
+        """The work list and totals for the current sizes (and the CPU kernels, imported on first use)."""
+        global _CPU
+        _CPU = kernel_module("cpu")
         self.work = kernel_module("cpu").make_work(self.sizes, CHUNK)
         self.total = int(self.sizes.sum())
         self.hzero = np.zeros(self.sizes.size, np.int64)
 
     def launch(self, rule, htab, hidx, c):
-        serial = self.total < SERIAL_BELOW
-        kernel = kernel_module("cpu").TABLE_KERNELS[rule + "_serial" if serial else rule]
-        with parallel_guard(serial):
-            kernel(self.ptrs, self.work, self.hzero if hidx is None else hidx, htab, c, self.like)
+        hidx = self.hzero if hidx is None else hidx
+        if self.total < SERIAL_BELOW:   # one thread: no pool to wake, no guard needed
+            _CPU.TABLE_KERNELS[rule + "_serial"](self.ptrs, self.work, hidx, htab, c, self.like)
+            return
+        with parallel_guard():
+            _CPU.TABLE_KERNELS[rule](self.ptrs, self.work, hidx, htab, c, self.like)
 
     def sumsq(self):
         cpu = kernel_module("cpu")
@@ -667,6 +685,7 @@ class _TableUnit(Unit):
 
     def check_overlap(self):
         """Written arrays must not overlap (and their sorted spans are kept for check_grads)."""
+        self.moved = True
         pointers = kernel_module("_pointers")
         bad = pointers.overlap(self.ptrs, self.sizes, self.itemsize, self.writable)
         if bad >= 0:
@@ -717,7 +736,10 @@ class _NumpyUnit(_TableUnit):
         if status > 0:
             self._explain(status, allcols)
         elif status < 0:
-            self._new_sizes()
+            if -status & 1:
+                self._new_sizes()
+            if -status & 2:
+                self.moved = True
 
     def _adopt(self, allcols):
         """New array objects: check what the struct reader relies on, then record their addresses."""
@@ -924,6 +946,8 @@ def _cuda_fingerprint(x):
     typestr = iface["typestr"]
     return (iface["data"][0], size, int(typestr[2:]), typestr, tuple(iface["shape"]), iface.get("strides"))
 
+
+_CPU = None   # fastlr.kernels.cpu once a CPU unit exists (importing it compiles or loads kernels)
 
 _UNITS = {"numpy": _NumpyUnit, "torch-cpu": _TorchCPUUnit, "cuda": _CudaUnit}
 

@@ -177,6 +177,10 @@ class Optimizer:
 
     def _grads_per_group(self, grads):
         """The grads as one list per group, aligned with its params (count checked)."""
+        groups = self.param_groups
+        if type(grads) is np.ndarray and len(groups) == 1 and type(groups[0]) is dict \
+                and len(groups[0].get("params", ())) == 1:
+            return [[grads]]   # one array for one param: nothing to split
         try:
             n = sum(len(g["params"]) for g in self.param_groups)
         except (KeyError, TypeError):

@@ -75,8 +75,8 @@ def gather(objs, meta, ptrs, sizes, last, spans):
 
     meta rows: [0] the addresses of the accepted Python types (two), [1] each column's dtype object
     address, [2] its item size, [3] 1 where the column is written by the update. On success fills
-    ptrs (data addresses) and sizes (elements per row) and returns 0, or -1 when some size changed
-    since the last call (the work list must be rebuilt). Every array must have its row's column 0
+    ptrs (data addresses) and sizes (elements per row) and returns 0, or minus (1 if some size changed
+    since the last call (the work list must be rebuilt) + 2 if a written array moved). Every array must have its row's column 0
     shape, be C-contiguous and aligned; no written array may overlap another written array
     (checked whenever a written array's address differs from ``last``, which then takes the new
     addresses, and ``spans`` their sorted byte ranges), and no gradient may overlap a written
@@ -132,7 +132,7 @@ def gather(objs, meta, ptrs, sizes, last, spans):
     bad = grad_alias(ptrs, sizes, meta[2], spans)
     if bad >= 0:
         return OVERLAP + 8 * (bad * k + 1)
-    return -1 if resized else 0
+    return -(1 * resized + 2 * changed)
 
 
 @njit(cache=True, nogil=True)
