@@ -78,11 +78,11 @@ def gather(objs, meta, ptrs, sizes, last, spans):
     ptrs (data addresses) and sizes (elements per row) and returns 0, or minus (1 if some size
     changed since the last call (the work list must be rebuilt) + 2 if a written array moved).
     Every array must have its row's column 0 shape, be C-contiguous and aligned; no written array
-    may overlap another written array (checked whenever a written array's address differs from ``last``, which then takes the new
-    addresses, and ``spans`` their sorted byte ranges), and no gradient may overlap a written
-    array other than its own param (checked at every step, against ``spans``). Otherwise returns
-    a status code (see BAD_TYPE ...) locating the first offending array; ``last`` is then left as
-    it was.
+    may overlap another written array (checked whenever a written array's address differs from
+    ``last``, which then takes the new addresses, and ``spans`` their sorted byte ranges), and no
+    gradient may overlap a written array other than its own param (checked at every step, against
+    ``spans``). Otherwise returns a status code (see BAD_TYPE ...) locating the first offending
+    array; ``last`` is then left as it was.
     """
     n, k = objs.shape
     changed = False
