@@ -31,7 +31,7 @@ from itertools import repeat
 import numpy as np
 
 from . import specs as _specs
-from ._arrays import Buffer, describe_kind, full_like, kind_of, same_kind
+from ._arrays import Buffer, copy_into, describe_kind, full_like, kind_of, same_kind
 from ._launch import NO_CONDITIONING, SERIAL_BELOW, kernel_module
 from .kernels import _codegen, rules
 
@@ -81,7 +81,24 @@ def plan_scalars(spec, group, pstate):
     Sets the spec's scalar states in pstate for this step first (e.g. NAdam's mu_product)."""
     for name, fn in spec.scalar_updates.items():
         pstate[name] = bind(fn, spec, group, pstate)
-    return spec.rule(group), tuple(map(float, bind(spec.scalars, spec, group, pstate)))
+    h = tuple(map(float, bind(spec.scalars, spec, group, pstate)))
+    for name, fn in spec.scalar_post_updates.items():   # values for the next step (ASGD's eta and mu)
+        pstate[name] = bind(fn, spec, group, pstate)
+    return spec.rule(group), h
+
+
+def advance_groups(engine, plans):
+    """Per-group state (``Spec.group_state``, kept in param_groups as its reference keeps it: schedule-free's
+    k and weight_sum, timm's group step): this step's values from ``Spec.group_updates``, once per step per
+    group, after every check passed. Host rules read them as ``group_<name>``."""
+    spec = engine.spec
+    for plan in plans:
+        group = engine.opt.param_groups[plan.k]
+        hp, new = dict(plan.hp), {}
+        for name, fn in spec.group_updates.items():
+            hp[name] = new[name] = bind(fn, spec, hp, {})
+        group.update(new)
+        plan.use(spec, hp)
 
 
 class Front:
@@ -103,6 +120,10 @@ class Front:
         return True
 
     def new_array(self, param, name, init):
+        if isinstance(init, str) and init == _specs.COPY_OF_PARAM:
+            out = full_like(param, 0.0)
+            copy_into(out, param)
+            return out
         return full_like(param, init)
 
     def steps(self, pstates):
@@ -174,6 +195,8 @@ class Engine:
         if c is None:
             return False
         c = tuple(map(float, c))
+        if self.spec.group_updates:
+            advance_groups(self, plans)
         for plan in plans:
             for unit in plan.units:
                 (launch or Engine._launch)(self, plan, unit, c)
@@ -279,6 +302,8 @@ class _GroupPlan:
 
     def use(self, spec, hp):
         """Take this step's hyperparameters: the rule, and the host rule bound to them (all but the step)."""
+        if spec.group_state:   # per-group state, read by host rules as group_<name>
+            hp = {**hp, **{"group_" + n: hp[n] for n in spec.group_state}}
         self.hp, self.rule = hp, spec.rule(hp)
         self.uniform = None
         if not spec.scalar_state:

@@ -15,7 +15,7 @@ from .engine import NO_CONDITIONING, plan_scalars
 from .streams import current_stream
 
 __all__ = ["sgd_", "adagrad_", "rmsprop_", "adadelta_", "adam_", "adamw_", "adamax_", "nadam_", "radam_",
-           "lion_"]
+           "lion_", "asgd_", "rprop_", "adopt_", "adan_"]
 
 
 def _functional(spec):
@@ -71,3 +71,7 @@ adamax_ = _functional(_specs.Adamax)
 nadam_ = _functional(_specs.NAdam)
 radam_ = _functional(_specs.RAdam)
 lion_ = _functional(_specs.Lion)
+asgd_ = _functional(_specs.ASGD)
+rprop_ = _functional(_specs.Rprop)
+adopt_ = _functional(_specs.Adopt)
+adan_ = _functional(_specs.Adan)

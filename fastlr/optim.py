@@ -14,10 +14,12 @@ from . import specs as _specs
 from ._arrays import Buffer, copy_into, describe_kind, full_like, host_scalar, kind_of, library, same_kind, \
     to_numpy
 from .engine import Engine, Front, plan_scalars
+from .schedulefree import ScheduleFree
 from .kernels import rules  # noqa: F401  (re-exported for scripts that bind rules by name)
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax",
-           "NAdam", "RAdam", "Lion"]
+           "NAdam", "RAdam", "Lion", "ASGD", "Rprop", "Adopt", "Adan", "SGDScheduleFree", "AdamWScheduleFree",
+           "RAdamScheduleFree"]
 
 _ARRAY_TYPES = {np.ndarray, type(None)}
 _OPTIONS = dict(max_grad_norm=None, clip_value=None, grad_scale=None, skip_nonfinite=False, capturable=False)
@@ -68,7 +70,7 @@ class Optimizer:
                  skip_nonfinite=False, capturable=False):
         if self.spec is None:
             raise TypeError("Optimizer is a base class: use one of fastlr's algorithms (fastlr.Adam, ...)")
-        self.defaults = dict(defaults)
+        self.defaults = {**defaults, **self.spec.group_defaults(defaults)}
         for name in ("max_grad_norm", "clip_value", "grad_scale"):
             value = locals()[name]
             if value is not None:
@@ -489,3 +491,32 @@ class RAdam(Optimizer, spec=_specs.RAdam):
 
 class Lion(Optimizer, spec=_specs.Lion):
     """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"), decoupled weight decay."""
+
+
+# ---------------------------------------------------------------- beyond torch.optim's classic ten (issue 14)
+class ASGD(Optimizer, spec=_specs.ASGD):
+    """Averaged SGD (torch.optim.ASGD): the running average of the iterates in state['ax']."""
+
+
+class Rprop(Optimizer, spec=_specs.Rprop):
+    """Rprop (torch.optim.Rprop): resilient backpropagation, per-element step sizes."""
+
+
+class Adopt(Optimizer, spec=_specs.Adopt):
+    """ADOPT (timm.optim.Adopt, Taniguchi et al. 2024)."""
+
+
+class Adan(Optimizer, spec=_specs.Adan):
+    """Adan (timm.optim.Adan, Xie et al. 2022): adaptive Nesterov momentum."""
+
+
+class SGDScheduleFree(ScheduleFree, Optimizer, spec=_specs.SGDScheduleFree):
+    """Schedule-free SGD (schedulefree.SGDScheduleFree): call train() before steps, eval() before evaluating."""
+
+
+class AdamWScheduleFree(ScheduleFree, Optimizer, spec=_specs.AdamWScheduleFree):
+    """Schedule-free AdamW (schedulefree.AdamWScheduleFree): call train() before steps, eval() before evaluating."""
+
+
+class RAdamScheduleFree(ScheduleFree, Optimizer, spec=_specs.RAdamScheduleFree):
+    """Schedule-free RAdam (schedulefree.RAdamScheduleFree): call train() before steps, eval() before evaluating."""

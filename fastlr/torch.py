@@ -35,8 +35,10 @@ import torch
 from . import mixed as _mixed  # noqa: F401  (handles 16-bit params: master weights, stochastic rounding)
 from . import specs as _specs
 from .engine import Engine, Front
+from .schedulefree import ScheduleFree
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "ASGD", "Rprop",
+           "Adopt", "Adan", "SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree"]
 
 _HALF = (torch.bfloat16, torch.float16)
 _OPTIONS = dict(max_grad_norm=None, clip_value=None, grad_scale=None, skip_nonfinite=False, master_weights=False,
@@ -60,7 +62,7 @@ class _TorchFront(Front):
         return param
 
     def init_state(self, pstate, param, spec, created):
-        if spec.name == "SGD":   # torch's SGD keeps no step count: a buffer made now is a first step
+        if not spec.param_step:   # torch's SGD keeps no step count: a buffer made now is a first step
             if created:
                 self.fresh.add(id(pstate))
         elif "step" not in pstate:
@@ -72,10 +74,12 @@ class _TorchFront(Front):
             pstate["master_param"] = param.detach().to(torch.float32, memory_format=torch.preserve_format)
 
     def state_required(self, spec, names):
-        return spec.name != "SGD" or bool(names) or self.opt.master_weights
+        return spec.param_step or bool(names) or self.opt.master_weights
 
     def new_array(self, param, name, init):
         dtype = torch.float32 if param.dtype in _HALF else param.dtype
+        if isinstance(init, str) and init == _specs.COPY_OF_PARAM:
+            return param.detach().to(dtype, memory_format=torch.preserve_format, copy=True)
         return torch.full_like(param.detach(), init, dtype=dtype, memory_format=torch.preserve_format)
 
     def steps(self, pstates):
@@ -136,6 +140,7 @@ class _TorchOptimizer(torch.optim.Optimizer):
             known = inspect.signature(torch_cls.__init__).parameters
             defaults.update({k: v for k, v in switches.items() if k in known})
         defaults.update(self.spec.constants)
+        defaults.update(self.spec.group_defaults(defaults))
         self._engine = Engine(self, self.spec, _TorchFront(self))
         super().__init__(params, defaults)
         self.last_step_skipped = False
@@ -368,7 +373,7 @@ def _checked_load(opt, sd):
 def _checked_param_state(opt, where, p, saved, hp):
     """One param's loaded state: tensors cast to the param's device (and dtype; float32 for 16-bit params)."""
     names = [n for n, _ in opt.spec.states(hp)]
-    expected = names + (["step"] if opt.spec.name != "SGD" else []) + list(opt.spec.scalar_state)
+    expected = names + (["step"] if opt.spec.param_step else []) + list(opt.spec.scalar_state)
     missing = [n for n in expected if n not in saved]
     if missing:
         raise ValueError(f"{where} lacks {missing} (expected by {type(opt).__name__} with these options)")
@@ -459,3 +464,32 @@ class RAdam(_TorchOptimizer, spec=_specs.RAdam):
 class Lion(_TorchOptimizer, spec=_specs.Lion):
     pass
 
+
+
+# ---------------------------------------------------------------- beyond torch.optim's classic ten (issue 14)
+class ASGD(_TorchOptimizer, spec=_specs.ASGD):
+    pass
+
+
+class Rprop(_TorchOptimizer, spec=_specs.Rprop):
+    pass
+
+
+class Adopt(_TorchOptimizer, spec=_specs.Adopt):
+    pass
+
+
+class Adan(_TorchOptimizer, spec=_specs.Adan):
+    pass
+
+
+class SGDScheduleFree(ScheduleFree, _TorchOptimizer, spec=_specs.SGDScheduleFree):
+    pass
+
+
+class AdamWScheduleFree(ScheduleFree, _TorchOptimizer, spec=_specs.AdamWScheduleFree):
+    pass
+
+
+class RAdamScheduleFree(ScheduleFree, _TorchOptimizer, spec=_specs.RAdamScheduleFree):
+    pass

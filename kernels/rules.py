@@ -341,6 +341,290 @@ def lion_scalars(lr, betas, weight_decay, maximize):
     return LionScalars(-1.0 if maximize else 1.0, 1.0 - lr * weight_decay, lr, beta1, 1 - beta1, beta2, 1 - beta2)
 
 
+# ---------------------------------------------------------------- beyond torch.optim's classic ten
+# (issue 14) torch.optim's ASGD and Rprop, timm's Adan and Adopt, the schedule-free family. Each
+# follows its reference's single-tensor code term for term (named in fastlr/specs.py).
+ASGDScalars = namedtuple("ASGDScalars", "sign wd decay eta mu")
+RpropScalars = namedtuple("RpropScalars", "sign etaminus etaplus step_size_min step_size_max")
+AdoptScalars = namedtuple("AdoptScalars", "sign wd first wd_step lr one_minus_beta1 beta2 one_minus_beta2 eps "
+                                          "clip clip_val")
+AdanScalars = namedtuple("AdanScalars", "sign first one_minus_beta1 beta2 one_minus_beta2 beta3 one_minus_beta3 "
+                                        "bc3_sqrt eps step_size step_size_diff no_prox decay")
+ScheduleFreeScalars = namedtuple("ScheduleFreeScalars", "wd beta2 one_minus_beta2 bias_correction2 eps adaptive "
+                                                        "ckp1 y_lr lr")
+LerpScalars = namedtuple("LerpScalars", "weight")
+
+
+def _lerp_torch(a, b, w):
+    """torch.lerp(a, b, w) with both of its branches: a + w (b - a) for |w| < 0.5, else b - (b - a)(1 - w)."""
+    if abs(w) < 0.5:
+        return a + w * (b - a)
+    return b - (b - a) * (1 - w)
+
+
+def _clamp(x, lo, hi):
+    """torch.clamp: NaN passes through."""
+    if x < lo:
+        x = lo
+    if x > hi:
+        x = hi
+    return x
+
+
+def _sign(x):
+    """torch.sign: -1, 0 or 1, NaN for NaN."""
+    if x > 0:
+        return 1.0
+    if x < 0:
+        return -1.0
+    return x * 0.0
+
+
+# ---------------------------------------------------------------- ASGD
+def asgd(p, g, ax, h):
+    """p <- p (1 - lambd eta) - eta g;  ax <- p if mu == 1 else ax + mu (p - ax)  (eta, mu: last step's)."""
+    sign, wd, decay, eta, mu = h
+    g = _grad(p, g, sign, wd)
+    p = p * decay
+    p = p - eta * g
+    if mu == 1:
+        return p, p
+    return p, ax + (p - ax) * mu
+
+
+def asgd_scalars(eta, mu, lr, lambd, weight_decay, maximize):
+    """Uses the eta and mu that the previous step stored (eta < 0: none yet, the group's lr)."""
+    if eta < 0:
+        eta = lr
+    return ASGDScalars(-1.0 if maximize else 1.0, weight_decay, 1.0 - lambd * eta, eta, mu)
+
+
+def _float32(x):
+    """A value as torch keeps it in a float32 0-d tensor."""
+    return float(np.float32(x))
+
+
+def asgd_eta(step, lr, lambd, alpha):
+    """eta for the next step, as torch stores it (float32): lr / (1 + lambd lr t)^alpha."""
+    return _float32(lr / ((1 + lambd * lr * step) ** alpha))
+
+
+def asgd_mu(step, t0):
+    """mu for the next step (float32): 1 / max(1, t - t0)."""
+    return _float32(1 / max(1.0, step - t0))
+
+
+# ---------------------------------------------------------------- Rprop
+def rprop(p, g, prev, step_size, h):
+    """s = sign(g prev): step_size <- clamp(step_size * (etaplus, etaminus, 1)[s > 0, s < 0, s == 0]);
+    g <- 0 where s < 0;  p <- p - sign(g) step_size;  prev <- g."""
+    sign, etaminus, etaplus, step_size_min, step_size_max = h
+    g = g * sign
+    s = g * prev
+    if s > 0:
+        f = etaplus
+    elif s < 0:
+        f = etaminus
+    elif s == 0:
+        f = etaplus * 0 + 1
+    else:  # NaN
+        f = s
+    step_size = _clamp(step_size * f, step_size_min, step_size_max)
+    if f == etaminus:
+        g = g * 0
+    return p - _sign(g) * step_size, g, step_size
+
+
+def rprop_scalars(etas, step_sizes, maximize):
+    return RpropScalars(-1.0 if maximize else 1.0, etas[0], etas[1], step_sizes[0], step_sizes[1])
+
+
+# ---------------------------------------------------------------- Adopt (timm.optim.Adopt)
+def adopt(p, g, m, v, h):
+    """First step: v <- g^2 only. Then p <- p - wd_step p (decoupled); n = clamp(g / max(sqrt(v), eps), +-clip);
+    m <- lerp(m, n, 1-b1); p <- p - lr m; v <- b2 v + (1-b2) g^2."""
+    sign, wd, first, wd_step, lr, one_minus_beta1, beta2, one_minus_beta2, eps, clip, clip_val = h
+    g = _grad(p, g, sign, wd)
+    if first != 0:
+        return p, m, v + g * g
+    if wd_step != 0:
+        p = p + wd_step * p
+    denom = math.sqrt(v)
+    if denom < eps:
+        denom = eps
+    n = g / denom
+    if clip != 0:
+        n = _clamp(n, -clip_val, clip_val)
+    m = _lerp(m, n, one_minus_beta1)
+    p = p + (-lr) * m
+    return p, m, _ewma_sq(v, g, beta2, one_minus_beta2)
+
+
+def adopt_scalars(step, lr, betas, eps, clip_exp, weight_decay, decoupled, corrected_weight_decay, max_lr_snapshot,
+                  maximize):
+    beta1, beta2 = betas
+    wd_step = 0.0
+    if weight_decay != 0 and decoupled:
+        wd_scale = lr ** 2 / max_lr_snapshot if corrected_weight_decay else lr
+        wd_step = -wd_scale * weight_decay
+    clip = clip_exp is not None
+    clip_val = (step - 1) ** clip_exp if clip else 0.0
+    return AdoptScalars(-1.0 if maximize else 1.0, 0.0 if decoupled else weight_decay, 1.0 if step == 1 else 0.0,
+                        wd_step, lr, 1 - beta1, beta2, 1 - beta2, eps, 1.0 if clip else 0.0, clip_val)
+
+
+# ---------------------------------------------------------------- Adan (timm.optim.Adan)
+def adan(p, g, m, v, d, neg_pre, h):
+    """x = g - g_prev (0 at the first step); m <- lerp(m, g, 1-b1); d <- b2 d + (1-b2) x;
+    n = g + b2 x; v <- b3 v + (1-b3) n^2; p <- p - (s m + s_d d) / (sqrt(v)/sqrt(1-b3^t) + eps), with the
+    decoupled decay (1 - lr wd) before (no_prox) or / (1 + lr wd) after; neg_pre <- -g."""
+    (sign, first, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3, bc3_sqrt, eps, step_size,
+     step_size_diff, no_prox, decay) = h
+    g = g * sign
+    if first != 0:
+        neg_pre = -g
+    x = neg_pre + g
+    m = _lerp(m, g, one_minus_beta1)
+    d = d * beta2 + one_minus_beta2 * x
+    n = x * beta2 + g
+    v = _ewma_sq(v, n, beta3, one_minus_beta3)
+    denom = math.sqrt(v) / bc3_sqrt + eps
+    if no_prox != 0:
+        p = p * decay
+        p = p - step_size * (m / denom)
+        p = p - step_size_diff * (d / denom)
+    else:
+        p = p - step_size * (m / denom)
+        p = p - step_size_diff * (d / denom)
+        p = p / decay
+    return p, m, v, d, -g
+
+
+def adan_scalars(step, group_step, lr, betas, eps, weight_decay, no_prox):
+    """group_step: the group's step count (timm keeps one per group); step == 1: the param's state is new."""
+    beta1, beta2, beta3 = betas
+    t = group_step
+    decay = 1 - lr * weight_decay if no_prox else 1 + lr * weight_decay
+    return AdanScalars(1.0, 1.0 if (t == 1 or step == 1) else 0.0, 1 - beta1, beta2,
+                       1 - beta2, beta3, 1 - beta3, math.sqrt(1 - beta3 ** t), eps, lr / (1 - beta1 ** t),
+                       lr * beta2 / (1 - beta2 ** t), 1.0 if no_prox else 0.0, decay)
+
+
+def group_step_next(step):
+    """A group's step count after this step (timm's Adan and Lamb keep one per group)."""
+    return step + 1
+
+
+def group_k_next(k):
+    """schedule-free's per-group step count k after this step."""
+    return k + 1
+
+
+# ---------------------------------------------------------------- schedule-free (Defazio et al. 2024)
+# y (the param) is what gradients are taken at, z the base sequence; x, the average, is never stored:
+# eval() moves p to x = lerp(y, z, 1 - 1/beta1), train() back to y = lerp(x, z, 1 - beta1).
+def schedulefree_sgd(p, g, z, h):
+    """gn = g + wd y;  y <- lerp(y, z, ckp1) + lr (beta (1 - ckp1) - 1) gn;  z <- z - lr gn."""
+    wd, beta2, one_minus_beta2, bias_correction2, eps, adaptive, ckp1, y_lr, lr = h
+    if wd != 0:
+        g = g + wd * p
+    p = _lerp_torch(p, z, ckp1)
+    return p + y_lr * g, z - lr * g
+
+
+def schedulefree_adam(p, g, z, v, h):
+    """v <- b2 v + (1-b2) g^2; gn = g / (sqrt(v / (1-b2^t)) + eps) (adaptive) else g; then as schedulefree_sgd."""
+    wd, beta2, one_minus_beta2, bias_correction2, eps, adaptive, ckp1, y_lr, lr = h
+    v = _ewma_sq(v, g, beta2, one_minus_beta2)
+    if adaptive != 0:
+        g = g / (math.sqrt(v / bias_correction2) + eps)
+    if wd != 0:
+        g = g + wd * p
+    p = _lerp_torch(p, z, ckp1)
+    return p + y_lr * g, z - lr * g, v
+
+
+def schedulefree_lerp(p, g, z, h):
+    """train()/eval(): p <- lerp(p, z, weight) (g unused)."""
+    weight, = h
+    return _lerp_torch(p, z, weight), z
+
+
+def schedulefree_warmup_lr(k, lr, warmup_steps):
+    """This step's lr: a linear warmup over warmup_steps (k: steps done before this one)."""
+    return lr * ((k + 1) / warmup_steps if k < warmup_steps else 1.0)
+
+
+def schedulefree_radam_lr(k, lr, betas, silent_sgd_phase):
+    """This step's lr: lr times RAdam's rectification (0, or 1 without silent_sgd_phase, while rho_t <= 4)."""
+    return lr * _radam_rect(k + 1, betas[1], silent_sgd_phase)
+
+
+def _radam_rect(step, beta2, silent_sgd_phase):
+    rho_inf, rho_t = _radam_rho(step, beta2)
+    if rho_t > 4.0:
+        return ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+    return 0.0 if silent_sgd_phase else 1.0
+
+
+def _radam_rho(step, beta2):
+    beta2_t = beta2 ** step
+    rho_inf = 2 / (1 - beta2) - 1
+    return rho_inf, rho_inf - 2 * step * beta2_t / (1 - beta2_t)
+
+
+def schedulefree_lr_max(scheduled_lr, lr_max):
+    return max(scheduled_lr, lr_max)
+
+
+def _schedulefree_weight(k, r, lr_max, weight_lr_power):
+    return ((k + 1) ** r) * (lr_max ** weight_lr_power)
+
+
+def schedulefree_weight_sum(k, r, lr_max, weight_lr_power, weight_sum):
+    return weight_sum + _schedulefree_weight(k, r, lr_max, weight_lr_power)
+
+
+def _schedulefree_ckp1(k, r, lr_max, weight_lr_power, weight_sum):
+    """k: steps before this one; weight_sum includes this step's weight (0 when it is 0, as the package)."""
+    weight = _schedulefree_weight(k, r, lr_max, weight_lr_power)
+    return weight / weight_sum if weight_sum != 0 else 0.0
+
+
+def schedulefree_sgd_scalars(group_k, group_scheduled_lr, group_lr_max, group_weight_sum, momentum, weight_decay,
+                             r, weight_lr_power):
+    """group_*: the group's values after this step's update (group_k counts this step)."""
+    k, lr = group_k - 1, group_scheduled_lr
+    ckp1 = _schedulefree_ckp1(k, r, group_lr_max, weight_lr_power, group_weight_sum)
+    return ScheduleFreeScalars(weight_decay, 0.0, 0.0, 1.0, 0.0, 0.0, ckp1, lr * (momentum * (1 - ckp1) - 1), lr)
+
+
+def schedulefree_adamw_scalars(group_k, group_scheduled_lr, group_lr_max, group_weight_sum, betas, eps,
+                               weight_decay, r, weight_lr_power):
+    beta1, beta2 = betas
+    k, lr = group_k - 1, group_scheduled_lr
+    ckp1 = _schedulefree_ckp1(k, r, group_lr_max, weight_lr_power, group_weight_sum)
+    return ScheduleFreeScalars(weight_decay, beta2, 1 - beta2, 1 - beta2 ** (k + 1), eps, 1.0, ckp1,
+                               lr * (beta1 * (1 - ckp1) - 1), lr)
+
+
+def schedulefree_radam_scalars(group_k, group_scheduled_lr, group_lr_max, group_weight_sum, betas, eps,
+                               weight_decay, r, weight_lr_power):
+    beta1, beta2 = betas
+    k, lr = group_k - 1, group_scheduled_lr
+    ckp1 = _schedulefree_ckp1(k, r, group_lr_max, weight_lr_power, group_weight_sum)
+    adaptive = 1.0 if _radam_rho(k + 1, beta2)[1] > 4.0 else 0.0
+    return ScheduleFreeScalars(weight_decay, beta2, 1 - beta2, 1 - beta2 ** (k + 1), eps, adaptive, ckp1,
+                               lr * (beta1 * (1 - ckp1) - 1), lr)
+
+
+ELEMENT_RULES.update({
+    "asgd": ASGDScalars, "rprop": RpropScalars, "adopt": AdoptScalars, "adan": AdanScalars,
+    "schedulefree_sgd": ScheduleFreeScalars, "schedulefree_adam": ScheduleFreeScalars,
+    "schedulefree_lerp": LerpScalars,
+})
+
+
 # ---------------------------------------------------------------- Mixed precision
 # 16-bit floats are handled as their bit patterns (uint16 on the CPU, where numba has no
 # bfloat16; int16 views of CUDA tensors): ``mbits`` mantissa bits and ``ebits`` exponent
