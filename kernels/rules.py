@@ -393,9 +393,9 @@ def asgd(p, g, ax, h):
 
 
 def asgd_scalars(eta, mu, lr, lambd, weight_decay, maximize):
-    """Uses the eta and mu that the previous step stored (eta < 0: none yet, the group's lr)."""
+    """Uses the eta and mu that the previous step stored (eta < 0: none yet, the group's lr as torch stores it)."""
     if eta < 0:
-        eta = lr
+        eta = _float32(lr)
     return ASGDScalars(-1.0 if maximize else 1.0, weight_decay, 1.0 - lambd * eta, eta, mu)
 
 
