@@ -10,8 +10,26 @@ back-end is ``import fastlr.torch``.
 """
 from . import functional, schedules
 from .lr_find import LRFindResult, lr_find
-from .optim import (ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, Adan, Adopt, AdamW, AdamWScheduleFree, Lion, NAdam,
-                    Optimizer, RAdam, RAdamScheduleFree, RMSprop, Rprop, SGDScheduleFree)
+from .optim import (
+    ASGD,
+    SGD,
+    Adadelta,
+    Adagrad,
+    Adam,
+    Adamax,
+    AdamW,
+    AdamWScheduleFree,
+    Adan,
+    Adopt,
+    Lion,
+    NAdam,
+    Optimizer,
+    RAdam,
+    RAdamScheduleFree,
+    RMSprop,
+    Rprop,
+    SGDScheduleFree,
+)
 from .pack import pack, pack_like
 from .schedules import ReduceLROnPlateau
 from .sparse import RowWiseAdagrad

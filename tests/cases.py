@@ -10,3 +10,17 @@ def case_id(name, hp):
 
 
 ALL = [(name, hp) for name, cases in CASES.items() for hp in cases]
+
+
+def optimizer(module, name):
+    """module.<name> as a constructor; schedule-free optimizers come back in train mode, as training code
+    puts them (the schedulefree package's step() refuses eval mode, and so does fastlr's)."""
+    cls = getattr(module, name)
+    if not hasattr(cls, "train"):
+        return cls
+
+    def make(*args, **kwargs):
+        opt = cls(*args, **kwargs)
+        opt.train()
+        return opt
+    return make

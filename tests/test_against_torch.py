@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fastlr
-from cases import ALL, case_id
+from cases import ALL, case_id, optimizer
 from conftest import make_data
 from reference import assert_close
 
@@ -20,7 +20,7 @@ def test_matches_torch_optim(name, hp, dtype):
     p, grads = make_data(50, 129, dtype, seed=7)
     tp = torch.tensor(p.copy(), requires_grad=True)
     topt = reference_optimizer(name, [tp], **hp)
-    opt = getattr(fastlr, name)(p, **hp)
+    opt = optimizer(fastlr, name)(p, **hp)
     if hasattr(opt, "train"):
         opt.train()
     for g in grads:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fastlr
-from cases import ALL, case_id
+from cases import ALL, case_id, optimizer
 
 
 def test_cpu_params_refused_without_simulator():
@@ -35,14 +35,14 @@ def test_cuda_graph_replay_equals_eager_steps(name):
     grads = [torch.randn(1 << 16, device="cuda", generator=gen) for _ in range(8)]
     extra = {"momentum": 0.9} if name == "SGD" else {}
     eager_p = p0.clone()
-    eager = getattr(fastlr, name)(eager_p, lr=1e-2, **extra)
+    eager = optimizer(fastlr, name)(eager_p, lr=1e-2, **extra)
     for g in grads:
         eager.step(g)
 
     p = p0.clone()
     g_static = torch.empty_like(p)
     lr = torch.full((1,), 1e-2, dtype=torch.float64, device="cuda")
-    opt = getattr(fastlr, name)(p, lr=lr, capturable=True, **extra)
+    opt = optimizer(fastlr, name)(p, lr=lr, capturable=True, **extra)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up steps compile kernels and allocate device scalars

@@ -9,7 +9,8 @@ from fastlr.kernels import rules
 
 torch = pytest.importorskip("torch")
 import fastlr.torch as ft  # noqa: E402
-from cases import CASES  # noqa: E402
+from cases import CASES, optimizer  # noqa: E402
+from refimpls import reference_optimizer  # noqa: E402
 
 BF16, FP16 = (7, 8), (10, 5)
 
@@ -73,9 +74,9 @@ def test_master_weights_follow_float32_training(name, hp):
         p0, grads = _half_setup(dtype)
         w = p0.clone().requires_grad_()
         ref = p0.float().clone().requires_grad_()
-        opt = getattr(ft, name)([w], master_weights=True, **hp)
+        opt = optimizer(ft, name)([w], master_weights=True, **hp)
         ref_opt = fastlr.Lion([ref], **hp) if name == "Lion" else \
-            getattr(torch.optim, name)([ref], foreach=False, **hp)
+            reference_optimizer(name, [ref], **hp)
         for g in grads:
             w.grad, ref.grad = g.clone(), g.float()
             opt.step()

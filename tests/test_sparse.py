@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastlr
-from cases import CASES
+from cases import CASES, optimizer
 from fastlr.sparse import RowWiseAdagrad
 from reference import REFERENCES, assert_close
 
@@ -67,7 +67,7 @@ def test_lazy_rows_match_reference(case, dtype):
     name, hp = case
     p = table(12, 5, dtype)
     ref, ref_state = p.astype(np.float64), {}
-    opt = getattr(fastlr, name)(p, **hp)
+    opt = optimizer(fastlr, name)(p, **hp)
     untouched = p[-2:].copy()
     for t, (ids, rows) in enumerate(batches(12, 5, 4, 9, dtype), 1):
         assert opt.step_rows(ids, rows) == t
@@ -86,7 +86,7 @@ def test_every_row_equals_dense_step(case):
     name, hp = case
     p = table(10, 4, np.float32)
     q = p.copy()
-    a, b = getattr(fastlr, name)(p, **hp), getattr(fastlr, name)(q, **hp)
+    a, b = optimizer(fastlr, name)(p, **hp), optimizer(fastlr, name)(q, **hp)
     for _, g in batches(10, 4, 3, 10, np.float32):
         a.step_rows(np.arange(10), g)
         b.step(g)

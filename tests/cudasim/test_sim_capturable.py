@@ -6,7 +6,7 @@ import pytest
 from numba import cuda
 
 import fastlr
-from cases import ALL, CASES, case_id
+from cases import ALL, CASES, case_id, optimizer
 from conftest import make_data
 from reference import REFERENCES, assert_close
 from sim_helpers import host
@@ -23,7 +23,7 @@ def _run(name, hp, dtype, steps, capturable, lrs=None, seed=11, **options):
     group's lr before step t."""
     p, grads = make_data(steps, SIZE, dtype, seed=seed)
     dp = cuda.to_device(p)
-    opt = getattr(fastlr, name)(dp, **hp, capturable=capturable, **options)
+    opt = optimizer(fastlr, name)(dp, **hp, capturable=capturable, **options)
     for t, g in enumerate(grads):
         if lrs is not None:
             opt.param_groups[0]["lr"] = lrs[t]

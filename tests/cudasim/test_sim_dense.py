@@ -7,7 +7,7 @@ import pytest
 from numba import cuda
 
 import fastlr
-from cases import CASES, case_id
+from cases import CASES, case_id, optimizer
 from conftest import make_data
 from reference import REFERENCES, assert_close
 from sim_helpers import host
@@ -24,7 +24,7 @@ def test_matches_reference_with_states_on_the_device(name, hp, dtype):
     for t, g in enumerate(grads, 1):
         REFERENCES[name](ref, g.astype(np.float64), ref_state, t, **hp)
     dp = cuda.to_device(p)
-    opt = getattr(fastlr, name)(dp, **hp)
+    opt = optimizer(fastlr, name)(dp, **hp)
     for g in grads:
         opt.step(cuda.to_device(g))
     assert_close(dp.copy_to_host(), ref, dtype)
