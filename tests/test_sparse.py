@@ -8,10 +8,12 @@ import pytest
 import fastlr
 from cases import CASES, optimizer
 from fastlr.sparse import RowWiseAdagrad
+from fastlr.specs import SPECS
 from reference import REFERENCES, assert_close
 
 # (name, hp) pairs: the first and last option combination of every algorithm
-SWEEP = [(name, hp) for name, cases in CASES.items() for hp in (cases[0], cases[-1])]
+# (per-group schedules, schedule-free and Adan, have no lazy row updates: test_group_schedules_refuse_step_rows)
+SWEEP = [(name, hp) for name, cases in CASES.items() for hp in (cases[0], cases[-1]) if not SPECS[name].group_updates]
 # float64 for every algorithm, float32 too for those the sparse API is built for
 DTYPED = [(case, np.float64) for case in SWEEP] + \
     [(case, np.float32) for case in SWEEP if case[0] in ("SGD", "Adagrad", "Adam", "AdamW")]
@@ -52,7 +54,7 @@ def lazy_reference(name, hp, p, state, t, ids, rows):
             state[k] = v
             continue
         if k not in state:  # created on this step: untouched rows hold the initial value
-            state[k] = np.full_like(p, hp.get("initial_accumulator_value", 0.0) if k == "sum" else 0.0)
+            state[k] = np.full_like(p, dict(SPECS[name].states({**SPECS[name].defaults, **hp}))[k])
         state[k][uniq] = v
 
 
@@ -78,6 +80,16 @@ def test_lazy_rows_match_reference(case, dtype):
             assert_close(opt.state[0][key], value, dtype, err_msg=key)
     assert p[-2:].tobytes() == untouched.tobytes()
     assert opt.state[0]["step"] == t
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if SPECS[n].group_updates])
+def test_group_schedules_refuse_step_rows(name):
+    p = table(4, 3, np.float32)
+    before = p.copy()
+    opt = optimizer(fastlr, name)(p)
+    with pytest.raises(NotImplementedError, match="step_rows: not available"):
+        opt.step_rows(np.array([0, 1]), np.ones((2, 3), np.float32))
+    assert p.tobytes() == before.tobytes() and not opt.state
 
 
 @pytest.mark.parametrize("case", SWEEP, ids=_id)

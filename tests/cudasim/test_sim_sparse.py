@@ -9,11 +9,13 @@ from numba import cuda
 import fastlr
 from cases import CASES
 from fastlr.sparse import RowWiseAdagrad
+from fastlr.specs import SPECS
 from sim_helpers import host
 
 N_ROWS, DIM = 6, 3
 # every algorithm with every option of its grid on, and the row-wise-only optimizer
-SPARSE = [(name, cases[-1]) for name, cases in CASES.items()] + [("RowWiseAdagrad", dict(weight_decay=0.01))]
+SPARSE = [(name, cases[-1]) for name, cases in CASES.items() if not SPECS[name].group_updates] + \
+    [("RowWiseAdagrad", dict(weight_decay=0.01))]
 
 
 def _make(name, p, **hp):
