@@ -6,16 +6,33 @@ names in the order the optimizer keeps them (e.g. Adam: exp_avg, exp_avg_sq, the
 max_exp_avg_sq when amsgrad=True), ``step`` is the 1-based count including this update,
 hyperparameters are keywords with the class's defaults. Everything is validated before any
 array changes. Returns the param's scalar state after the update (``{"step": t}``, plus
-``mu_product`` for NAdam, which must be passed back in on the next call).
+``mu_product`` for NAdam, which must be passed back in on the next call). The schedule-free
+updates take and return their per-group schedule the same way (``k``, ``weight_sum``, ``lr_max``,
+``scheduled_lr``: pass back what the previous call returned); Adan's group step is ``step``.
 """
 from . import specs as _specs
 from ._arrays import Buffer, same_kind
 from ._launch import run
-from .engine import NO_CONDITIONING, plan_scalars
+from .engine import NO_CONDITIONING, bind, plan_scalars
 from .streams import current_stream
 
 __all__ = ["sgd_", "adagrad_", "rmsprop_", "adadelta_", "adam_", "adamw_", "adamax_", "nadam_", "radam_",
-           "lion_", "asgd_", "rprop_", "adopt_", "adan_"]
+           "lion_", "asgd_", "rprop_", "adopt_", "adan_", "sgdschedulefree_", "adamwschedulefree_",
+           "radamschedulefree_"]
+
+
+def _advance_group(spec, group, step, given):
+    """The group with this call's per-group schedule values (as the optimizer's step advances them)."""
+    group = {**group, **spec.group_defaults(group)}
+    for n in spec.group_state:
+        if n == "step":
+            group[n] = step - 1
+        elif n in given:
+            group[n] = given[n]
+    _specs.check_group(spec, group, spec.name.lower() + "_")
+    for name, fn in spec.group_updates.items():
+        group[name] = bind(fn, spec, group, {})
+    return {**group, **{"group_" + n: group[n] for n in spec.group_state}}
 
 
 def _functional(spec):
@@ -23,7 +40,7 @@ def _functional(spec):
     name = spec.name.lower() + "_"
 
     def update_(param, grad, *states, step, **hyperparameters):
-        unknown = set(hyperparameters) - set(spec.defaults) - set(spec.scalar_state)
+        unknown = set(hyperparameters) - set(spec.defaults) - set(spec.scalar_state) - set(spec.group_state)
         if unknown:
             raise TypeError(f"{name}: unexpected keyword argument(s) {sorted(unknown)}")
         group = {**spec.constants, **spec.defaults,
@@ -47,10 +64,12 @@ def _functional(spec):
         for k, v in spec.scalar_state.items():
             scalar_state[k] = _specs._number(f"{name}: {k}", hyperparameters.get(k, v))
         pstate = {"step": step, **scalar_state}
+        if spec.group_state:
+            group = _advance_group(spec, group, step, hyperparameters)
         rule, h = plan_scalars(spec, group, pstate)
         run(rule, pbuf.kernel_view(), gbuf.kernel_view(), [b.kernel_view() for b in sbufs],
             h, NO_CONDITIONING, pbuf.on_cuda, current_stream(pbuf.obj) if pbuf.on_cuda else 0)
-        return pstate
+        return {**pstate, **{n: group[n] for n in spec.group_state if n != "step"}}
 
     states_doc = ", ".join(n for n, _ in spec.states({**spec.constants, **spec.defaults}))
     update_.__name__ = update_.__qualname__ = name
@@ -75,3 +94,6 @@ asgd_ = _functional(_specs.ASGD)
 rprop_ = _functional(_specs.Rprop)
 adopt_ = _functional(_specs.Adopt)
 adan_ = _functional(_specs.Adan)
+sgdschedulefree_ = _functional(_specs.SGDScheduleFree)
+adamwschedulefree_ = _functional(_specs.AdamWScheduleFree)
+radamschedulefree_ = _functional(_specs.RAdamScheduleFree)

@@ -139,6 +139,7 @@ class Spec:
     group_state: dict = field(default_factory=dict)     # per-group values kept in param_groups -> initial value
     group_updates: dict = field(default_factory=dict)   # group value -> rules fn, run once per step per group
     modes: str = ""              # "schedulefree": train()/eval() lerp p with state "z" (fastlr.schedulefree)
+    switches: tuple = ()         # torch-only switches the reference keeps in its groups (foreach), for state dicts
 
     def group_defaults(self, defaults):
         """The group_state entries a new optimizer adds to its defaults (a callable gets the defaults)."""
@@ -340,7 +341,7 @@ Adopt = Spec(
     "Adopt", dict(lr=1e-3, betas=(0.9, 0.9999), eps=1e-6, clip_exp=0.333, weight_decay=0.0, decoupled=False,
                   corrected_weight_decay=False, caution=False, maximize=False),
     ("caution", "maximize"), rule=lambda g: "adopt", states=lambda g: (("exp_avg", 0.0), ("exp_avg_sq", 0.0)),
-    scalars="adopt_scalars", group_state={"max_lr_snapshot": lambda d: float(d["lr"])},
+    scalars="adopt_scalars", switches=("foreach", "capturable", "differentiable"), group_state={"max_lr_snapshot": lambda d: float(d["lr"])},
     reference="timm.optim.Adopt (timm 1.0.31)",
     summary="ADOPT: Adam with the second moment of the previous step and clipped normalized gradients.",
     math="first step: v <- g^2;  then m <- lerp(m, clamp(g / max(sqrt(v), eps), +-(t-1)^clip_exp), 1-b1);  "
@@ -352,7 +353,7 @@ Adan = Spec(
     "Adan", dict(lr=1e-3, betas=(0.98, 0.92, 0.99), eps=1e-8, weight_decay=0.0, no_prox=False, caution=False),
     (), rule=lambda g: "adan",
     states=lambda g: (("exp_avg", 0.0), ("exp_avg_sq", 0.0), ("exp_avg_diff", 0.0), ("neg_pre_grad", 0.0)),
-    scalars="adan_scalars", param_step=False, checks={"betas": betas3},
+    scalars="adan_scalars", param_step=False, switches=("foreach",), checks={"betas": betas3},
     group_state={"step": 0}, group_updates={"step": "group_step_next"},
     reference="timm.optim.Adan (timm 1.0.31)",
     summary="Adan: Nesterov momentum from gradient differences, three moments, decoupled (proximal) decay.",
@@ -374,8 +375,9 @@ def _schedulefree_betas(name, value):
 def _schedulefree(name, defaults, rule, scalars, lr_update, summary, math, grid, reference_class):
     return Spec(
         name, defaults, (), rule=lambda g: rule, checks={"momentum": _momentum_open, "betas": _schedulefree_betas},
-        states=lambda g: (("z", COPY_OF_PARAM),) + ((("exp_avg_sq", 0.0),) if rule == "schedulefree_adam" else ()),
-        scalars=scalars, param_step=False, modes="schedulefree",
+        states=lambda g: (("z", COPY_OF_PARAM),) + ((("exp_avg_sq", 0.0),) if rule == "schedulefree_adam" else
+                                                    ()),
+        scalars=scalars, param_step=False, modes="schedulefree", switches=("foreach",),
         group_state=dict(k=0, train_mode=False, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0),
         group_updates=dict(scheduled_lr=lr_update, lr_max="schedulefree_lr_max",
                            weight_sum="schedulefree_weight_sum", k="group_k_next"),

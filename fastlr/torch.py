@@ -139,6 +139,7 @@ class _TorchOptimizer(torch.optim.Optimizer):
         if torch_cls is not None:   # torch's own group keys too, so state dicts look the same
             known = inspect.signature(torch_cls.__init__).parameters
             defaults.update({k: v for k, v in switches.items() if k in known})
+        defaults.update({k: v for k, v in switches.items() if k in self.spec.switches})
         defaults.update(self.spec.constants)
         defaults.update(self.spec.group_defaults(defaults))
         self._engine = Engine(self, self.spec, _TorchFront(self))

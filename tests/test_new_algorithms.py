@@ -1,0 +1,137 @@
+"""What the algorithms of issue 14 add beyond the registry-driven tests: the functional updates, the
+schedule-free train()/eval() switch (against the schedulefree package, NumPy and torch front ends, 16-bit
+params) and state dicts taken in eval mode."""
+import copy
+
+import numpy as np
+import pytest
+
+import fastlr
+from cases import CASES, optimizer
+from conftest import make_data
+from fastlr.specs import COPY_OF_PARAM, SPECS
+from reference import assert_close, schedulefree_x
+
+NEW = ["ASGD", "Rprop", "Adopt", "Adan", "SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree"]
+SCHEDULE_FREE = [n for n in NEW if SPECS[n].modes == "schedulefree"]
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_functional_equals_the_optimizer(name):
+    hp = CASES[name][-1]
+    spec = SPECS[name]
+    p, grads = make_data(12, 64, np.float32, seed=2)
+    q = p.copy()
+    opt = optimizer(fastlr, name)(p, **hp)
+    for g in grads:
+        opt.step(g)
+    update = getattr(fastlr.functional, name.lower() + "_")
+    inits = spec.states({**spec.defaults, **hp})
+    states = [q.copy() if init == COPY_OF_PARAM else np.full_like(q, init) for _, init in inits]
+    carried = {}
+    for t, g in enumerate(grads, 1):
+        out = update(q, g, *states, step=t, **hp, **carried)
+        carried = {k: v for k, v in out.items() if k != "step"}
+    np.testing.assert_array_equal(q, p)
+    for (n, _), s in zip(inits, states):
+        np.testing.assert_array_equal(s, opt.state[0][n], err_msg=n)
+
+
+@pytest.mark.parametrize("name", SCHEDULE_FREE)
+def test_eval_gives_the_average_and_train_gives_it_back(name):
+    p, grads = make_data(20, 33, np.float64, seed=4)
+    opt = fastlr.__dict__[name](p, **CASES[name][-1])
+    with pytest.raises(RuntimeError, match="eval mode"):
+        opt.step(grads[0])
+    assert not opt.state and opt.param_groups[0]["k"] == 0
+    opt.train()
+    for g in grads:
+        opt.step(g)
+    y, z = p.copy(), opt.state[0]["z"].copy()
+    group = opt.param_groups[0]
+    beta = group["betas"][0] if "betas" in group else group["momentum"]
+    opt.eval()
+    assert not group["train_mode"]
+    assert_close(p, schedulefree_x(y, z, beta), np.float64)
+    opt.eval()                       # already in eval mode: nothing moves
+    x = p.copy()
+    with pytest.raises(RuntimeError, match="train"):
+        opt.step(grads[0])
+    np.testing.assert_array_equal(p, x)
+    opt.train()
+    assert_close(p, y, np.float64)
+
+
+torch_cases = [(n, hp) for n in SCHEDULE_FREE for hp in (CASES[n][0], CASES[n][-1])]
+
+
+@pytest.mark.parametrize("name,hp", torch_cases, ids=[f"{n}-{i % 2}" for i, (n, _) in enumerate(torch_cases)])
+def test_train_eval_cycles_and_eval_checkpoints_match_schedulefree(name, hp):
+    """fastlr.torch vs the schedulefree package: training with eval() phases in between, a checkpoint taken in
+    eval mode loaded into the other implementation, both ways."""
+    torch = pytest.importorskip("torch")
+    import fastlr.torch as ft
+    from refimpls import reference_optimizer
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 2))
+    twins = [copy.deepcopy(model), copy.deepcopy(model)]
+    opts = [reference_optimizer(name, twins[0].parameters(), **hp), getattr(ft, name)(twins[1].parameters(), **hp)]
+    opts[1].train()
+    X, Y = torch.randn(32, 5, generator=torch.Generator().manual_seed(1)), torch.randn(32, 2)
+
+    def steps(n):
+        for m, o in zip(twins, opts):
+            for _ in range(n):
+                o.zero_grad()
+                torch.nn.functional.mse_loss(m(X), Y).backward()
+                o.step()
+
+    def same():
+        for a, b in zip(twins[0].parameters(), twins[1].parameters()):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+    steps(6)
+    for o in opts:
+        o.eval()
+    same()
+    # checkpoints in eval mode, as the package requires (the params then hold x)
+    saved = [(copy.deepcopy(m.state_dict()), copy.deepcopy(o.state_dict())) for m, o in zip(twins, opts)]
+    for o in opts:
+        o.train()
+    steps(4)
+    same()
+    # each checkpoint resumed by the other implementation: fastlr's by the package, the package's by fastlr
+    resumed = [copy.deepcopy(model) for _ in range(2)]
+    for m, (msd, _) in zip(resumed, saved[::-1]):
+        m.load_state_dict(msd)
+    others = [reference_optimizer(name, resumed[0].parameters(), **hp),
+              getattr(ft, name)(resumed[1].parameters(), **hp)]
+    for o, (_, osd) in zip(others, saved[::-1]):
+        o.load_state_dict(osd)
+        assert not o.param_groups[0]["train_mode"] and o.param_groups[0]["k"] == 6
+        o.train()
+    twins, opts = resumed, others
+    steps(4)
+    for a, b in zip(resumed[1].parameters(), twins[0].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_master_weights_lerp_through_the_master_copy():
+    torch = pytest.importorskip("torch")
+    import fastlr.torch as ft
+    w = torch.randn(300, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16).requires_grad_()
+    ref = w.detach().float().clone().requires_grad_()
+    opt = ft.AdamWScheduleFree([w], master_weights=True, lr=1e-2)
+    ref_opt = fastlr.torch.AdamWScheduleFree([ref], lr=1e-2)
+    for o in (opt, ref_opt):
+        o.train()
+    for k in range(5):
+        g = torch.randn(300, generator=torch.Generator().manual_seed(10 + k))
+        w.grad, ref.grad = g.to(torch.bfloat16), g.to(torch.bfloat16).float()
+        opt.step()
+        ref_opt.step()
+    opt.eval()
+    ref_opt.eval()
+    master = opt.state[w]["master_param"]
+    torch.testing.assert_close(master, ref.detach(), rtol=1e-6, atol=1e-6)
+    assert torch.equal(w.detach(), master.to(torch.bfloat16))
