@@ -13,8 +13,8 @@ two-line class in fastlr/optim.py and fastlr/torch.py. See docs/DESIGN.md.
 import itertools
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ._arrays import library
 
@@ -25,8 +25,7 @@ __all__ = ["Spec", "SPECS", "check_group"]
 def _number(name, value):
     """A real number as float; rejects bools, NaN, arrays of several values and numbers too large for a float."""
     if library(value) is not None or hasattr(value, "__array__"):
-        size = getattr(value, "size", None)
-        size = size() if callable(size) else size
+        size = value.numel() if callable(getattr(value, "numel", None)) else getattr(value, "size", None)
         if size != 1:
             raise ValueError(f"{name}: expected a real number, got an array of shape {tuple(value.shape)}")
         value = value.item() if hasattr(value, "item") else value
@@ -341,7 +340,8 @@ Adopt = Spec(
     "Adopt", dict(lr=1e-3, betas=(0.9, 0.9999), eps=1e-6, clip_exp=0.333, weight_decay=0.0, decoupled=False,
                   corrected_weight_decay=False, caution=False, maximize=False),
     ("caution", "maximize"), rule=lambda g: "adopt", states=lambda g: (("exp_avg", 0.0), ("exp_avg_sq", 0.0)),
-    scalars="adopt_scalars", switches=("foreach", "capturable", "differentiable"), group_state={"max_lr_snapshot": lambda d: float(d["lr"])},
+    scalars="adopt_scalars", switches=("foreach", "capturable", "differentiable"),
+    group_state={"max_lr_snapshot": lambda d: float(d["lr"])},
     reference="timm.optim.Adopt (timm 1.0.31)",
     summary="ADOPT: Adam with the second moment of the previous step and clipped normalized gradients.",
     math="first step: v <- g^2;  then m <- lerp(m, clamp(g / max(sqrt(v), eps), +-(t-1)^clip_exp), 1-b1);  "
