@@ -7,8 +7,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("expecttest")   # common_optimizers imports it
-import fastlr.torch as ft  # noqa: E402
 from torch.testing._internal.common_optimizers import optim_db  # noqa: E402
+
+import fastlr.torch as ft  # noqa: E402
 
 SWITCHES = {"foreach", "fused", "capturable", "differentiable"}
 
