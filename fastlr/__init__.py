@@ -21,7 +21,10 @@ from .optim import (
     AdamWScheduleFree,
     Adan,
     Adopt,
+    Lamb,
+    Lars,
     Lion,
+    Mars,
     NAdam,
     Optimizer,
     RAdam,
@@ -39,5 +42,6 @@ __version__ = "0.1.0"
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam",
            "RAdam", "Lion", "ASGD", "Rprop", "Adopt", "Adan", "SGDScheduleFree", "AdamWScheduleFree",
-           "RAdamScheduleFree", "RowWiseAdagrad", "functional", "schedules", "pack", "pack_like", "warmup",
+           "RAdamScheduleFree", "Lamb", "Lars", "Mars",
+           "RowWiseAdagrad", "functional", "schedules", "pack", "pack_like", "warmup",
            "ReduceLROnPlateau", "lr_find", "LRFindResult"]

@@ -33,10 +33,9 @@ def check_options(opt):
                              f"the host, a device sync that a CUDA graph cannot hold); use clip_value")
     if opt.skip_nonfinite:
         raise ValueError("skip_nonfinite: not available with capturable=True (a host-side decision)")
-    if opt.spec.group_updates:
-        raise ValueError(f"capturable: not available for {type(opt).__name__}: its per-group schedule "
-                         f"({', '.join(opt.spec.group_state)}) is kept in param_groups on the host, as its reference "
-                         f"keeps it")
+    if opt.spec.group_updates or not opt.spec.lazy_rows:
+        raise ValueError(f"capturable: not available for {type(opt).__name__}: its per-group schedule or per-tensor "
+                         f"norms are computed on the host, as its reference does")
     i = 0
     for k, group in enumerate(opt.param_groups):
         for p in group["params"]:

@@ -34,6 +34,7 @@ from . import specs as _specs
 from ._arrays import Buffer, copy_into, describe_kind, full_like, kind_of, same_kind
 from ._launch import NO_CONDITIONING, SERIAL_BELOW, kernel_module
 from .kernels import _codegen, rules
+from .twopass import TWO_PASS, TwoPass, global_clip
 
 __all__ = ["Engine", "Front", "Unit", "grad_conditioning", "NO_CONDITIONING", "plan_scalars", "register_unit"]
 
@@ -85,6 +86,16 @@ def plan_scalars(spec, group, pstate):
     for name, fn in spec.scalar_post_updates.items():   # values for the next step (ASGD's eta and mu)
         pstate[name] = bind(fn, spec, group, pstate)
     return spec.rule(group), h
+
+
+def before_launch(engine, plans, c):
+    """What algorithms beyond torch.optim's ten do once per step, after every check passed: advance the
+    per-group state, and (timm's Lamb) clip by the global norm. Returns the conditioning."""
+    if engine.spec.group_updates:
+        advance_groups(engine, plans)
+    if engine.spec.global_clip:
+        c = global_clip(engine, plans, c)
+    return c
 
 
 def advance_groups(engine, plans):
@@ -195,10 +206,12 @@ class Engine:
         if c is None:
             return False
         c = tuple(map(float, c))
-        if self.spec.group_updates:
-            advance_groups(self, plans)
+        if self.spec.group_updates or self.spec.global_clip:   # issue 14: per-group schedules, timm Lamb's clip
+            c = before_launch(self, plans, c)
         for plan in plans:
             for unit in plan.units:
+                if plan.rule in TWO_PASS:   # per-tensor reductions first (fastlr.twopass)
+                    unit = TwoPass(unit)
                 (launch or Engine._launch)(self, plan, unit, c)
         return True
 

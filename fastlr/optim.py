@@ -19,7 +19,7 @@ from .kernels import rules  # noqa: F401  (re-exported for scripts that bind rul
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax",
            "NAdam", "RAdam", "Lion", "ASGD", "Rprop", "Adopt", "Adan", "SGDScheduleFree", "AdamWScheduleFree",
-           "RAdamScheduleFree"]
+           "RAdamScheduleFree", "Lamb", "Lars", "Mars"]
 
 _ARRAY_TYPES = {np.ndarray, type(None)}
 _OPTIONS = dict(max_grad_norm=None, clip_value=None, grad_scale=None, skip_nonfinite=False, capturable=False)
@@ -435,11 +435,12 @@ def _snapshot(x):
 def _make_init(spec):
     """An ``__init__(self, params, <the spec's hyperparameters>, *, <...>, **options)`` with a real signature."""
     names = list(spec.defaults)
+    # an option the algorithm has as a hyperparameter of its own (timm Lamb's max_grad_norm) is that hyperparameter
+    options = {k: v for k, v in _OPTIONS.items() if k not in spec.defaults}
     src = (f"def __init__(self, params, {spec.signature_text()}{', ' if spec.keyword_only else ', *, '}"
-           f"max_grad_norm=None, clip_value=None, grad_scale=None, skip_nonfinite=False, capturable=False):\n"
+           f"{', '.join(f'{k}={v!r}' for k, v in options.items())}):\n"
            f"    Optimizer.__init__(self, params, dict({', '.join(f'{n}={n}' for n in names)}),\n"
-           f"                       max_grad_norm=max_grad_norm, clip_value=clip_value, grad_scale=grad_scale,\n"
-           f"                       skip_nonfinite=skip_nonfinite, capturable=capturable)\n")
+           f"                       {', '.join(f'{k}={k}' for k in options)})\n")
     namespace = {"Optimizer": Optimizer}
     exec(compile(src, f"<fastlr.optim {spec.name}.__init__>", "exec"), namespace)
     init = namespace["__init__"]
@@ -520,3 +521,15 @@ class AdamWScheduleFree(ScheduleFree, Optimizer, spec=_specs.AdamWScheduleFree):
 
 class RAdamScheduleFree(ScheduleFree, Optimizer, spec=_specs.RAdamScheduleFree):
     """Schedule-free RAdam (schedulefree.RAdamScheduleFree): call train() before steps, eval() before evaluating."""
+
+
+class Lamb(Optimizer, spec=_specs.Lamb):
+    """LAMB (timm.optim.Lamb): Adam's update scaled per tensor by a trust ratio."""
+
+
+class Lars(Optimizer, spec=_specs.Lars):
+    """LARS (timm.optim.Lars): SGD scaled per tensor by a trust ratio."""
+
+
+class Mars(Optimizer, spec=_specs.Mars):
+    """MARS (timm.optim.Mars): variance-reduced, per-tensor clipped gradients in AdamW or Lion."""

@@ -139,6 +139,9 @@ class Spec:
     group_updates: dict = field(default_factory=dict)   # group value -> rules fn, run once per step per group
     modes: str = ""              # "schedulefree": train()/eval() lerp p with state "z" (fastlr.schedulefree)
     switches: tuple = ()         # torch-only switches the reference keeps in its groups (foreach), for state dicts
+    global_clip: str = ""        # hyperparameter: clip all grads by their global norm, timm Lamb's way (twopass.py)
+    half_params: bool = True     # fastlr.torch takes 16-bit params (master weights / stochastic rounding)
+    lazy_rows: bool = True       # step_rows (lazy row updates) and capturable steps make sense
 
     def group_defaults(self, defaults):
         """The group_state entries a new optimizer adds to its defaults (a callable gets the defaults)."""
@@ -406,5 +409,71 @@ RAdamScheduleFree = _schedulefree(
     _SF_MATH + " (lr times RAdam's rectification), d = g / (sqrt(v / (1-b2^t)) + eps) + wd y once rho_t > 4",
     dict(weight_decay=[0, 0.01], silent_sgd_phase=[True, False], r=[0.0, 1.0]), "RAdamScheduleFree")
 
+def _one_of(*values):
+    def check(name, value):
+        if value not in values:
+            raise ValueError(f"{name}: expected one of {values}, got {value!r}")
+    return check
+
+
+def _optional_betas(name, value):
+    if value is not None:
+        betas(name, value)
+
+
+def _optional_positive(name, value):
+    if value is not None:
+        positive(name, value)
+
+
+CHECKS.update({"bias_correction": flag, "grad_averaging": flag, "trust_clip": flag, "always_adapt": flag,
+               "decoupled_decay": flag, "trust_coeff": non_negative, "gamma": finite, "optimize_1d": flag,
+               "lr_1d_factor": non_negative, "betas_1d": _optional_betas, "mars_type": _one_of("adamw", "lion")})
+
+Lamb = Spec(
+    "Lamb", dict(lr=1e-3, bias_correction=True, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, grad_averaging=True,
+                 max_grad_norm=1.0, trust_clip=False, always_adapt=False, caution=False, decoupled_decay=False,
+                 corrected_weight_decay=False), (),
+    rule=lambda g: "lamb", states=lambda g: (("exp_avg", 0.0), ("exp_avg_sq", 0.0)), scalars="lamb_scalars",
+    param_step=False, switches=("foreach",), global_clip="max_grad_norm", half_params=False, lazy_rows=False, checks={"max_grad_norm": _optional_positive},
+    group_state={"max_lr_snapshot": lambda d: float(d["lr"]), "step": 0}, group_updates={"step": "group_step_next"},
+    reference="timm.optim.Lamb (timm 1.0.31)",
+    summary="LAMB (You et al. 2019, NVIDIA's FusedLAMB variant): Adam's update scaled per tensor by ||p|| / ||u||.",
+    math="u = m_hat / (sqrt(v_hat) + eps) + wd p;  p <- p - lr (||p|| / ||u||) u  (grads first clipped by their "
+         "global norm / max_grad_norm)",
+    test_grid=dict(weight_decay=[0.01, 0.0], decoupled_decay=[False, True], trust_clip=[False, True],
+                   max_grad_norm=[1.0, None]),
+    test_extra=(dict(always_adapt=True, weight_decay=0.0, grad_averaging=False, bias_correction=False),
+                dict(decoupled_decay=True, corrected_weight_decay=True)), test_base=dict(lr=1e-2))
+
+Lars = Spec(
+    "Lars", dict(lr=1.0, momentum=0, dampening=0, weight_decay=0, nesterov=False, trust_coeff=0.001, eps=1e-8,
+                 trust_clip=False, always_adapt=False), (),
+    rule=lambda g: "lars_momentum" if g["momentum"] != 0 else "lars",
+    states=lambda g: (("momentum_buffer", 0.0),) if g["momentum"] != 0 else (), scalars="lars_scalars",
+    param_step=False, switches=("foreach",), check=_sgd_check, half_params=False, lazy_rows=False,
+    reference="timm.optim.Lars (timm 1.0.31)",
+    summary="LARS (You et al. 2017): SGD whose update is scaled per tensor by trust_coeff ||p|| / ||g + wd p||.",
+    math="d = (g + wd p) trust, trust = trust_coeff ||p|| / (||g|| + wd ||p|| + eps);  SGD momentum on d",
+    test_grid=dict(momentum=[0, 0.9], weight_decay=[0, 1e-4], trust_clip=[False, True]),
+    test_extra=(dict(momentum=0.9, nesterov=True, weight_decay=1e-4), dict(always_adapt=True, dampening=0.1,
+                                                                          momentum=0.5)),
+    test_base=dict(lr=0.1))
+
+Mars = Spec(
+    "Mars", dict(lr=3e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0., gamma=0.025, mars_type="adamw",
+                 optimize_1d=False, lr_1d_factor=1.0, betas_1d=None, caution=False), (),
+    rule=lambda g: "mars", states=lambda g: (("exp_avg", 0.0), ("exp_avg_sq", 0.0), ("last_grad", 0.0)),
+    scalars="mars_scalars", group_state={"betas_1d": lambda d: d["betas_1d"] or d["betas"]}, half_params=False,
+    lazy_rows=False,
+    reference="timm.optim.Mars (timm 1.0.31)",
+    summary="MARS (Yuan et al. 2024): variance-reduced gradients c_t, clipped per tensor to norm 1, in AdamW or "
+            "Lion; 1-D params take AdamW on g.",
+    math="c = g + gamma b1/(1-b1) (g - g_prev), c <- c / max(||c||, 1);  m, v from c;  p <- p - lr (m_hat / "
+         "(sqrt(v_hat) + eps) + wd p)",
+    test_grid=dict(mars_type=["adamw", "lion"], weight_decay=[0.0, 0.01], optimize_1d=[False, True]),
+    test_extra=(dict(betas_1d=(0.8, 0.95), lr_1d_factor=0.5),))
+
 SPECS = {s.name: s for s in (SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW, Adamax, NAdam, RAdam, Lion,
-                             ASGD, Rprop, Adopt, Adan, SGDScheduleFree, AdamWScheduleFree, RAdamScheduleFree)}
+                             ASGD, Rprop, Adopt, Adan, SGDScheduleFree, AdamWScheduleFree, RAdamScheduleFree,
+                             Lamb, Lars, Mars)}

@@ -38,7 +38,8 @@ from .engine import Engine, Front
 from .schedulefree import ScheduleFree
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "ASGD",
-           "Rprop", "Adopt", "Adan", "SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree"]
+           "Rprop", "Adopt", "Adan", "SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree",
+           "Lamb", "Lars", "Mars"]
 
 _HALF = (torch.bfloat16, torch.float16)
 _OPTIONS = dict(max_grad_norm=None, clip_value=None, grad_scale=None, skip_nonfinite=False, master_weights=False,
@@ -211,6 +212,9 @@ class _TorchOptimizer(torch.optim.Optimizer):
             if p.device.type not in ("cpu", "cuda"):
                 raise ValueError(f"{name}: tensors on device {p.device.type!r} are not supported (CPU or CUDA)")
             _check_dtype(self, name, p.dtype)
+            if p.dtype in _HALF and not self.spec.half_params:
+                raise TypeError(f"{name} is {p.dtype}: {self.spec.name} takes float32/float64 params only (its "
+                                f"per-tensor norms are not implemented for 16-bit params yet)")
             for i, q in enumerate(params[:j]):
                 if q is p:
                     raise ValueError(f"{name} is the same tensor as {where}['params'][{i}]; torch.optim warns and "
@@ -415,10 +419,11 @@ def _checked_step(where, v):
 def _make_init(spec):
     """__init__(self, params, <spec hyperparameters>, *, <torch switches>, <fastlr options>) with a real signature."""
     names = list(spec.defaults)
-    kw = ", ".join(f"{k}={v!r}" for k, v in {**_SWITCHES, **_OPTIONS}.items())
+    options = [k for k in _OPTIONS if k not in spec.defaults]   # timm Lamb's max_grad_norm is its own
+    kw = ", ".join(f"{k}={v!r}" for k, v in {**_SWITCHES, **_OPTIONS}.items() if k not in spec.defaults)
     src = (f"def __init__(self, params, {spec.signature_text()}{', ' if spec.keyword_only else ', *, '}{kw}):\n"
            f"    _TorchOptimizer.__init__(self, params, dict({', '.join(f'{n}={n}' for n in names)}),\n"
-           f"        dict({', '.join(f'{n}={n}' for n in _SWITCHES)}), dict({', '.join(f'{n}={n}' for n in _OPTIONS)}))\n")
+           f"        dict({', '.join(f'{n}={n}' for n in _SWITCHES)}), dict({', '.join(f'{n}={n}' for n in options)}))\n")
     namespace = {"_TorchOptimizer": _TorchOptimizer}
     exec(compile(src, f"<fastlr.torch {spec.name}.__init__>", "exec"), namespace)
     init = namespace["__init__"]
@@ -493,4 +498,16 @@ class AdamWScheduleFree(ScheduleFree, _TorchOptimizer, spec=_specs.AdamWSchedule
 
 
 class RAdamScheduleFree(ScheduleFree, _TorchOptimizer, spec=_specs.RAdamScheduleFree):
+    pass
+
+
+class Lamb(_TorchOptimizer, spec=_specs.Lamb):
+    pass
+
+
+class Lars(_TorchOptimizer, spec=_specs.Lars):
+    pass
+
+
+class Mars(_TorchOptimizer, spec=_specs.Mars):
     pass

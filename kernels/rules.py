@@ -618,10 +618,196 @@ def schedulefree_radam_scalars(group_k, group_scheduled_lr, group_lr_max, group_
                                lr * (beta1 * (1 - ckp1) - 1), lr)
 
 
+# ---------------------------------------------------------------- two-pass rules: per-tensor reductions
+# A two-pass rule (Lamb and Lars' trust ratios, Mars' clip of its corrected gradient) is two element rules and
+# a host function, listed in TWO_PASS: the first pass, ``<rule>_sums(p, g, *states, h) -> (x0, x1, ...)``,
+# writes nothing; the kernels sum each returned value over every element of a tensor, in float64; the host
+# function ``f(h, sums, shape) -> h`` turns one tensor's sums (and its shape) into that tensor's scalars;
+# the second pass, the rule itself, updates the tensor with them. Both passes compute the update through the
+# same helper, so the second sees exactly what the first summed. A contract field ``adapt`` of 0 for every
+# tensor skips the first pass (nothing per tensor is needed then).
+LambScalars = namedtuple("LambScalars", "lerp_m beta1 beta3 beta2 one_minus_beta2 bias_correction1 bc2_sqrt eps "
+                                        "wd wd_step lr trust_clip adapt trust")
+LarsScalars = namedtuple("LarsScalars", "wd lr buf_coef d_coef nesterov_coef trust_coeff eps trust_clip adapt trust")
+MarsScalars = namedtuple("MarsScalars", "first gamma_ratio one_minus_beta1 beta1 beta2 one_minus_beta2 "
+                                        "bias_correction1 bc2_sqrt eps wd lr lion adapt is_mars beta1_1d "
+                                        "one_minus_beta1_1d beta2_1d one_minus_beta2_1d bias_correction1_1d "
+                                        "bc2_sqrt_1d lr_1d scale")
+
+
+def _lamb_update(p, g, m, v, lerp_m, beta1, beta3, beta2, one_minus_beta2, bias_correction1, bc2_sqrt, eps, wd,
+                 wd_step):
+    """(p after decoupled decay, m, v, the update u before the trust ratio), as timm's single-tensor Lamb."""
+    if lerp_m != 0:
+        m = _lerp(m, g, beta3)
+    else:
+        m = m * beta1 + beta3 * g
+    v = _ewma_sq(v, g, beta2, one_minus_beta2)
+    u = (m / bias_correction1) / (math.sqrt(v) / bc2_sqrt + eps)
+    if wd_step != 0:
+        p = p + wd_step * p
+    if wd != 0:
+        u = u + wd * p
+    return p, m, v, u
+
+
+def lamb_sums(p, g, m, v, h):
+    """First pass: p^2 (after decoupled decay) and u^2, for the trust ratio ||p|| / ||u||."""
+    (lerp_m, beta1, beta3, beta2, one_minus_beta2, bias_correction1, bc2_sqrt, eps, wd, wd_step, lr, trust_clip,
+     adapt, trust) = h
+    p, m, v, u = _lamb_update(p, g, m, v, lerp_m, beta1, beta3, beta2, one_minus_beta2, bias_correction1, bc2_sqrt,
+                              eps, wd, wd_step)
+    return p * p, u * u
+
+
+def lamb(p, g, m, v, h):
+    """m, v as Adam (grad averaging: m <- lerp(m, g, 1-b1)); u = m_hat / (sqrt(v_hat) + eps) (+ wd p);
+    p <- p - lr * trust * u, trust = ||p|| / ||u|| per tensor (1 when either is 0; at most 1 with trust_clip)."""
+    (lerp_m, beta1, beta3, beta2, one_minus_beta2, bias_correction1, bc2_sqrt, eps, wd, wd_step, lr, trust_clip,
+     adapt, trust) = h
+    p, m, v, u = _lamb_update(p, g, m, v, lerp_m, beta1, beta3, beta2, one_minus_beta2, bias_correction1, bc2_sqrt,
+                              eps, wd, wd_step)
+    return p + (-lr) * (u * trust), m, v
+
+
+def lamb_scalars(group_step, lr, bias_correction, betas, eps, weight_decay, grad_averaging, trust_clip,
+                 always_adapt, decoupled_decay, corrected_weight_decay, max_lr_snapshot):
+    """group_step: timm's Lamb counts steps per group (bias corrections)."""
+    beta1, beta2 = betas
+    beta3 = 1 - beta1 if grad_averaging else 1.0
+    t = group_step
+    bc1, bc2 = (1 - beta1 ** t, 1 - beta2 ** t) if bias_correction else (1.0, 1.0)
+    wd, wd_step = weight_decay, 0.0
+    if weight_decay != 0 and decoupled_decay:
+        wd_scale = lr ** 2 / max_lr_snapshot if corrected_weight_decay else lr
+        wd, wd_step = 0.0, -wd_scale * weight_decay
+    adapt = 1.0 if (weight_decay != 0 or always_adapt) else 0.0
+    return LambScalars(1.0 if beta3 == 1 - beta1 else 0.0, beta1, beta3, beta2, 1 - beta2, bc1, bc2 ** 0.5, eps,
+                       wd, wd_step, lr, 1.0 if trust_clip else 0.0, adapt, 1.0)
+
+
+def lamb_trust(h, sums, shape):
+    """The tensor's trust ratio ||p|| / ||u|| (1 when a norm is 0; clipped at 1 with trust_clip)."""
+    if h.adapt == 0:
+        return h
+    w, u = math.sqrt(sums[0]), math.sqrt(sums[1])
+    ratio = w / u if (w > 0 and u > 0) else 1.0
+    if h.trust_clip != 0:
+        ratio = min(ratio, 1.0)
+    return h._replace(trust=ratio)
+
+
+def lars_sums(p, g, h):
+    """First pass: p^2 and g^2 (the gradient as given)."""
+    return p * p, g * g
+
+
+def lars_momentum_sums(p, g, buf, h):
+    return lars_sums(p, g, h)
+
+
+def _lars_grad(p, g, wd, adapt, trust):
+    if adapt != 0:
+        g = (g + wd * p) * trust
+    return g
+
+
+def lars(p, g, h):
+    """Without momentum: p <- p - lr * trust * (g + wd p), trust = trust_coeff ||p|| / (||g|| + wd ||p|| + eps)."""
+    wd, lr, buf_coef, d_coef, nesterov_coef, trust_coeff, eps, trust_clip, adapt, trust = h
+    return (p + (-lr) * _lars_grad(p, g, wd, adapt, trust),)
+
+
+def lars_momentum(p, g, buf, h):
+    """As lars, through SGD's momentum buffer (a copy of the first step's update, as timm makes it)."""
+    wd, lr, buf_coef, d_coef, nesterov_coef, trust_coeff, eps, trust_clip, adapt, trust = h
+    g = _lars_grad(p, g, wd, adapt, trust)
+    buf = buf * buf_coef + d_coef * g
+    if nesterov_coef != 0:
+        g = g + nesterov_coef * buf
+    else:
+        g = buf
+    return p + (-lr) * g, buf
+
+
+def lars_scalars(step, lr, momentum, dampening, weight_decay, nesterov, trust_coeff, eps, trust_clip, always_adapt):
+    """step == 1: the momentum buffer is new (timm creates it as a copy of the update)."""
+    first = step == 1
+    adapt = 1.0 if (weight_decay != 0 or always_adapt) else 0.0
+    return LarsScalars(weight_decay, lr, 0.0 if first else momentum, 1.0 if first else 1.0 - dampening,
+                       momentum if nesterov else 0.0, trust_coeff, eps, 1.0 if trust_clip else 0.0, adapt, 1.0)
+
+
+def lars_trust(h, sums, shape):
+    if h.adapt == 0:
+        return h
+    w, g = math.sqrt(sums[0]), math.sqrt(sums[1])
+    ratio = h.trust_coeff * w / (g + w * h.wd + h.eps) if (w > 0 and g > 0) else 1.0
+    if h.trust_clip != 0:
+        ratio = min(ratio / h.lr, 1.0)
+    return h._replace(trust=ratio)
+
+
+def _mars_c(g, last, first, gamma_ratio):
+    """MARS' variance-reduced gradient c_t = g + gamma b1 / (1 - b1) (g - g_prev) (g at the first step)."""
+    if first != 0:
+        return g
+    return (g - last) * gamma_ratio + g
+
+
+def mars_sums(p, g, m, v, last, h):
+    """First pass: c_t^2 (2-D and larger params; the others take Adam's path and need no norm)."""
+    c = _mars_c(g, last, h[0], h[1])
+    return (c * c,)
+
+
+def mars(p, g, m, v, last, h):
+    """>= 2-D (or optimize_1d): c = c_t / max(||c_t||, 1); m <- b1 m + (1-b1) c; AdamW (v from c) or Lion
+    (sign m) update with p wd added; else AdamW on g with betas_1d and lr * lr_1d_factor. last <- g."""
+    (first, gamma_ratio, one_minus_beta1, beta1, beta2, one_minus_beta2, bias_correction1, bc2_sqrt, eps, wd, lr,
+     lion, adapt, is_mars, beta1_1d, one_minus_beta1_1d, beta2_1d, one_minus_beta2_1d, bias_correction1_1d,
+     bc2_sqrt_1d, lr_1d, scale) = h
+    if is_mars != 0:
+        c = _mars_c(g, last, first, gamma_ratio) / scale
+        m = m * beta1 + one_minus_beta1 * c
+        if lion != 0:
+            u = p * wd + _sign(m)
+        else:
+            v = _ewma_sq(v, c, beta2, one_minus_beta2)
+            u = p * wd + (m / bias_correction1) / (math.sqrt(v) / bc2_sqrt + eps)
+        return p + (-lr) * u, m, v, g
+    m = m * beta1_1d + one_minus_beta1_1d * g
+    v = _ewma_sq(v, g, beta2_1d, one_minus_beta2_1d)
+    u = p * wd + (m / bias_correction1_1d) / (math.sqrt(v) / bc2_sqrt_1d + eps)
+    return p + (-lr_1d) * u, m, v, g
+
+
+def mars_scalars(step, lr, betas, eps, weight_decay, gamma, mars_type, optimize_1d, lr_1d_factor, betas_1d):
+    beta1, beta2 = betas
+    b1d, b2d = betas_1d if betas_1d is not None else betas
+    return MarsScalars(1.0 if step == 1 else 0.0, gamma * (beta1 / (1.0 - beta1)), 1 - beta1, beta1, beta2,
+                       1 - beta2, 1 - beta1 ** step, math.sqrt(1 - beta2 ** step), eps, weight_decay, lr,
+                       1.0 if mars_type == "lion" else 0.0, 1.0, 1.0 if optimize_1d else 0.0, b1d, 1 - b1d, b2d,
+                       1 - b2d, 1 - b1d ** step, math.sqrt(1 - b2d ** step), lr * lr_1d_factor, 1.0)
+
+
+def mars_clip(h, sums, shape):
+    """>= 2-D params (or all with optimize_1d): the MARS path, c_t divided by max(||c_t||, 1)."""
+    if h.is_mars == 0 and len(shape) < 2:
+        return h
+    return h._replace(is_mars=1.0, scale=max(math.sqrt(sums[0]), 1.0))
+
+
+# two-pass rule -> (first-pass rule, how many values it sums, host function of the sums)
+TWO_PASS = {"lamb": ("lamb_sums", 2, "lamb_trust"), "lars": ("lars_sums", 2, "lars_trust"),
+            "lars_momentum": ("lars_momentum_sums", 2, "lars_trust"), "mars": ("mars_sums", 1, "mars_clip")}
+
+
 ELEMENT_RULES.update({
     "asgd": ASGDScalars, "rprop": RpropScalars, "adopt": AdoptScalars, "adan": AdanScalars,
     "schedulefree_sgd": ScheduleFreeScalars, "schedulefree_adam": ScheduleFreeScalars,
-    "schedulefree_lerp": LerpScalars,
+    "schedulefree_lerp": LerpScalars, "lamb": LambScalars, "lars": LarsScalars, "lars_momentum": LarsScalars,
+    "mars": MarsScalars,
 })
 
 
@@ -770,5 +956,6 @@ def rowwise_adagrad_scalars(lr, eps, weight_decay, maximize):
 
 
 # Every rule that takes per-step scalars -> its contract (the element rules and the row-wise parts).
-RULE_SCALARS = {**ELEMENT_RULES, "rowwise_adagrad_grad": RowWiseAdagradScalars,
+RULE_SCALARS = {**ELEMENT_RULES, "lamb_sums": LambScalars, "lars_sums": LarsScalars, "lars_momentum_sums": LarsScalars,
+                "mars_sums": MarsScalars, "rowwise_adagrad_grad": RowWiseAdagradScalars,
                 "rowwise_adagrad_update": RowWiseAdagradScalars}

@@ -284,6 +284,77 @@ def radamschedulefree(p, g, state, t, lr=0.0025, betas=(0.9, 0.999), eps=1e-8, w
                   (lambda g: g / (np.sqrt(v_hat) + eps)) if rho_t > 4 else (lambda g: g))
 
 
+def lamb(p, g, state, t, lr=1e-3, bias_correction=True, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
+         grad_averaging=True, max_grad_norm=1.0, trust_clip=False, always_adapt=False, caution=False,
+         decoupled_decay=False, corrected_weight_decay=False):
+    """You et al. 2019, NVLAMB as timm: global-norm clip, Adam direction, per-tensor trust ratio ||p|| / ||u||."""
+    if max_grad_norm is not None:
+        g = g / max(np.linalg.norm(g) / max_grad_norm, 1.0)
+    b1, b2 = betas
+    m, v = _state(state, "exp_avg", p), _state(state, "exp_avg_sq", p)
+    m *= b1
+    m += (1 - b1 if grad_averaging else 1.0) * g
+    v *= b2
+    v += (1 - b2) * g * g
+    bc1, bc2 = (1 - b1 ** t, 1 - b2 ** t) if bias_correction else (1.0, 1.0)
+    u = m / bc1 / (np.sqrt(v / bc2) + eps)
+    if weight_decay and decoupled_decay:
+        p *= 1 - (lr ** 2 / lr if corrected_weight_decay else lr) * weight_decay   # max_lr: the (fixed) lr
+    elif weight_decay:
+        u = u + weight_decay * p
+    if weight_decay or always_adapt:
+        w_norm, u_norm = np.linalg.norm(p), np.linalg.norm(u)
+        ratio = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
+        u = u * (min(ratio, 1.0) if trust_clip else ratio)
+    p -= lr * u
+
+
+def lars(p, g, state, t, lr=1.0, momentum=0, dampening=0, weight_decay=0, nesterov=False, trust_coeff=0.001, eps=1e-8,
+         trust_clip=False, always_adapt=False):
+    """You et al. 2017 as timm: d = (g + wd p) * trust_coeff ||p|| / (||g|| + wd ||p|| + eps), then SGD momentum."""
+    if weight_decay or always_adapt:
+        w_norm, g_norm = np.linalg.norm(p), np.linalg.norm(g)
+        ratio = trust_coeff * w_norm / (g_norm + w_norm * weight_decay + eps) if w_norm > 0 and g_norm > 0 else 1.0
+        if trust_clip:
+            ratio = min(ratio / lr, 1.0)
+        g = (g + weight_decay * p) * ratio
+    if momentum:
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = g.copy()
+        else:
+            state["momentum_buffer"] *= momentum
+            state["momentum_buffer"] += (1 - dampening) * g
+        buf = state["momentum_buffer"]
+        g = g + momentum * buf if nesterov else buf
+    p -= lr * g
+
+
+def mars(p, g, state, t, lr=3e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0., gamma=0.025, mars_type="adamw",
+         optimize_1d=False, lr_1d_factor=1.0, betas_1d=None, caution=False):
+    """Yuan et al. 2024 (MARS-AdamW / MARS-Lion) as timm, for >= 2-D params (all with optimize_1d); else AdamW."""
+    m, v, last = (_state(state, k, p) for k in ("exp_avg", "exp_avg_sq", "last_grad"))
+    if optimize_1d or p.ndim >= 2:
+        b1, b2 = betas
+        c = g if t == 1 else g + gamma * b1 / (1 - b1) * (g - last)
+        c = c / max(np.linalg.norm(c), 1.0)
+        m *= b1
+        m += (1 - b1) * c
+        if mars_type == "lion":
+            p -= lr * (weight_decay * p + np.sign(m))
+        else:
+            v *= b2
+            v += (1 - b2) * c * c
+            p -= lr * (weight_decay * p + m / (1 - b1 ** t) / (np.sqrt(v / (1 - b2 ** t)) + eps))
+    else:
+        b1, b2 = betas_1d or betas
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * g * g
+        p -= lr * lr_1d_factor * (weight_decay * p + m / (1 - b1 ** t) / (np.sqrt(v / (1 - b2 ** t)) + eps))
+    last[...] = g
+
+
 def schedulefree_x(p, z, beta):
     """What eval() leaves in p: the average x = (y - (1 - beta) z) / beta."""
     return (p - (1 - beta) * z) / beta
@@ -292,4 +363,5 @@ def schedulefree_x(p, z, beta):
 REFERENCES = {"SGD": sgd, "Adagrad": adagrad, "RMSprop": rmsprop, "Adadelta": adadelta, "Adam": adam,
               "AdamW": adamw, "Adamax": adamax, "NAdam": nadam, "RAdam": radam, "Lion": lion,
               "ASGD": asgd, "Rprop": rprop, "Adopt": adopt, "Adan": adan, "SGDScheduleFree": sgdschedulefree,
-              "AdamWScheduleFree": adamwschedulefree, "RAdamScheduleFree": radamschedulefree}
+              "AdamWScheduleFree": adamwschedulefree, "RAdamScheduleFree": radamschedulefree, "Lamb": lamb,
+              "Lars": lars, "Mars": mars}

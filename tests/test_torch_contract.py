@@ -132,7 +132,8 @@ def test_replaced_and_edited_state_is_used(name):
     t = Twin(name)
     t.step(3)
     key = {"SGD": "momentum_buffer", "Adagrad": "sum", "RMSprop": "square_avg", "Adadelta": "acc_delta", "ASGD": "ax",
-           "Rprop": "step_size", "SGDScheduleFree": "z", "AdamWScheduleFree": "z", "RAdamScheduleFree": "z"}.get(
+           "Rprop": "step_size", "Lars": "momentum_buffer", "SGDScheduleFree": "z", "AdamWScheduleFree": "z",
+           "RAdamScheduleFree": "z"}.get(
         name, "exp_avg")
 
     def edit(m, o):
@@ -140,8 +141,11 @@ def test_replaced_and_edited_state_is_used(name):
         st[key] = torch.full_like(st[key], 0.25)            # a replaced state tensor
         if "step" in st:
             st["step"] = torch.tensor(1.0)                  # a replaced step count
-        if name != "Adopt":   # timm's Adopt takes its first step when the state is new, fastlr when step == 1
-            o.state[_param(m, 0)].get("step", torch.zeros(())).zero_()   # a step count edited in place
+        first = o.state[_param(m, 0)]
+        if name != "Adopt" and isinstance(first.get("step"), torch.Tensor):   # (timm's Adopt takes its first
+            first["step"].zero_()   # a step count edited in place          # step when the state is new)
+        elif "step" in first and name != "Adopt":
+            first["step"] = 0       # timm's Mars keeps an int
     t.both(edit)
     t.step(3)
     t.check()

@@ -19,7 +19,7 @@ CLASSIC = ("SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "
 # (per-group schedules, schedule-free and Adan, are kept on the host: capturable refused, see REFUSED; the
 # algorithms of issue 14 run their first and last case only, to keep the simulator session short)
 CAPTURABLE = {name: cases if name in CLASSIC else [cases[0], cases[-1]] for name, cases in CASES.items()
-              if not SPECS[name].group_updates}
+              if SPECS[name].lazy_rows and not SPECS[name].group_updates}
 RUNS = [(name, hp, np.float32, 3) for name, cases in CAPTURABLE.items() for hp in cases] + \
        [(name, cases[-1], np.float64, 7) for name, cases in CAPTURABLE.items()]
 

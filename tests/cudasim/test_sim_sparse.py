@@ -14,7 +14,8 @@ from sim_helpers import host
 
 N_ROWS, DIM = 6, 3
 # every algorithm with every option of its grid on, and the row-wise-only optimizer
-SPARSE = [(name, cases[-1]) for name, cases in CASES.items() if not SPECS[name].group_updates] + \
+SPARSE = [(name, cases[-1]) for name, cases in CASES.items()
+          if SPECS[name].lazy_rows and not SPECS[name].group_updates] + \
     [("RowWiseAdagrad", dict(weight_decay=0.01))]
 
 
