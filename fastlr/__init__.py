@@ -25,6 +25,7 @@ from .optim import (
     Lars,
     Lion,
     Mars,
+    Muon,
     NAdam,
     Optimizer,
     RAdam,
@@ -42,6 +43,6 @@ __version__ = "0.1.0"
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam",
            "RAdam", "Lion", "ASGD", "Rprop", "Adopt", "Adan", "SGDScheduleFree", "AdamWScheduleFree",
-           "RAdamScheduleFree", "Lamb", "Lars", "Mars",
+           "RAdamScheduleFree", "Lamb", "Lars", "Mars", "Muon",
            "RowWiseAdagrad", "functional", "schedules", "pack", "pack_like", "warmup",
            "ReduceLROnPlateau", "lr_find", "LRFindResult"]

@@ -212,7 +212,7 @@ class Engine:
             for unit in plan.units:
                 if plan.rule in TWO_PASS:   # per-tensor reductions first (fastlr.twopass)
                     unit = TwoPass(unit)
-                (launch or Engine._launch)(self, plan, unit, c)
+                (launch or self.spec.launch or Engine._launch)(self, plan, unit, c)
         return True
 
     def _plans_for(self, hps, grads):

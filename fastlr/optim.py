@@ -14,12 +14,13 @@ from . import specs as _specs
 from ._arrays import Buffer, copy_into, describe_kind, full_like, host_scalar, kind_of, library, same_kind, \
     to_numpy
 from .engine import Engine, Front, plan_scalars
+from .muon import MuonSteps
 from .schedulefree import ScheduleFree
 from .kernels import rules  # noqa: F401  (re-exported for scripts that bind rules by name)
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax",
            "NAdam", "RAdam", "Lion", "ASGD", "Rprop", "Adopt", "Adan", "SGDScheduleFree", "AdamWScheduleFree",
-           "RAdamScheduleFree", "Lamb", "Lars", "Mars"]
+           "RAdamScheduleFree", "Lamb", "Lars", "Mars", "Muon"]
 
 _ARRAY_TYPES = {np.ndarray, type(None)}
 _OPTIONS = dict(max_grad_norm=None, clip_value=None, grad_scale=None, skip_nonfinite=False, capturable=False)
@@ -533,3 +534,11 @@ class Lars(Optimizer, spec=_specs.Lars):
 
 class Mars(Optimizer, spec=_specs.Mars):
     """MARS (timm.optim.Mars): variance-reduced, per-tensor clipped gradients in AdamW or Lion."""
+
+
+class _Muon(Optimizer, spec=_specs.Muon):
+    pass
+
+
+class Muon(MuonSteps, _Muon):
+    """Muon (torch.optim.Muon): 2-D params; Newton-Schulz in bfloat16 through torch (ns_dtype="float32": float32)."""

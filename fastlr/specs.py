@@ -142,6 +142,8 @@ class Spec:
     global_clip: str = ""        # hyperparameter: clip all grads by their global norm, timm Lamb's way (twopass.py)
     half_params: bool = True     # fastlr.torch takes 16-bit params (master weights / stochastic rounding)
     lazy_rows: bool = True       # step_rows (lazy row updates) and capturable steps make sense
+    launch: Callable = None      # replaces the engine's per-unit launch (Muon: kernels around matmuls)
+    matrix_only: bool = False    # 2-D params only (Muon): the registry-driven tests on vectors leave it out
 
     def group_defaults(self, defaults):
         """The group_state entries a new optimizer adds to its defaults (a callable gets the defaults)."""
@@ -435,7 +437,8 @@ Lamb = Spec(
                  max_grad_norm=1.0, trust_clip=False, always_adapt=False, caution=False, decoupled_decay=False,
                  corrected_weight_decay=False), (),
     rule=lambda g: "lamb", states=lambda g: (("exp_avg", 0.0), ("exp_avg_sq", 0.0)), scalars="lamb_scalars",
-    param_step=False, switches=("foreach",), global_clip="max_grad_norm", half_params=False, lazy_rows=False, checks={"max_grad_norm": _optional_positive},
+    param_step=False, switches=("foreach",), global_clip="max_grad_norm", half_params=False, lazy_rows=False,
+    checks={"max_grad_norm": _optional_positive},
     group_state={"max_lr_snapshot": lambda d: float(d["lr"]), "step": 0}, group_updates={"step": "group_step_next"},
     reference="timm.optim.Lamb (timm 1.0.31)",
     summary="LAMB (You et al. 2019, NVIDIA's FusedLAMB variant): Adam's update scaled per tensor by ||p|| / ||u||.",
@@ -474,6 +477,37 @@ Mars = Spec(
     test_grid=dict(mars_type=["adamw", "lion"], weight_decay=[0.0, 0.01], optimize_1d=[False, True]),
     test_extra=(dict(betas_1d=(0.8, 0.95), lr_1d_factor=0.5),))
 
+def _muon_launch(engine, plan, unit, c):
+    from . import muon
+    muon.launch(engine, plan, unit, c)
+
+
+def _ns_coefficients(name, value):
+    if not (isinstance(value, (tuple, list)) and len(value) == 3):
+        raise ValueError(f"{name}: expected three coefficients (a, b, c), got {value!r}")
+    for i, v in enumerate(value):
+        finite(f"{name}[{i}]", v)
+
+
+def _ns_steps(name, value):
+    whole_number(name, value)
+    if value >= 100:
+        raise ValueError(f"{name}: expected fewer than 100 steps (as torch), got {value!r}")
+
+
+Muon = Spec(
+    "Muon", dict(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
+                 ns_coefficients=(3.4445, -4.775, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None), (),
+    rule=lambda g: "muon_momentum", states=lambda g: (("momentum_buffer", 0.0),), scalars="muon_scalars",
+    param_step=False, half_params=False, lazy_rows=False, launch=_muon_launch, matrix_only=True,
+    checks={"ns_coefficients": _ns_coefficients, "ns_steps": _ns_steps,
+            "adjust_lr_fn": _one_of(None, "original", "match_rms_adamw")},
+    reference="torch.optim.Muon",
+    summary="Muon (Jordan et al. 2024): SGD-Nesterov momentum orthogonalized per 2-D param by Newton-Schulz.",
+    math="b <- lerp(b, g, 1-mu);  O = NS(lerp(g, b, mu));  p <- p (1 - lr wd) - lr sqrt(max(1, A/B)) O",
+    test_grid=dict(nesterov=[True, False], weight_decay=[0.1, 0.0]), test_base=dict(lr=0.02))
+
+
 SPECS = {s.name: s for s in (SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW, Adamax, NAdam, RAdam, Lion,
                              ASGD, Rprop, Adopt, Adan, SGDScheduleFree, AdamWScheduleFree, RAdamScheduleFree,
-                             Lamb, Lars, Mars)}
+                             Lamb, Lars, Mars, Muon)}

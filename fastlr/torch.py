@@ -35,11 +35,12 @@ import torch
 from . import mixed as _mixed  # noqa: F401  (handles 16-bit params: master weights, stochastic rounding)
 from . import specs as _specs
 from .engine import Engine, Front
+from .muon import MuonSteps
 from .schedulefree import ScheduleFree
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "ASGD",
            "Rprop", "Adopt", "Adan", "SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree",
-           "Lamb", "Lars", "Mars"]
+           "Lamb", "Lars", "Mars", "Muon"]
 
 _HALF = (torch.bfloat16, torch.float16)
 _OPTIONS = dict(max_grad_norm=None, clip_value=None, grad_scale=None, skip_nonfinite=False, master_weights=False,
@@ -511,3 +512,11 @@ class Lars(_TorchOptimizer, spec=_specs.Lars):
 
 class Mars(_TorchOptimizer, spec=_specs.Mars):
     pass
+
+
+class _Muon(_TorchOptimizer, spec=_specs.Muon):
+    pass
+
+
+class Muon(MuonSteps, _Muon):
+    """Muon (torch.optim.Muon): 2-D params; Newton-Schulz in bfloat16 (ns_dtype="float32": float32)."""

@@ -798,6 +798,33 @@ def mars_clip(h, sums, shape):
     return h._replace(is_mars=1.0, scale=max(math.sqrt(sums[0]), 1.0))
 
 
+# ---------------------------------------------------------------- Muon (torch.optim.Muon): the element parts
+# Between the two kernels, Newton-Schulz orthogonalizes the update matrix u through the array library's matmul
+# (fastlr/muon.py); the momentum kernel writes u, the apply kernel reads the orthogonalized O in g's place.
+MuonScalars = namedtuple("MuonScalars", "beta one_minus_beta nesterov decay lr")
+
+
+def muon_momentum(p, g, buf, u, h):
+    """buf <- lerp(buf, g, 1 - mu);  u <- lerp(g, buf, mu) (nesterov) or buf.  p unchanged."""
+    beta, one_minus_beta, nesterov, decay, lr = h
+    buf = _lerp_torch(buf, g, one_minus_beta)
+    if nesterov != 0:
+        return p, buf, _lerp_torch(g, buf, beta)
+    return p, buf, buf
+
+
+def muon_apply(p, g, h):
+    """p <- p (1 - lr wd) - lr_adjusted O  (O, the orthogonalized update, passed as g)."""
+    beta, one_minus_beta, nesterov, decay, lr = h
+    p = p * decay
+    return (p + (-lr) * g,)
+
+
+def muon_scalars(lr, weight_decay, momentum, nesterov):
+    """The decay uses the group's lr; fastlr/muon.py puts each matrix's shape-adjusted lr in ``lr``."""
+    return MuonScalars(momentum, 1 - momentum, 1.0 if nesterov else 0.0, 1.0 - lr * weight_decay, lr)
+
+
 # two-pass rule -> (first-pass rule, how many values it sums, host function of the sums)
 TWO_PASS = {"lamb": ("lamb_sums", 2, "lamb_trust"), "lars": ("lars_sums", 2, "lars_trust"),
             "lars_momentum": ("lars_momentum_sums", 2, "lars_trust"), "mars": ("mars_sums", 1, "mars_clip")}
@@ -807,7 +834,7 @@ ELEMENT_RULES.update({
     "asgd": ASGDScalars, "rprop": RpropScalars, "adopt": AdoptScalars, "adan": AdanScalars,
     "schedulefree_sgd": ScheduleFreeScalars, "schedulefree_adam": ScheduleFreeScalars,
     "schedulefree_lerp": LerpScalars, "lamb": LambScalars, "lars": LarsScalars, "lars_momentum": LarsScalars,
-    "mars": MarsScalars,
+    "mars": MarsScalars, "muon_momentum": MuonScalars, "muon_apply": MuonScalars,
 })
 
 

@@ -6,6 +6,7 @@ import pytest
 
 import fastlr
 from cases import ALL, case_id, optimizer
+from fastlr.specs import SPECS
 
 
 def test_cpu_params_refused_without_simulator():
@@ -16,7 +17,8 @@ def test_cpu_params_refused_without_simulator():
 
 
 def test_cases_cover_every_algorithm():
-    assert {case_id(n, hp).split("-")[0] for n, hp in ALL} == set(fastlr.optim.__all__) - {"Optimizer"}
+    matrix_only = {n for n, spec in SPECS.items() if spec.matrix_only}   # Muon: tests/test_muon.py
+    assert {case_id(n, hp).split("-")[0] for n, hp in ALL} == set(fastlr.optim.__all__) - {"Optimizer"} - matrix_only
 
 
 def _torch_cuda():
