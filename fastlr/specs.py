@@ -144,6 +144,7 @@ class Spec:
     lazy_rows: bool = True       # step_rows (lazy row updates) and capturable steps make sense
     launch: Callable = None      # replaces the engine's per-unit launch (Muon: kernels around matmuls)
     matrix_only: bool = False    # 2-D params only (Muon): the registry-driven tests on vectors leave it out
+    int_step: bool = False       # fastlr.torch keeps state["step"] as a Python int (timm's Mars)
 
     def group_defaults(self, defaults):
         """The group_state entries a new optimizer adds to its defaults (a callable gets the defaults)."""
@@ -468,6 +469,7 @@ Mars = Spec(
                  optimize_1d=False, lr_1d_factor=1.0, betas_1d=None, caution=False), (),
     rule=lambda g: "mars", states=lambda g: (("exp_avg", 0.0), ("exp_avg_sq", 0.0), ("last_grad", 0.0)),
     scalars="mars_scalars", group_state={"betas_1d": lambda d: d["betas_1d"] or d["betas"]}, half_params=False,
+    int_step=True,
     lazy_rows=False,
     reference="timm.optim.Mars (timm 1.0.31)",
     summary="MARS (Yuan et al. 2024): variance-reduced gradients c_t, clipped per tensor to norm 1, in AdamW or "

@@ -68,7 +68,7 @@ class _TorchFront(Front):
             if created:
                 self.fresh.add(id(pstate))
         elif "step" not in pstate:
-            pstate["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+            pstate["step"] = 0 if spec.int_step else torch.tensor(0.0, dtype=_scalar_dtype())
         for name, v in spec.scalar_state.items():
             if name not in pstate:
                 pstate[name] = torch.tensor(v, dtype=_scalar_dtype())

@@ -350,7 +350,9 @@ def test_state_dict_layout_equals_torch():
         for i in sd_t["state"]:
             assert sd_f["state"][i].keys() == sd_t["state"][i].keys(), name
             for k, v in sd_t["state"][i].items():
-                assert isinstance(sd_f["state"][i][k], type(v)) and sd_f["state"][i][k].dtype == v.dtype, (name, k)
+                ours = sd_f["state"][i][k]   # (timm's Mars keeps an int step)
+                assert isinstance(ours, type(v)) and getattr(ours, "dtype", None) == getattr(v, "dtype", None), \
+                    (name, k)
         groups_t = [{k: v for k, v in g.items() if k != "params"} for g in sd_t["param_groups"]]
         groups_f = [{k: v for k, v in g.items() if k != "params"} for g in sd_f["param_groups"]]
         assert [set(g) - {"fused", "foreach"} for g in groups_f] == [set(g) - {"fused", "foreach"} for g in groups_t]
