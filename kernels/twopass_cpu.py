@@ -15,6 +15,9 @@ from ._pointers import at  # noqa: F401
 from .cpu import R, _table_fields  # noqa: F401
 
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
+# The sums may be reassociated (they only feed norms): that lets LLVM vectorize the float64 accumulation,
+# which it must otherwise run one element at a time (measured: 96 ms -> see docs/PERFORMANCE.md at 16M).
+_SUM_JIT = dict(_JIT, fastmath={"reassoc"})
 
 _CHUNK = """
 def {name}(p, g, {states}h64, c64, acc):
@@ -45,7 +48,17 @@ def chunk_template(k):
 
 SUMS = {}
 for _rule, (_sums, _k, _) in rules.TWO_PASS.items():
-    _chunk = generate(chunk_template(_k), _sums, f"{_sums}_chunk", globals(), njit(**_JIT))
+    _chunk = generate(chunk_template(_k), _sums, f"{_sums}_chunk", globals(), njit(**_SUM_JIT))
     for _suffix, _decorate in (("", njit(parallel=True, **_JIT)), ("_serial", njit(**_JIT))):
         SUMS[_rule + _suffix] = generate_source(_TABLE, f"{_sums}_table{_suffix}", dict(globals(), CHUNK=_chunk),
                                                 _decorate, **_table_fields(_sums))
+
+
+# The global gradient norm of timm Lamb's clip (fastlr.twopass.global_clip): kernels.cpu's table sum of
+# squares with reassociation allowed, so it vectorizes (a norm, as above).
+from .cpu import _TABLE_SUMSQ, _sumsq  # noqa: E402
+
+_sumsq_reassoc = _sumsq("sumsq_reassoc_serial", "range", njit(**_SUM_JIT))
+TABLE_SUMSQ = {suffix: generate_source(_TABLE_SUMSQ, f"table_sumsq_reassoc{suffix}",
+                                       dict(globals(), sumsq_serial=_sumsq_reassoc), decorate)
+               for suffix, decorate in (("", njit(parallel=True, **_JIT)), ("_serial", njit(**_JIT)))}

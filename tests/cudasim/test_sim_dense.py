@@ -13,7 +13,10 @@ from reference import REFERENCES, assert_close
 from sim_helpers import host
 
 # the first and the last of each algorithm's option grid: every option off, every option on
-DENSE = [(name, hp) for name, cases in CASES.items() for hp in (cases[0], cases[-1])]
+# (the algorithms of issue 14: the last, every option on, to keep the simulator session short)
+CLASSIC = ("SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion")
+DENSE = [(name, hp) for name, cases in CASES.items() for hp in ((cases[0], cases[-1]) if name in CLASSIC
+                                                                 else (cases[-1],))]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
