@@ -60,9 +60,10 @@ def finite(name, value):
         raise ValueError(f"{name}: expected a finite value, got {value!r}")
 
 
-def betas(name, value):
-    if not (isinstance(value, (tuple, list)) and len(value) == 2):
-        raise ValueError(f"{name}: expected a pair (beta1, beta2), got {value!r}")
+def betas(name, value, labels=("beta1", "beta2")):
+    if not (isinstance(value, (tuple, list)) and len(value) == len(labels)):
+        what = "a pair" if len(labels) == 2 else f"{len(labels)} betas"
+        raise ValueError(f"{name}: expected {what} ({', '.join(labels)}), got {value!r}")
     for i, b in enumerate(value):
         if not 0.0 <= _number(f"{name}[{i}]", b) < 1.0:
             raise ValueError(f"{name}[{i}]: expected a value in [0, 1), got {b!r}")
@@ -302,11 +303,7 @@ def step_sizes(name, value):
 
 
 def betas3(name, value):
-    if not (isinstance(value, (tuple, list)) and len(value) == 3):
-        raise ValueError(f"{name}: expected three betas (beta1, beta2, beta3), got {value!r}")
-    for i, b in enumerate(value):
-        if not 0.0 <= _number(f"{name}[{i}]", b) < 1.0:
-            raise ValueError(f"{name}[{i}]: expected a value in [0, 1), got {b!r}")
+    betas(name, value, ("beta1", "beta2", "beta3"))
 
 
 def no_caution(name, value):

@@ -166,3 +166,51 @@ def test_many_tensors_of_many_shapes_match_the_reference_implementation(name, hp
     for a, b, c in zip(ref, ours, arrays):
         assert_close(b.detach().numpy(), a.detach().numpy(), getattr(np, dtype))
         assert_close(c, a.detach().numpy(), getattr(np, dtype))
+
+
+BAD = {
+    "ASGD": ("lambd", -1.0, "lambd: expected a finite value >= 0"),
+    "Rprop": ("etas", (1.5, 0.5), "etas: expected 0 < etaminus < 1 < etaplus"),
+    "Adopt": ("clip_exp", float("nan"), "clip_exp: expected a real number"),
+    "Adan": ("betas", (0.9, 0.9), r"betas: expected 3 betas"),
+    "SGDScheduleFree": ("momentum", 1.0, r"momentum: expected a value in \(0, 1\)"),
+    "AdamWScheduleFree": ("warmup_steps", -1, "warmup_steps: expected a whole number"),
+    "RAdamScheduleFree": ("silent_sgd_phase", 1, "silent_sgd_phase: expected True or False"),
+    "Lamb": ("max_grad_norm", -1.0, "max_grad_norm: expected a finite value > 0"),
+    "Lars": ("trust_coeff", -1.0, "trust_coeff: expected a finite value >= 0"),
+    "Mars": ("mars_type", "sgd", "mars_type: expected one of"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_input_changes_nothing_group_schedules_included(name):
+    key, value, match = BAD[name]
+    with pytest.raises((ValueError, TypeError), match=match):
+        getattr(fastlr, name)(np.zeros((3, 4), np.float32), **{key: value})
+    if "caution" in SPECS[name].defaults:
+        with pytest.raises(ValueError, match="caution=True"):
+            getattr(fastlr, name)(np.zeros(3, np.float32), caution=True)
+    a, b = np.ones((3, 4), np.float32), np.ones(5, np.float32)
+    opt = optimizer(fastlr, name)([a, b])
+    for _ in range(2):
+        opt.step([np.full_like(a, 0.5), np.full_like(b, -0.5)])
+    before = copy.deepcopy((a, b, opt.state, [{k: v for k, v in g.items() if k != "params"}
+                                              for g in opt.param_groups]))
+
+    def unchanged(edited=()):
+        now = (a, b, opt.state, [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups])
+        np.testing.assert_array_equal(now[0], before[0])
+        np.testing.assert_array_equal(now[1], before[1])
+        for g_now, g_before in zip(now[3], before[3]):   # per-group schedules (k, weight_sum, step) kept
+            assert {k: v for k, v in g_now.items() if k not in edited} == \
+                {k: v for k, v in g_before.items() if k not in edited}
+        for i, st in before[2].items():
+            for k, v in st.items():
+                np.testing.assert_array_equal(now[2][i][k], v)
+    with pytest.raises(ValueError, match=r"grads\[1\]: expected shape"):
+        opt.step([np.ones_like(a), np.ones(6, np.float32)])
+    unchanged()
+    opt.param_groups[0][key] = value
+    with pytest.raises((ValueError, TypeError), match=match):
+        opt.step([np.ones_like(a), np.ones_like(b)])
+    unchanged(edited=(key,))
