@@ -424,7 +424,8 @@ def _make_init(spec):
     kw = ", ".join(f"{k}={v!r}" for k, v in {**_SWITCHES, **_OPTIONS}.items() if k not in spec.defaults)
     src = (f"def __init__(self, params, {spec.signature_text()}{', ' if spec.keyword_only else ', *, '}{kw}):\n"
            f"    _TorchOptimizer.__init__(self, params, dict({', '.join(f'{n}={n}' for n in names)}),\n"
-           f"        dict({', '.join(f'{n}={n}' for n in _SWITCHES)}), dict({', '.join(f'{n}={n}' for n in options)}))\n")
+           f"        dict({', '.join(f'{n}={n}' for n in _SWITCHES)}),\n"
+           f"        dict({', '.join(f'{n}={n}' for n in options)}))\n")
     namespace = {"_TorchOptimizer": _TorchOptimizer}
     exec(compile(src, f"<fastlr.torch {spec.name}.__init__>", "exec"), namespace)
     init = namespace["__init__"]

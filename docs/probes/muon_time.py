@@ -26,6 +26,20 @@ def median_s(f, repeat):
     return statistics.median(samples)
 
 
+def parts(param, repeat):
+    """Median seconds of fastlr's parts of one step: momentum kernel, Newton-Schulz (bf16), apply kernel,
+    Newton-Schulz in float32, on flat views as fastlr.muon.launch runs them."""
+    p, g = param.detach(), param.grad
+    buf, u, o = torch.zeros_like(p), torch.zeros_like(p), torch.empty_like(p)
+    flat = [x.reshape(-1).numpy() for x in (p, g, buf, u, o)]
+    h = rules.muon_scalars(1e-3, 0.1, 0.95, True)
+    coeffs = (3.4445, -4.775, 2.0315)
+    return (median_s(lambda: run("muon_momentum", flat[0], flat[1], flat[2:4], h, NO_CONDITIONING, False), repeat),
+            median_s(lambda: muon.newton_schulz(u, coeffs, 5, 1e-7, "bfloat16"), repeat),
+            median_s(lambda: run("muon_apply", flat[0], flat[4], [], h, NO_CONDITIONING, False), repeat),
+            median_s(lambda: muon.newton_schulz(u, coeffs, 5, 1e-7, "float32"), repeat))
+
+
 def main(repeat=7):
     print(f"{'shape':>12} {'torch ms':>9} {'fastlr ms':>9} {'ratio':>6} | fastlr parts, ms: momentum  NS(bf16)  "
           f"apply   NS(fp32)")
@@ -37,7 +51,6 @@ def main(repeat=7):
         opts = [torch.optim.Muon([ps[0]]), ft.Muon([ps[1]])]
         for o in opts:
             o.step()
-        t_torch = t_fast = 0.0
         times = {0: [], 1: []}
         for _ in range(repeat):
             for k, o in enumerate(opts):
@@ -45,18 +58,7 @@ def main(repeat=7):
                 o.step()
                 times[k].append(time.perf_counter() - t)
         t_torch, t_fast = (statistics.median(times[k]) for k in (0, 1))
-        # the parts, on flat views as fastlr.muon.launch runs them
-        p, g = ps[1].detach(), ps[1].grad
-        buf, u = torch.zeros_like(p), torch.zeros_like(p)
-        flat = [x.reshape(-1).numpy() for x in (p, g, buf, u)]
-        h = rules.muon_scalars(1e-3, 0.1, 0.95, True)
-        coeffs = (3.4445, -4.775, 2.0315)
-        t_mom = median_s(lambda: run("muon_momentum", flat[0], flat[1], flat[2:], h, NO_CONDITIONING, False), repeat)
-        t_ns = median_s(lambda: muon.newton_schulz(u, coeffs, 5, 1e-7, "bfloat16"), repeat)
-        t_ns32 = median_s(lambda: muon.newton_schulz(u, coeffs, 5, 1e-7, "float32"), repeat)
-        o = torch.empty_like(p)
-        t_apply = median_s(lambda: run("muon_apply", flat[0], o.reshape(-1).numpy(), [], h, NO_CONDITIONING, False),
-                           repeat)
+        t_mom, t_ns, t_apply, t_ns32 = parts(ps[1], repeat)
         print(f"{str(shape):>12} {t_torch * 1e3:9.2f} {t_fast * 1e3:9.2f} {t_torch / t_fast:6.2f} | "
               f"{t_mom * 1e3:17.3f} {t_ns * 1e3:9.2f} {t_apply * 1e3:7.3f} {t_ns32 * 1e3:9.2f}")
 
