@@ -20,7 +20,7 @@ import numpy as np
 
 from ._arrays import Buffer, full_like, library, scalar_like
 from ._launch import kernel_module
-from .kernels import _codegen
+from .kernels import _codegen, rules
 
 _ON_DEVICE = ("step", "lr")
 
@@ -33,7 +33,8 @@ def check_options(opt):
                              f"the host, a device sync that a CUDA graph cannot hold); use clip_value")
     if opt.skip_nonfinite:
         raise ValueError("skip_nonfinite: not available with capturable=True (a host-side decision)")
-    if opt.spec.group_updates or not opt.spec.lazy_rows:
+    if opt.spec.group_updates or not opt.spec.lazy_rows or any(
+            opt.spec.rule({**opt.spec.constants, **g}) in rules.TWO_PASS for g in opt.param_groups):
         raise ValueError(f"capturable: not available for {type(opt).__name__}: its per-group schedule or per-tensor "
                          f"norms are computed on the host, as its reference does")
     i = 0

@@ -34,7 +34,7 @@ from . import specs as _specs
 from ._arrays import Buffer, copy_into, describe_kind, full_like, kind_of, same_kind
 from ._launch import NO_CONDITIONING, SERIAL_BELOW, kernel_module
 from .kernels import _codegen, rules
-from .twopass import TWO_PASS, TwoPass, global_clip
+from .twopass import TWO_PASS, TwoPass, check_two_pass, global_clip
 
 __all__ = ["Engine", "Front", "Unit", "grad_conditioning", "NO_CONDITIONING", "plan_scalars", "register_unit"]
 
@@ -91,6 +91,7 @@ def plan_scalars(spec, group, pstate):
 def before_launch(engine, plans, c):
     """What algorithms beyond torch.optim's ten do once per step, after every check passed: advance the
     per-group state, and (timm's Lamb) clip by the global norm. Returns the conditioning."""
+    check_two_pass(plans)
     if engine.spec.group_updates:
         advance_groups(engine, plans)
     if engine.spec.global_clip:
@@ -206,8 +207,8 @@ class Engine:
         if c is None:
             return False
         c = tuple(map(float, c))
-        if self.spec.group_updates or self.spec.global_clip:   # issue 14: per-group schedules, timm Lamb's clip
-            c = before_launch(self, plans, c)
+        if self.spec.group_updates or self.spec.global_clip or any(p.rule in TWO_PASS for p in plans):
+            c = before_launch(self, plans, c)   # issue 14: per-tensor passes, per-group schedules, Lamb's clip
         for plan in plans:
             for unit in plan.units:
                 if plan.rule in TWO_PASS:   # per-tensor reductions first (fastlr.twopass)

@@ -15,6 +15,7 @@ from ._arrays import Buffer, same_kind
 from ._launch import run
 from .engine import NO_CONDITIONING, bind, plan_scalars
 from .streams import current_stream
+from .twopass import TWO_PASS, flat_first_pass
 
 __all__ = ["sgd_", "adagrad_", "rmsprop_", "adadelta_", "adam_", "adamw_", "adamax_", "nadam_", "radam_",
            "lion_", "asgd_", "rprop_", "adopt_", "adan_", "sgdschedulefree_", "adamwschedulefree_",
@@ -67,8 +68,11 @@ def _functional(spec):
         if spec.group_state:
             group = _advance_group(spec, group, step, hyperparameters)
         rule, h = plan_scalars(spec, group, pstate)
-        run(rule, pbuf.kernel_view(), gbuf.kernel_view(), [b.kernel_view() for b in sbufs],
-            h, NO_CONDITIONING, pbuf.on_cuda, current_stream(pbuf.obj) if pbuf.on_cuda else 0)
+        views = [pbuf.kernel_view(), gbuf.kernel_view(), *[b.kernel_view() for b in sbufs]]
+        stream = current_stream(pbuf.obj) if pbuf.on_cuda else 0
+        if rule in TWO_PASS:   # a per-tensor first pass (caution's mask mean)
+            h = flat_first_pass(rule, views, h, tuple(map(float, NO_CONDITIONING)), pbuf.on_cuda, stream, pbuf.shape)
+        run(rule, views[0], views[1], views[2:], h, NO_CONDITIONING, pbuf.on_cuda, stream)
         return {**pstate, **{n: group[n] for n in spec.group_state if n != "step"}}
 
     states_doc = ", ".join(n for n, _ in spec.states({**spec.constants, **spec.defaults}))

@@ -342,7 +342,8 @@ Rprop = Spec(
 Adopt = Spec(
     "Adopt", dict(lr=1e-3, betas=(0.9, 0.9999), eps=1e-6, clip_exp=0.333, weight_decay=0.0, decoupled=False,
                   corrected_weight_decay=False, caution=False, maximize=False),
-    ("caution", "maximize"), rule=lambda g: "adopt", states=lambda g: (("exp_avg", 0.0), ("exp_avg_sq", 0.0)),
+    ("caution", "maximize"), rule=lambda g: "adopt_cautious" if g["caution"] else "adopt", checks={"caution": flag},
+    states=lambda g: (("exp_avg", 0.0), ("exp_avg_sq", 0.0)),
     scalars="adopt_scalars", switches=("foreach", "capturable", "differentiable"),
     group_state={"max_lr_snapshot": lambda d: float(d["lr"])},
     reference="timm.optim.Adopt (timm 1.0.31)",
@@ -350,19 +351,22 @@ Adopt = Spec(
     math="first step: v <- g^2;  then m <- lerp(m, clamp(g / max(sqrt(v), eps), +-(t-1)^clip_exp), 1-b1);  "
          "p <- p - lr m;  v <- b2 v + (1-b2) g^2",
     test_grid=dict(weight_decay=[0, 0.01], decoupled=[False, True], maximize=[False, True], clip_exp=[0.333, None]),
-    test_extra=(dict(weight_decay=0.01, decoupled=True, corrected_weight_decay=True),), test_base=dict(lr=1e-2))
+    test_extra=(dict(weight_decay=0.01, decoupled=True, corrected_weight_decay=True),
+                dict(caution=True, weight_decay=0.01), dict(caution=True, maximize=True, clip_exp=None)),
+    test_base=dict(lr=1e-2))
 
 Adan = Spec(
     "Adan", dict(lr=1e-3, betas=(0.98, 0.92, 0.99), eps=1e-8, weight_decay=0.0, no_prox=False, caution=False),
-    (), rule=lambda g: "adan",
+    (), rule=lambda g: "adan_cautious" if g["caution"] else "adan",
     states=lambda g: (("exp_avg", 0.0), ("exp_avg_sq", 0.0), ("exp_avg_diff", 0.0), ("neg_pre_grad", 0.0)),
-    scalars="adan_scalars", param_step=False, switches=("foreach",), checks={"betas": betas3},
+    scalars="adan_scalars", param_step=False, switches=("foreach",), checks={"betas": betas3, "caution": flag},
     group_state={"step": 0}, group_updates={"step": "group_step_next"},
     reference="timm.optim.Adan (timm 1.0.31)",
     summary="Adan: Nesterov momentum from gradient differences, three moments, decoupled (proximal) decay.",
     math="x = g - g_prev;  m <- lerp(m, g, 1-b1);  d <- b2 d + (1-b2) x;  v <- b3 v + (1-b3)(g + b2 x)^2;  "
          "p <- p - lr (m/(1-b1^t) + b2 d/(1-b2^t)) / (sqrt(v / (1-b3^t)) + eps), decay / (1 + lr wd)",
-    test_grid=dict(weight_decay=[0, 0.02], no_prox=[False, True]), test_base=dict(lr=1e-2))
+    test_grid=dict(weight_decay=[0, 0.02], no_prox=[False, True]),
+    test_extra=(dict(caution=True), dict(caution=True, no_prox=True, weight_decay=0.02)), test_base=dict(lr=1e-2))
 
 
 def _momentum_open(name, value):

@@ -20,7 +20,19 @@ import numpy as np
 from ._launch import SERIAL_BELOW, kernel_module
 from .kernels import rules
 
-__all__ = ["TWO_PASS", "TwoPass", "first_pass", "global_clip"]
+__all__ = ["TWO_PASS", "TwoPass", "check_two_pass", "first_pass", "global_clip"]
+
+_FAMILIES = ("numpy", "torch-cpu", "cuda")   # the arrays first passes have kernels for
+
+
+def check_two_pass(plans):
+    """Raise, before anything changes, when a two-pass rule meets arrays its first pass cannot read."""
+    for plan in plans:
+        if plan.rule in TWO_PASS:
+            for unit in plan.units:
+                if unit.kind.family not in _FAMILIES:
+                    raise TypeError(f"{unit.column_name(0, 0)}: {unit.kind.dtype} params are not supported with "
+                                    f"these options (a per-tensor first pass, float32/float64 arrays only)")
 
 TWO_PASS = rules.TWO_PASS
 
@@ -52,18 +64,37 @@ def first_pass(unit, rule, htab, hidx, c):
     hidx = np.zeros(n, np.int64) if hidx is None else hidx
     if "adapt" in contract._fields and not htab[:, contract._fields.index("adapt")].any():
         return htab, hidx
-    family = unit.kind.family
-    if family in ("numpy", "torch-cpu"):
-        sums = _cpu_sums(unit, rule, htab, hidx, c, k)
-    elif family == "cuda":
+    if unit.kind.family == "cuda":
         sums = _cuda_sums(unit, rule, htab, hidx, c, k)
-    else:
-        raise TypeError(f"{unit.column_name(0, 0)}: {unit.kind.dtype} params are not supported by this algorithm "
-                        f"yet (its per-tensor norms run on float32/float64 arrays)")
+    else:   # numpy, torch-cpu (check_two_pass refused the others before anything changed)
+        sums = _cpu_sums(unit, rule, htab, hidx, c, k)
     fn = getattr(rules, host)
     rows = [tuple(fn(contract(*htab[hidx[t]]), tuple(sums[t]), tuple(unit.given[0][t].shape)))
             for t in range(n)]
     return np.array(rows, np.float64), np.arange(n, dtype=np.int64)
+
+
+def flat_first_pass(rule, views, h, c, on_cuda, stream, shape):
+    """This step's scalars of one array (the functional API): the first pass over flat kernel views."""
+    sums_rule, k, host = TWO_PASS[rule]
+    contract = rules.RULE_SCALARS[rule]
+    if on_cuda:
+        from numba import cuda as nbcuda
+        out = nbcuda.to_device(np.zeros(k, np.float64), stream=stream)
+        blocks, threads = kernel_module("cuda").launch_config(views[0].size)
+        kernel_module("twopass_cuda").SUMS[rule][blocks, threads, stream](*views, tuple(h), out, c)
+        sums = out.copy_to_host(stream=stream)
+    else:
+        from .engine import CHUNK, parallel_guard
+        ptrs = np.array([[v.ctypes.data for v in views]], np.int64)
+        work = kernel_module("cpu").make_work(np.array([views[0].size], np.int64), CHUNK)
+        out = np.zeros((work.shape[0], k), np.float64)
+        serial = views[0].size < SERIAL_BELOW
+        with parallel_guard(serial):
+            kernel_module("twopass_cpu").SUMS[rule + ("_serial" if serial else "")](
+                ptrs, work, np.zeros(1, np.int64), np.array([h], np.float64), c, views[0][:0], out)
+        sums = out.sum(axis=0)
+    return tuple(getattr(rules, host)(contract(*h), tuple(sums), tuple(shape)))
 
 
 def _cpu_sums(unit, rule, htab, hidx, c, k):

@@ -347,9 +347,9 @@ def lion_scalars(lr, betas, weight_decay, maximize):
 ASGDScalars = namedtuple("ASGDScalars", "sign wd decay eta mu")
 RpropScalars = namedtuple("RpropScalars", "sign etaminus etaplus step_size_min step_size_max")
 AdoptScalars = namedtuple("AdoptScalars", "sign wd first wd_step lr one_minus_beta1 beta2 one_minus_beta2 eps "
-                                          "clip clip_val")
+                                          "clip clip_val caution caution_scale")
 AdanScalars = namedtuple("AdanScalars", "sign first one_minus_beta1 beta2 one_minus_beta2 beta3 one_minus_beta3 "
-                                        "bc3_sqrt eps step_size step_size_diff no_prox decay")
+                                        "bc3_sqrt eps step_size step_size_diff no_prox decay caution caution_scale")
 ScheduleFreeScalars = namedtuple("ScheduleFreeScalars", "wd beta2 one_minus_beta2 bias_correction2 eps adaptive "
                                                         "ckp1 y_lr lr")
 LerpScalars = namedtuple("LerpScalars", "weight")
@@ -440,13 +440,9 @@ def rprop_scalars(etas, step_sizes, maximize):
 
 
 # ---------------------------------------------------------------- Adopt (timm.optim.Adopt)
-def adopt(p, g, m, v, h):
-    """First step: v <- g^2 only. Then p <- p - wd_step p (decoupled); n = clamp(g / max(sqrt(v), eps), +-clip);
-    m <- lerp(m, n, 1-b1); p <- p - lr m; v <- b2 v + (1-b2) g^2."""
-    sign, wd, first, wd_step, lr, one_minus_beta1, beta2, one_minus_beta2, eps, clip, clip_val = h
+def _adopt_moment(p, g, m, v, sign, wd, wd_step, one_minus_beta1, eps, clip, clip_val):
+    """(p after decoupled decay, g with coupled decay, the new m) of a step after the first."""
     g = _grad(p, g, sign, wd)
-    if first != 0:
-        return p, m, v + g * g
     if wd_step != 0:
         p = p + wd_step * p
     denom = math.sqrt(v)
@@ -455,13 +451,61 @@ def adopt(p, g, m, v, h):
     n = g / denom
     if clip != 0:
         n = _clamp(n, -clip_val, clip_val)
-    m = _lerp(m, n, one_minus_beta1)
-    p = p + (-lr) * m
+    return p, g, _lerp(m, n, one_minus_beta1)
+
+
+def _cautious(m, g, caution, caution_scale):
+    """Cautious optimizers (Liang et al. 2024, as timm): m where m g > 0, else 0, over the tensor's mean of that
+    mask (at least 1e-3; 1 without caution)."""
+    if caution == 0:
+        return m
+    if m * g > 0:
+        return m * (1 / caution_scale)
+    return m * 0
+
+
+def _agrees(m, g):
+    return 1.0 if m * g > 0 else 0.0
+
+
+def adopt(p, g, m, v, h):
+    """First step: v <- g^2 only. Then p <- p - wd_step p (decoupled); n = clamp(g / max(sqrt(v), eps), +-clip);
+    m <- lerp(m, n, 1-b1); p <- p - lr m (cautious: masked); v <- b2 v + (1-b2) g^2."""
+    (sign, wd, first, wd_step, lr, one_minus_beta1, beta2, one_minus_beta2, eps, clip, clip_val, caution,
+     caution_scale) = h
+    if first != 0:
+        g = _grad(p, g, sign, wd)
+        return p, m, v + g * g
+    p, g, m = _adopt_moment(p, g, m, v, sign, wd, wd_step, one_minus_beta1, eps, clip, clip_val)
+    p = p + (-lr) * _cautious(m, g, caution, caution_scale)
     return p, m, _ewma_sq(v, g, beta2, one_minus_beta2)
 
 
+def adopt_cautious(p, g, m, v, h):
+    """adopt with caution=True: the second pass (the mask's mean comes from adopt_cautious_sums)."""
+    return adopt(p, g, m, v, h)
+
+
+def adopt_cautious_sums(p, g, m, v, h):
+    """First pass of caution: how many elements have m_new g > 0 (none counted at the first step)."""
+    (sign, wd, first, wd_step, lr, one_minus_beta1, beta2, one_minus_beta2, eps, clip, clip_val, caution,
+     caution_scale) = h
+    if first != 0:
+        return (0.0,)
+    p, g, m = _adopt_moment(p, g, m, v, sign, wd, wd_step, one_minus_beta1, eps, clip, clip_val)
+    return (_agrees(m, g),)
+
+
+def caution_mean(h, sums, shape):
+    """The tensor's mean of the caution mask, at least 1e-3 (timm: mask.mean().clamp_(min=1e-3))."""
+    numel = 1
+    for n in shape:
+        numel *= n
+    return h._replace(caution_scale=max(sums[0] / max(numel, 1), 1e-3))
+
+
 def adopt_scalars(step, lr, betas, eps, clip_exp, weight_decay, decoupled, corrected_weight_decay, max_lr_snapshot,
-                  maximize):
+                  caution, maximize):
     beta1, beta2 = betas
     wd_step = 0.0
     if weight_decay != 0 and decoupled:
@@ -470,44 +514,61 @@ def adopt_scalars(step, lr, betas, eps, clip_exp, weight_decay, decoupled, corre
     clip = clip_exp is not None
     clip_val = (step - 1) ** clip_exp if clip else 0.0
     return AdoptScalars(-1.0 if maximize else 1.0, 0.0 if decoupled else weight_decay, 1.0 if step == 1 else 0.0,
-                        wd_step, lr, 1 - beta1, beta2, 1 - beta2, eps, 1.0 if clip else 0.0, clip_val)
+                        wd_step, lr, 1 - beta1, beta2, 1 - beta2, eps, 1.0 if clip else 0.0, clip_val,
+                        1.0 if caution else 0.0, 1.0)
 
 
 # ---------------------------------------------------------------- Adan (timm.optim.Adan)
-def adan(p, g, m, v, d, neg_pre, h):
-    """x = g - g_prev (0 at the first step); m <- lerp(m, g, 1-b1); d <- b2 d + (1-b2) x;
-    n = g + b2 x; v <- b3 v + (1-b3) n^2; p <- p - (s m + s_d d) / (sqrt(v)/sqrt(1-b3^t) + eps), with the
-    decoupled decay (1 - lr wd) before (no_prox) or / (1 + lr wd) after; neg_pre <- -g."""
-    (sign, first, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3, bc3_sqrt, eps, step_size,
-     step_size_diff, no_prox, decay) = h
-    g = g * sign
+def _adan_moments(g, m, v, d, neg_pre, first, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3):
     if first != 0:
         neg_pre = -g
     x = neg_pre + g
     m = _lerp(m, g, one_minus_beta1)
     d = d * beta2 + one_minus_beta2 * x
     n = x * beta2 + g
-    v = _ewma_sq(v, n, beta3, one_minus_beta3)
+    return m, _ewma_sq(v, n, beta3, one_minus_beta3), d
+
+
+def adan(p, g, m, v, d, neg_pre, h):
+    """x = g - g_prev (0 at the first step); m <- lerp(m, g, 1-b1); d <- b2 d + (1-b2) x;
+    n = g + b2 x; v <- b3 v + (1-b3) n^2; p <- p - (s m + s_d d) / (sqrt(v)/sqrt(1-b3^t) + eps), with the
+    decoupled decay (1 - lr wd) before (no_prox) or / (1 + lr wd) after (cautious: m masked); neg_pre <- -g."""
+    (sign, first, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3, bc3_sqrt, eps, step_size,
+     step_size_diff, no_prox, decay, caution, caution_scale) = h
+    g = g * sign
+    m, v, d = _adan_moments(g, m, v, d, neg_pre, first, one_minus_beta1, beta2, one_minus_beta2, beta3,
+                            one_minus_beta3)
     denom = math.sqrt(v) / bc3_sqrt + eps
+    mm = _cautious(m, g, caution, caution_scale)
     if no_prox != 0:
         p = p * decay
-        p = p - step_size * (m / denom)
+        p = p - step_size * (mm / denom)
         p = p - step_size_diff * (d / denom)
     else:
-        p = p - step_size * (m / denom)
+        p = p - step_size * (mm / denom)
         p = p - step_size_diff * (d / denom)
         p = p / decay
     return p, m, v, d, -g
 
 
-def adan_scalars(step, group_step, lr, betas, eps, weight_decay, no_prox):
+def adan_cautious(p, g, m, v, d, neg_pre, h):
+    return adan(p, g, m, v, d, neg_pre, h)
+
+
+def adan_cautious_sums(p, g, m, v, d, neg_pre, h):
+    """First pass of caution: how many elements have m_new g > 0."""
+    one_minus_beta1 = h[2]
+    return (_agrees(_lerp(m, g * h[0], one_minus_beta1), g * h[0]),)
+
+
+def adan_scalars(step, group_step, lr, betas, eps, weight_decay, no_prox, caution):
     """group_step: the group's step count (timm keeps one per group); step == 1: the param's state is new."""
     beta1, beta2, beta3 = betas
     t = group_step
     decay = 1 - lr * weight_decay if no_prox else 1 + lr * weight_decay
     return AdanScalars(1.0, 1.0 if (t == 1 or step == 1) else 0.0, 1 - beta1, beta2,
                        1 - beta2, beta3, 1 - beta3, math.sqrt(1 - beta3 ** t), eps, lr / (1 - beta1 ** t),
-                       lr * beta2 / (1 - beta2 ** t), 1.0 if no_prox else 0.0, decay)
+                       lr * beta2 / (1 - beta2 ** t), 1.0 if no_prox else 0.0, decay, 1.0 if caution else 0.0, 1.0)
 
 
 def group_step_next(step):
@@ -827,11 +888,14 @@ def muon_scalars(lr, weight_decay, momentum, nesterov):
 
 # two-pass rule -> (first-pass rule, how many values it sums, host function of the sums)
 TWO_PASS = {"lamb": ("lamb_sums", 2, "lamb_trust"), "lars": ("lars_sums", 2, "lars_trust"),
-            "lars_momentum": ("lars_momentum_sums", 2, "lars_trust"), "mars": ("mars_sums", 1, "mars_clip")}
+            "lars_momentum": ("lars_momentum_sums", 2, "lars_trust"), "mars": ("mars_sums", 1, "mars_clip"),
+            "adopt_cautious": ("adopt_cautious_sums", 1, "caution_mean"),
+            "adan_cautious": ("adan_cautious_sums", 1, "caution_mean")}
 
 
 ELEMENT_RULES.update({
     "asgd": ASGDScalars, "rprop": RpropScalars, "adopt": AdoptScalars, "adan": AdanScalars,
+    "adopt_cautious": AdoptScalars, "adan_cautious": AdanScalars,
     "schedulefree_sgd": ScheduleFreeScalars, "schedulefree_adam": ScheduleFreeScalars,
     "schedulefree_lerp": LerpScalars, "lamb": LambScalars, "lars": LarsScalars, "lars_momentum": LarsScalars,
     "mars": MarsScalars, "muon_momentum": MuonScalars, "muon_apply": MuonScalars,
@@ -983,6 +1047,7 @@ def rowwise_adagrad_scalars(lr, eps, weight_decay, maximize):
 
 
 # Every rule that takes per-step scalars -> its contract (the element rules and the row-wise parts).
-RULE_SCALARS = {**ELEMENT_RULES, "lamb_sums": LambScalars, "lars_sums": LarsScalars, "lars_momentum_sums": LarsScalars,
+RULE_SCALARS = {**ELEMENT_RULES, "adopt_cautious_sums": AdoptScalars, "adan_cautious_sums": AdanScalars,
+                "lamb_sums": LambScalars, "lars_sums": LarsScalars, "lars_momentum_sums": LarsScalars,
                 "mars_sums": MarsScalars, "rowwise_adagrad_grad": RowWiseAdagradScalars,
                 "rowwise_adagrad_update": RowWiseAdagradScalars}

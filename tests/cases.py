@@ -1,5 +1,6 @@
 """Every algorithm x every option combination the tests sweep (torch.optim argument names),
 derived from the registry: ``fastlr.specs.SPECS[name].test_cases()``."""
+from fastlr.kernels.rules import TWO_PASS
 from fastlr.specs import SPECS
 
 # (Muon takes 2-D params only: tests/test_muon.py)
@@ -25,3 +26,11 @@ def optimizer(module, name):
         opt.train()
         return opt
     return make
+
+
+def whole_step_only(name, hp):
+    """Whether these options need the whole tensor or model at every step (per-tensor passes, per-group
+    schedules): then there are no lazy row updates (step_rows) and no capturable steps."""
+    spec = SPECS[name]
+    group = {**spec.constants, **spec.defaults, **spec.group_defaults(spec.defaults), **hp}
+    return bool(spec.group_updates) or not spec.lazy_rows or spec.rule(group) in TWO_PASS

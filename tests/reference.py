@@ -195,6 +195,12 @@ def rprop(p, g, state, t, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), maxim
     prev[...] = g
 
 
+def _cautious(m, g):
+    """Cautious optimizers (Liang et al. 2024): m where it agrees in sign with g, rescaled by the mask's mean."""
+    mask = (m * g > 0).astype(np.float64)
+    return m * mask / max(mask.mean(), 1e-3)
+
+
 def adopt(p, g, state, t, lr=1e-3, betas=(0.9, 0.9999), eps=1e-6, clip_exp=0.333, weight_decay=0.0,
           decoupled=False, corrected_weight_decay=False, caution=False, maximize=False):
     """Taniguchi et al. 2024 as timm writes it: v from the previous step normalizes g, first step only fills v."""
@@ -210,7 +216,7 @@ def adopt(p, g, state, t, lr=1e-3, betas=(0.9, 0.9999), eps=1e-6, clip_exp=0.333
     if clip_exp is not None:
         n = np.clip(n, -(t - 1) ** clip_exp, (t - 1) ** clip_exp)
     m += (1 - betas[0]) * (n - m)
-    p -= lr * m
+    p -= lr * (_cautious(m, g) if caution else m)
     v *= betas[1]
     v += (1 - betas[1]) * g * g
 
@@ -227,7 +233,7 @@ def adan(p, g, state, t, lr=1e-3, betas=(0.98, 0.92, 0.99), eps=1e-8, weight_dec
     v *= b3
     v += (1 - b3) * (g + b2 * x) ** 2
     denom = np.sqrt(v / (1 - b3 ** t)) + eps
-    step = lr * (m / (1 - b1 ** t) + b2 * d / (1 - b2 ** t)) / denom
+    step = lr * ((_cautious(m, g) if caution else m) / (1 - b1 ** t) + b2 * d / (1 - b2 ** t)) / denom
     if no_prox:
         p *= 1 - lr * weight_decay
         p -= step

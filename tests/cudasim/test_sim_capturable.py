@@ -6,9 +6,8 @@ import pytest
 from numba import cuda
 
 import fastlr
-from cases import CASES, case_id, optimizer
+from cases import CASES, case_id, optimizer, whole_step_only
 from conftest import make_data
-from fastlr.specs import SPECS
 from reference import REFERENCES, assert_close
 from sim_helpers import host
 
@@ -18,8 +17,9 @@ CLASSIC = ("SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "
 # for the last (every option on) case of each algorithm
 # (per-group schedules, schedule-free and Adan, are kept on the host: capturable refused, see REFUSED; the
 # algorithms of issue 14 run their first and last case only, to keep the simulator session short)
-CAPTURABLE = {name: cases if name in CLASSIC else [cases[0], cases[-1]] for name, cases in CASES.items()
-              if SPECS[name].lazy_rows and not SPECS[name].group_updates}
+CAPTURABLE = {name: [hp for hp in (cases if name in CLASSIC else [cases[0], cases[-1]])
+                     if not whole_step_only(name, hp)] for name, cases in CASES.items()
+              if not whole_step_only(name, {})}
 RUNS = [(name, hp, np.float32, 3) for name, cases in CAPTURABLE.items() for hp in cases] + \
        [(name, cases[-1], np.float64, 7) for name, cases in CAPTURABLE.items()]
 
