@@ -14,6 +14,7 @@ from .optim import (
     ASGD,
     SGD,
     Adadelta,
+    Adafactor,
     Adagrad,
     Adam,
     Adamax,
@@ -43,6 +44,6 @@ __version__ = "0.1.0"
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam",
            "RAdam", "Lion", "ASGD", "Rprop", "Adopt", "Adan", "SGDScheduleFree", "AdamWScheduleFree",
-           "RAdamScheduleFree", "Lamb", "Lars", "Mars", "Muon",
+           "RAdamScheduleFree", "Lamb", "Lars", "Mars", "Muon", "Adafactor",
            "RowWiseAdagrad", "functional", "schedules", "pack", "pack_like", "warmup",
            "ReduceLROnPlateau", "lr_find", "LRFindResult"]

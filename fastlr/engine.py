@@ -92,6 +92,10 @@ def before_launch(engine, plans, c):
     """What algorithms beyond torch.optim's ten do once per step, after every check passed: advance the
     per-group state, and (timm's Lamb) clip by the global norm. Returns the conditioning."""
     check_two_pass(plans)
+    if engine.spec.prepare_unit is not None:   # e.g. Adafactor's factored states, made or checked
+        for plan in plans:
+            for unit in plan.units:
+                engine.spec.prepare_unit(unit)
     if engine.spec.group_updates:
         advance_groups(engine, plans)
     if engine.spec.global_clip:
@@ -207,7 +211,8 @@ class Engine:
         if c is None:
             return False
         c = tuple(map(float, c))
-        if self.spec.group_updates or self.spec.global_clip or any(p.rule in TWO_PASS for p in plans):
+        if self.spec.group_updates or self.spec.global_clip or self.spec.prepare_unit or \
+                any(p.rule in TWO_PASS for p in plans):
             c = before_launch(self, plans, c)   # issue 14: per-tensor passes, per-group schedules, Lamb's clip
         for plan in plans:
             for unit in plan.units:

@@ -6,7 +6,7 @@ Per matrix and step (the engine validates, creates ``momentum_buffer``, conditio
     matmuls   newton_schulz(u)      O = ns_steps quintic iterations on u / ||u||, through the array library:
                                     torch (bfloat16 by default, as torch.optim.Muon; ns_dtype="float32" as an
                                     option), NumPy or CuPy in float32 where torch is not installed
-    kernel 2  rules.muon_apply      p <- p (1 - lr wd) - lr_adjusted O
+    kernel 2  rules.decay_apply     p <- p (1 - lr wd) - lr_adjusted O
 
 The element work is two fused kernels (momentum and update in one pass, decay and apply in another); the
 time goes to the matmuls (docs/PERFORMANCE.md, "New algorithms"). NumPy params run their matmuls through
@@ -120,6 +120,6 @@ def launch(engine, plan, unit, c):
         run("muon_momentum", bp.kernel_view(), bg.kernel_view(), [bb.kernel_view(), bu.kernel_view()], h, c,
             on_cuda, stream)
         o = _orthogonalize(u, group, getattr(opt, "ns_dtype", "bfloat16"))
-        ho = h._replace(lr=adjusted_lr(group["lr"], group["adjust_lr_fn"], tuple(p.shape)))
-        run("muon_apply", bp.kernel_view(), Buffer("O", o, writeable=False).kernel_view(), [], ho,
+        ho = rules.DecayApplyScalars(h.decay, adjusted_lr(group["lr"], group["adjust_lr_fn"], tuple(p.shape)))
+        run("decay_apply", bp.kernel_view(), Buffer("O", o, writeable=False).kernel_view(), [], ho,
             NO_CONDITIONING, on_cuda, stream)

@@ -20,7 +20,8 @@ from .kernels import rules  # noqa: F401  (re-exported for scripts that bind rul
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax",
            "NAdam", "RAdam", "Lion", "ASGD", "Rprop", "Adopt", "Adan", "SGDScheduleFree", "AdamWScheduleFree",
-           "RAdamScheduleFree", "Lamb", "Lars", "Mars", "Muon"]
+           "RAdamScheduleFree", "Lamb", "Lars", "Mars", "Muon",
+           "Adafactor"]
 
 _ARRAY_TYPES = {np.ndarray, type(None)}
 _OPTIONS = dict(max_grad_norm=None, clip_value=None, grad_scale=None, skip_nonfinite=False, capturable=False)
@@ -296,6 +297,8 @@ class Optimizer:
             if missing:
                 raise ValueError(f"{where} lacks {missing} (expected by {name} with these options)")
             loaded[i] = self._checked_param_state(where, saved, expected, arrays[i])
+            if self.spec.aux_states is not None:   # states not shaped like the param (Adafactor)
+                loaded[i].update(_checked_aux_states(where, saved, self.spec.aux_states, arrays[i]))
         return new_groups, loaded, _step_count(sd.get("step_count", self._step_count))
 
     def _checked_param_state(self, where, saved, expected, param):
@@ -394,6 +397,23 @@ def _span(p):
     return (iface["data"][0], iface["data"][0] + n * int(iface["typestr"][2:])) if n else None
 
 
+def _checked_aux_states(where, saved, aux_states, param):
+    """Copies of the saved states that are not shaped like their param, checked against the shapes expected."""
+    out = {}
+    for n, shape in aux_states(tuple(param.shape)):
+        if n not in saved:
+            continue
+        host = to_numpy(saved[n]) if library(saved[n]) is not None else None
+        if host is None or host.shape != tuple(shape):
+            raise ValueError(f"{where}[{n!r}]: expected an array of shape {tuple(shape)}, got "
+                             f"{getattr(saved[n], 'shape', type(saved[n]).__name__)}")
+        _check_state_values(f"{where}[{n!r}]", n, host)
+        arr = full_like(param, 0.0, tuple(shape))
+        copy_into(arr, host.astype(arr.dtype if library(param) == "numpy" else host.dtype))
+        out[n] = arr
+    return out
+
+
 def _step_value(where, value):
     """A saved step count: a non-negative whole number (int, integral float, or one-element array)."""
     value = host_scalar(value) if library(value) is not None else value
@@ -413,7 +433,8 @@ def _step_count(value):
 
 
 # States whose values must be >= 0 (sums of squares, second moments, infinity norms).
-_NON_NEGATIVE = {"sum", "square_avg", "acc_delta", "exp_avg_sq", "max_exp_avg_sq", "exp_inf"}
+_NON_NEGATIVE = {"sum", "square_avg", "acc_delta", "exp_avg_sq", "max_exp_avg_sq", "exp_inf", "row_var", "col_var",
+                 "variance"}
 
 
 def _check_state_values(where, name, host):
@@ -542,3 +563,7 @@ class _Muon(Optimizer, spec=_specs.Muon):
 
 class Muon(MuonSteps, _Muon):
     """Muon (torch.optim.Muon): 2-D params; Newton-Schulz in bfloat16 through torch (ns_dtype="float32": float32)."""
+
+
+class Adafactor(Optimizer, spec=_specs.Adafactor):
+    """Adafactor (torch.optim.Adafactor): factored second moments; its row/column reductions run as torch ops."""

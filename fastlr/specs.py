@@ -146,6 +146,8 @@ class Spec:
     launch: Callable = None      # replaces the engine's per-unit launch (Muon: kernels around matmuls)
     matrix_only: bool = False    # 2-D params only (Muon): the registry-driven tests on vectors leave it out
     int_step: bool = False       # fastlr.torch keeps state["step"] as a Python int (timm's Mars)
+    aux_states: Callable = None  # param shape -> ((name, shape), ...): states not shaped like the param (Adafactor)
+    prepare_unit: Callable = None  # unit -> None, on every unit before any launch (makes/checks aux states)
 
     def group_defaults(self, defaults):
         """The group_state entries a new optimizer adds to its defaults (a callable gets the defaults)."""
@@ -480,6 +482,53 @@ Mars = Spec(
     test_grid=dict(mars_type=["adamw", "lion"], weight_decay=[0.0, 0.01], optimize_1d=[False, True]),
     test_extra=(dict(betas_1d=(0.8, 0.95), lr_1d_factor=0.5),))
 
+def _adafactor_launch(engine, plan, unit, c):
+    from . import adafactor
+    adafactor.launch(engine, plan, unit, c)
+
+
+def _adafactor_prepare(unit):
+    from . import adafactor
+    adafactor.check_states(unit)
+
+
+def _adafactor_aux(shape):
+    from . import adafactor
+    return adafactor.aux_states(shape)
+
+
+def _adafactor_eps(name, value):
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        raise ValueError(f"{name}: expected a pair (eps1 or None, eps2), got {value!r}")
+    if value[0] is not None:
+        non_negative(f"{name}[0]", value[0])
+    non_negative(f"{name}[1]", value[1])
+
+
+def _at_most_zero(name, value):
+    if not _number(name, value) <= 0:
+        raise ValueError(f"{name}: expected a value <= 0, got {value!r}")
+
+
+def _at_least_one(name, value):
+    if not 1.0 <= _number(name, value) < math.inf:
+        raise ValueError(f"{name}: expected a finite value >= 1, got {value!r}")
+
+
+Adafactor = Spec(
+    "Adafactor", dict(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, maximize=False),
+    ("maximize",), rule=lambda g: "decay_apply", states=lambda g: (), scalars="adafactor_scalars",
+    half_params=False, lazy_rows=False, launch=_adafactor_launch, aux_states=_adafactor_aux,
+    prepare_unit=_adafactor_prepare,
+    checks={"eps": _adafactor_eps, "beta2_decay": _at_most_zero, "d": _at_least_one},
+    reference="torch.optim.Adafactor",
+    summary="Adafactor (Shazeer and Stern 2018, as torch): factored second moments of matrices, relative step size.",
+    math="R, C <- EMAs of the row and column means of g^2;  u = g / sqrt(max(R C / mean(R), eps1^2));  "
+         "p <- p (1 - lr wd) - max(eps2, RMS(p)) min(lr, 1/sqrt(t)) u / max(1, RMS(u) / d)",
+    test_grid=dict(weight_decay=[0.0, 0.1], maximize=[False, True]),
+    test_extra=(dict(beta2_decay=-0.5, eps=(1e-30, 1e-3), d=1.5, lr=0.05),))
+
+
 def _muon_launch(engine, plan, unit, c):
     from . import muon
     muon.launch(engine, plan, unit, c)
@@ -513,4 +562,4 @@ Muon = Spec(
 
 SPECS = {s.name: s for s in (SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW, Adamax, NAdam, RAdam, Lion,
                              ASGD, Rprop, Adopt, Adan, SGDScheduleFree, AdamWScheduleFree, RAdamScheduleFree,
-                             Lamb, Lars, Mars, Muon)}
+                             Lamb, Lars, Mars, Muon, Adafactor)}

@@ -40,7 +40,7 @@ from .schedulefree import ScheduleFree
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "ASGD",
            "Rprop", "Adopt", "Adan", "SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree",
-           "Lamb", "Lars", "Mars", "Muon"]
+           "Lamb", "Lars", "Mars", "Muon", "Adafactor"]
 
 _HALF = (torch.bfloat16, torch.float16)
 _OPTIONS = dict(max_grad_norm=None, clip_value=None, grad_scale=None, skip_nonfinite=False, master_weights=False,
@@ -521,3 +521,7 @@ class _Muon(_TorchOptimizer, spec=_specs.Muon):
 
 class Muon(MuonSteps, _Muon):
     """Muon (torch.optim.Muon): 2-D params; Newton-Schulz in bfloat16 (ns_dtype="float32": float32)."""
+
+
+class Adafactor(_TorchOptimizer, spec=_specs.Adafactor):
+    pass

@@ -861,7 +861,7 @@ def mars_clip(h, sums, shape):
 
 # ---------------------------------------------------------------- Muon (torch.optim.Muon): the element parts
 # Between the two kernels, Newton-Schulz orthogonalizes the update matrix u through the array library's matmul
-# (fastlr/muon.py); the momentum kernel writes u, the apply kernel reads the orthogonalized O in g's place.
+# (fastlr/muon.py); the momentum kernel writes u, decay_apply reads the orthogonalized O in g's place.
 MuonScalars = namedtuple("MuonScalars", "beta one_minus_beta nesterov decay lr")
 
 
@@ -874,11 +874,19 @@ def muon_momentum(p, g, buf, u, h):
     return p, buf, buf
 
 
-def muon_apply(p, g, h):
-    """p <- p (1 - lr wd) - lr_adjusted O  (O, the orthogonalized update, passed as g)."""
-    beta, one_minus_beta, nesterov, decay, lr = h
+DecayApplyScalars = namedtuple("DecayApplyScalars", "decay lr")
+
+
+def decay_apply(p, g, h):
+    """p <- p decay - lr u, the update u computed outside the kernel (Muon's O, Adafactor's u) passed as g."""
+    decay, lr = h
     p = p * decay
     return (p + (-lr) * g,)
+
+
+def adafactor_scalars(lr, weight_decay):
+    """Adafactor's per-tensor step size needs its norms: fastlr/adafactor.py computes it (and these)."""
+    return DecayApplyScalars(1.0 - lr * weight_decay, lr)
 
 
 def muon_scalars(lr, weight_decay, momentum, nesterov):
@@ -898,7 +906,7 @@ ELEMENT_RULES.update({
     "adopt_cautious": AdoptScalars, "adan_cautious": AdanScalars,
     "schedulefree_sgd": ScheduleFreeScalars, "schedulefree_adam": ScheduleFreeScalars,
     "schedulefree_lerp": LerpScalars, "lamb": LambScalars, "lars": LarsScalars, "lars_momentum": LarsScalars,
-    "mars": MarsScalars, "muon_momentum": MuonScalars, "muon_apply": MuonScalars,
+    "mars": MarsScalars, "muon_momentum": MuonScalars, "decay_apply": DecayApplyScalars,
 })
 
 

@@ -11,7 +11,7 @@ from fastlr.specs import SPECS
 CLASSES = [getattr(optim, n) for n in optim.__all__ if n != "Optimizer" and not SPECS[n].matrix_only]
 # per-tensor norms (Lamb, Lars, Mars) make many arrays differ from one flat buffer by design
 ELEMENTWISE = [c for c in CLASSES if c.spec.rule({**c.spec.defaults, **c.spec.group_defaults(c.spec.defaults)})
-               not in TWO_PASS]
+               not in TWO_PASS and c.spec.launch is None]   # (Adafactor: per-tensor RMS too)
 
 
 def _run(cls, shapes, dtype, steps=3, seed=0):

@@ -36,7 +36,8 @@ def parts(param, repeat):
     coeffs = (3.4445, -4.775, 2.0315)
     return (median_s(lambda: run("muon_momentum", flat[0], flat[1], flat[2:4], h, NO_CONDITIONING, False), repeat),
             median_s(lambda: muon.newton_schulz(u, coeffs, 5, 1e-7, "bfloat16"), repeat),
-            median_s(lambda: run("muon_apply", flat[0], flat[4], [], h, NO_CONDITIONING, False), repeat),
+            median_s(lambda: run("decay_apply", flat[0], flat[4], [], rules.DecayApplyScalars(h.decay, h.lr),
+                                 NO_CONDITIONING, False), repeat),
             median_s(lambda: muon.newton_schulz(u, coeffs, 5, 1e-7, "float32"), repeat))
 
 
