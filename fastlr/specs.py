@@ -60,13 +60,22 @@ def finite(name, value):
         raise ValueError(f"{name}: expected a finite value, got {value!r}")
 
 
-def betas(name, value, labels=("beta1", "beta2")):
+def tuple_of(name, value, labels, each):
+    """A tuple or list of len(labels) values, each checked by ``each(f"{name}[i]", v)``."""
     if not (isinstance(value, (tuple, list)) and len(value) == len(labels)):
-        what = "a pair" if len(labels) == 2 else f"{len(labels)} betas"
+        what = "a pair" if len(labels) == 2 else f"{len(labels)} values"
         raise ValueError(f"{name}: expected {what} ({', '.join(labels)}), got {value!r}")
-    for i, b in enumerate(value):
-        if not 0.0 <= _number(f"{name}[{i}]", b) < 1.0:
-            raise ValueError(f"{name}[{i}]: expected a value in [0, 1), got {b!r}")
+    for i, v in enumerate(value):
+        each(f"{name}[{i}]", v)
+
+
+def _beta(name, value):
+    if not 0.0 <= _number(name, value) < 1.0:
+        raise ValueError(f"{name}: expected a value in [0, 1), got {value!r}")
+
+
+def betas(name, value, labels=("beta1", "beta2")):
+    tuple_of(name, value, labels, _beta)
 
 
 def flag(name, value):
@@ -298,10 +307,7 @@ def etas(name, value):
 
 
 def step_sizes(name, value):
-    if not (isinstance(value, (tuple, list)) and len(value) == 2):
-        raise ValueError(f"{name}: expected a pair (min, max), got {value!r}")
-    for i, v in enumerate(value):
-        non_negative(f"{name}[{i}]", v)
+    tuple_of(name, value, ("min", "max"), non_negative)
 
 
 def betas3(name, value):
@@ -497,12 +503,13 @@ def _adafactor_aux(shape):
     return adafactor.aux_states(shape)
 
 
+def _optional_non_negative(name, value):
+    if value is not None:
+        non_negative(name, value)
+
+
 def _adafactor_eps(name, value):
-    if not (isinstance(value, (tuple, list)) and len(value) == 2):
-        raise ValueError(f"{name}: expected a pair (eps1 or None, eps2), got {value!r}")
-    if value[0] is not None:
-        non_negative(f"{name}[0]", value[0])
-    non_negative(f"{name}[1]", value[1])
+    tuple_of(name, value, ("eps1 or None", "eps2"), _optional_non_negative)
 
 
 def _at_most_zero(name, value):
@@ -535,10 +542,7 @@ def _muon_launch(engine, plan, unit, c):
 
 
 def _ns_coefficients(name, value):
-    if not (isinstance(value, (tuple, list)) and len(value) == 3):
-        raise ValueError(f"{name}: expected three coefficients (a, b, c), got {value!r}")
-    for i, v in enumerate(value):
-        finite(f"{name}[{i}]", v)
+    tuple_of(name, value, ("a", "b", "c"), finite)
 
 
 def _ns_steps(name, value):

@@ -172,7 +172,7 @@ BAD = {
     "ASGD": ("lambd", -1.0, "lambd: expected a finite value >= 0"),
     "Rprop": ("etas", (1.5, 0.5), "etas: expected 0 < etaminus < 1 < etaplus"),
     "Adopt": ("clip_exp", float("nan"), "clip_exp: expected a real number"),
-    "Adan": ("betas", (0.9, 0.9), r"betas: expected 3 betas"),
+    "Adan": ("betas", (0.9, 0.9), r"betas: expected 3 values \(beta1, beta2, beta3\)"),
     "SGDScheduleFree": ("momentum", 1.0, r"momentum: expected a value in \(0, 1\)"),
     "AdamWScheduleFree": ("warmup_steps", -1, "warmup_steps: expected a whole number"),
     "RAdamScheduleFree": ("silent_sgd_phase", 1, "silent_sgd_phase: expected True or False"),

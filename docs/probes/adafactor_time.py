@@ -3,26 +3,16 @@ fastlr's time goes (docs/PERFORMANCE.md, "New algorithms"). CPU, float32, one pr
 
     python docs/probes/adafactor_time.py [repeat]
 """
-import statistics
 import sys
-import time
 
 import torch
+from _timing import interleaved_steps, median_s
 
 import fastlr.torch as ft
 from fastlr._launch import NO_CONDITIONING, run
 from fastlr.kernels import rules
 
 SHAPES = [(1024, 1024), (4096, 1024), (4096, 4096)]
-
-
-def median_s(f, repeat):
-    samples = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        f()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
 
 
 def parts(p, g, repeat):
@@ -57,13 +47,7 @@ def main(repeat=7):
                 ft.Adafactor([ps[2]])]
         for o in opts:
             o.step()
-        times = {k: [] for k in range(3)}
-        for _ in range(repeat):
-            for k, o in enumerate(opts):
-                t = time.perf_counter()
-                o.step()
-                times[k].append(time.perf_counter() - t)
-        loop, each, fast = (statistics.median(times[k]) for k in range(3))
+        loop, each, fast = interleaved_steps(opts, repeat)
         st, up, ap = parts(ps[2], g, repeat)
         print(f"{str(shape):>12} {loop * 1e3:10.2f} {each * 1e3:13.2f} {fast * 1e3:8.2f} "
               f"{min(loop, each) / fast:6.2f} | {st * 1e3:17.2f} {up * 1e3:13.2f} {ap * 1e3:13.2f}")

@@ -3,11 +3,10 @@
 
     python docs/probes/muon_time.py [repeat]
 """
-import statistics
 import sys
-import time
 
 import torch
+from _timing import interleaved_steps, median_s
 
 import fastlr.torch as ft
 from fastlr import muon
@@ -15,15 +14,6 @@ from fastlr._launch import NO_CONDITIONING, run
 from fastlr.kernels import rules
 
 SHAPES = [(1024, 1024), (4096, 1024), (2048, 2048)]
-
-
-def median_s(f, repeat):
-    samples = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        f()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
 
 
 def parts(param, repeat):
@@ -52,13 +42,7 @@ def main(repeat=7):
         opts = [torch.optim.Muon([ps[0]]), ft.Muon([ps[1]])]
         for o in opts:
             o.step()
-        times = {0: [], 1: []}
-        for _ in range(repeat):
-            for k, o in enumerate(opts):
-                t = time.perf_counter()
-                o.step()
-                times[k].append(time.perf_counter() - t)
-        t_torch, t_fast = (statistics.median(times[k]) for k in (0, 1))
+        t_torch, t_fast = interleaved_steps(opts, repeat)
         t_mom, t_ns, t_apply, t_ns32 = parts(ps[1], repeat)
         print(f"{str(shape):>12} {t_torch * 1e3:9.2f} {t_fast * 1e3:9.2f} {t_torch / t_fast:6.2f} | "
               f"{t_mom * 1e3:17.3f} {t_ns * 1e3:9.2f} {t_apply * 1e3:7.3f} {t_ns32 * 1e3:9.2f}")
