@@ -10,7 +10,31 @@ back-end is ``import fastlr.torch``.
 """
 from . import functional, schedules
 from .lr_find import LRFindResult, lr_find
-from .optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, Optimizer, RAdam, RMSprop
+from .optim import (
+    ASGD,
+    SGD,
+    Adadelta,
+    Adafactor,
+    Adagrad,
+    Adam,
+    Adamax,
+    AdamW,
+    AdamWScheduleFree,
+    Adan,
+    Adopt,
+    Lamb,
+    Lars,
+    Lion,
+    Mars,
+    Muon,
+    NAdam,
+    Optimizer,
+    RAdam,
+    RAdamScheduleFree,
+    RMSprop,
+    Rprop,
+    SGDScheduleFree,
+)
 from .pack import pack, pack_like
 from .schedules import ReduceLROnPlateau
 from .sparse import RowWiseAdagrad
@@ -19,5 +43,7 @@ from .warmup import warmup
 __version__ = "0.1.0"
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam",
-           "RAdam", "Lion", "RowWiseAdagrad", "functional", "schedules", "pack", "pack_like", "warmup",
+           "RAdam", "Lion", "ASGD", "Rprop", "Adopt", "Adan", "SGDScheduleFree", "AdamWScheduleFree",
+           "RAdamScheduleFree", "Lamb", "Lars", "Mars", "Muon", "Adafactor",
+           "RowWiseAdagrad", "functional", "schedules", "pack", "pack_like", "warmup",
            "ReduceLROnPlateau", "lr_find", "LRFindResult"]

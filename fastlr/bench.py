@@ -20,6 +20,7 @@ Extras (``--extras``; on by default unless ``--quick``): per-step time at 4K par
 fresh process.
 """
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -43,15 +44,32 @@ ALGOS = {
     "nadam": ("NAdam", {}, "NAdam", 2, ("foreach", "forloop")),
     "radam": ("RAdam", {}, "RAdam", 2, ("foreach", "forloop")),
     "lion": ("Lion", {}, None, 1, ()),
+    # issue 14: against torch.optim (ASGD, Rprop), timm.optim 1.0.31 and schedulefree 1.4.1
+    "asgd": ("ASGD", {}, "ASGD", 1, ("foreach", "forloop")),
+    "rprop": ("Rprop", {}, "Rprop", 2, ("foreach", "forloop")),
+    "adopt": ("Adopt", {}, "Adopt", 2, ("foreach", "forloop")),
+    "adan": ("Adan", {}, "Adan", 4, ("foreach", "forloop")),
+    "sgdsf": ("SGDScheduleFree", {}, "SGDScheduleFree", 1, ("foreach", "forloop")),
+    "adamwsf": ("AdamWScheduleFree", {}, "AdamWScheduleFree", 2, ("foreach", "forloop")),
+    "radamsf": ("RAdamScheduleFree", {}, "RAdamScheduleFree", 2, ("foreach", "forloop")),
+    "lamb": ("Lamb", {}, "Lamb", 2, ("foreach", "forloop")),
+    "lars": ("Lars", {"momentum": 0.9, "weight_decay": 1e-4}, "Lars", 1, ("foreach", "forloop")),
+    "mars": ("Mars", {}, "Mars", 3, ("plain",)),
 }
+# Two passes over memory (fastlr.twopass): a read-only pass (per-tensor norms), then the update.
+TWO_PASS = {"lamb", "lars", "mars"}
+TIMM = {"Adan": "adan", "Adopt": "adopt", "Lamb": "lamb", "Lars": "lars", "Mars": "mars"}
 
+NUMPY_ALGOS = ("sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "adamax", "nadam", "radam", "lion")
 QUICK_SIZES = [1 << 12, 1 << 14]
 DEFAULT_SIZES = [1 << 12, 1 << 20, 1 << 22, 1 << 24]
 
 
 def bytes_per_param(algo, itemsize):
-    """(k + 2) reads and (k + 1) writes of `itemsize` bytes, k = number of state arrays."""
-    return (2 * ALGOS[algo][3] + 3) * itemsize
+    """(k + 2) reads and (k + 1) writes of `itemsize` bytes, k = number of state arrays (two-pass algorithms:
+    (k + 2) more reads, the first pass)."""
+    k = ALGOS[algo][3]
+    return (2 * k + 3 + (k + 2 if algo in TWO_PASS else 0)) * itemsize
 
 
 def parse_size(text):
@@ -167,10 +185,14 @@ def ceiling_case(algo, n, dtype, gpu):
         return Case("ceiling", lambda: kern[blocks, threads](*arrs, a, b), cuda.synchronize,
                     f"stream kernel, {k + 2} reads {k + 1} writes")
     from ._launch import SERIAL_BELOW
-    from .kernels.stream import STREAM, STREAM_SERIAL
+    from .kernels.stream import STREAM, STREAM_READ, STREAM_READ_SERIAL, STREAM_SERIAL
     arrs = [np.full(n, 0.5, dtype) for _ in range(k + 2)]
     serial = n < SERIAL_BELOW   # as fastlr's own dispatch does
     kern, a, b = (STREAM_SERIAL if serial else STREAM)[k], dtype(1e-3), dtype(0.5)
+    if algo in TWO_PASS:   # the two-pass ceiling: a read-only pass, then the stream pass
+        read = (STREAM_READ_SERIAL if serial else STREAM_READ)[k]
+        return Case("ceiling", lambda: (read(*arrs, a, b), kern(*arrs, a, b)), None,
+                    f"read pass + stream kernel{' (serial)' if serial else ''}, {2 * k + 4} reads {k + 1} writes")
     return Case("ceiling", lambda: kern(*arrs, a, b), None,
                 f"stream kernel{' (serial)' if serial else ''}, {k + 2} reads {k + 1} writes")
 
@@ -199,6 +221,8 @@ def fastlr_case(algo, n, dtype, gpu, n_buffers=1, packed=False):
         p = [to(x) for x in p] if isinstance(p, list) else to(p)
         g = [to(x) for x in g] if isinstance(g, list) else to(g)
     opt = cls(p, **kw)
+    if hasattr(opt, "train"):   # schedule-free
+        opt.train()
     detail = f"fastlr.{ALGOS[algo][0]}" + (f", {n_buffers} arrays" if n_buffers > 1 else "") + \
         (" packed" if packed else "")
     return Case("fastlr", lambda: opt.step(g), sync, detail)
@@ -207,7 +231,8 @@ def fastlr_case(algo, n, dtype, gpu, n_buffers=1, packed=False):
 def torch_cases(algo, n, dtype, gpu, n_buffers=1, impls=None):
     torch = _torch()
     tname = ALGOS[algo][2]
-    if torch is None or tname is None or not hasattr(torch.optim, tname):
+    ref = _reference_class(tname) if torch is not None and tname is not None else None
+    if ref is None:
         return []
     device = "cuda" if gpu else "cpu"
     cases = []
@@ -223,15 +248,41 @@ def torch_cases(algo, n, dtype, gpu, n_buffers=1, impls=None):
         else:
             ps = [torch.tensor(p, device=device, requires_grad=True)]
             ps[0].grad = torch.tensor(g, device=device)
-        flag = {"fused": {"fused": True}, "foreach": {"foreach": True}, "forloop": {"foreach": False}}[impl]
+        flag = {"fused": {"fused": True}, "foreach": {"foreach": True}, "forloop": {"foreach": False},
+                "plain": {}}[impl]
         try:
-            opt = getattr(torch.optim, tname)(ps, **ALGOS[algo][1], **flag)
+            opt = ref(ps, **ALGOS[algo][1], **flag)
+            if hasattr(opt, "train"):   # schedule-free
+                opt.train()
             opt.step()
         except (RuntimeError, TypeError, ValueError):
             continue   # e.g. no fused kernel for this device
         sync = torch.cuda.synchronize if gpu else None
-        cases.append(Case(f"torch-{impl}", opt.step, sync, f"torch.optim.{tname}({impl})"))
+        cases.append(Case(f"torch-{impl}", opt.step, sync, f"{ref.__module__.split('.')[0]}.{tname}({impl})"))
     return cases
+
+
+def _reference_class(name):
+    """The reference implementation of an algorithm: torch.optim's, timm's (its optimizer modules only: timm's
+    package imports torchvision) or schedulefree's; None when it is not installed."""
+    import types
+    torch = _torch()
+    if hasattr(torch.optim, name):
+        return getattr(torch.optim, name)
+    try:
+        if name in TIMM:
+            if "timm.optim" not in sys.modules:
+                spec = importlib.util.find_spec("timm")
+                if spec is None:
+                    return None
+                for pkg, path in (("timm", spec.submodule_search_locations[0]),
+                                  ("timm.optim", spec.submodule_search_locations[0] + "/optim")):
+                    sys.modules[pkg] = types.ModuleType(pkg)
+                    sys.modules[pkg].__path__ = [path]
+            return getattr(importlib.import_module(f"timm.optim.{TIMM[name]}"), name)
+        return getattr(importlib.import_module("schedulefree"), name)
+    except ImportError:
+        return None
 
 
 def numpy_case(algo, n, dtype):
@@ -274,7 +325,7 @@ def summarize(c):
 def bench_one(algo, n, dtype, gpu, repeat, min_time, with_numpy=True):
     cases = [ceiling_case(algo, n, dtype, gpu), fastlr_case(algo, n, dtype, gpu)]
     cases += torch_cases(algo, n, dtype, gpu)
-    if with_numpy and not gpu:
+    if with_numpy and not gpu and algo in NUMPY_ALGOS:
         cases.append(numpy_case(algo, n, dtype))
     measure(cases, repeat, min_time)
     rows = [summarize(c) for c in cases]

@@ -20,7 +20,7 @@ import numpy as np
 
 from ._arrays import Buffer, full_like, library, scalar_like
 from ._launch import kernel_module
-from .kernels import _codegen
+from .kernels import _codegen, rules
 
 _ON_DEVICE = ("step", "lr")
 
@@ -33,6 +33,10 @@ def check_options(opt):
                              f"the host, a device sync that a CUDA graph cannot hold); use clip_value")
     if opt.skip_nonfinite:
         raise ValueError("skip_nonfinite: not available with capturable=True (a host-side decision)")
+    if opt.spec.group_updates or not opt.spec.lazy_rows or any(
+            opt.spec.rule({**opt.spec.constants, **g}) in rules.TWO_PASS for g in opt.param_groups):
+        raise ValueError(f"capturable: not available for {type(opt).__name__}: its per-group schedule or per-tensor "
+                         f"norms are computed on the host, as its reference does")
     i = 0
     for k, group in enumerate(opt.param_groups):
         for p in group["params"]:
@@ -75,7 +79,7 @@ def _to_device(spec, like, pstate):
 @functools.cache
 def _layout(spec):
     """(names read from device memory, hyperparameter names passed as kernel arguments, arg names)."""
-    fns = (*spec.scalar_updates.values(), spec.scalars)
+    fns = (*spec.scalar_updates.values(), spec.scalars, *spec.scalar_post_updates.values())
     arg_names = tuple((fn, _codegen.arg_names(fn)) for fn in fns)
     device = (*_ON_DEVICE, *spec.scalar_state)
     consts = tuple(dict.fromkeys(n for _, names in arg_names for n in names if n not in device))
@@ -110,7 +114,7 @@ def prepare(spec, group, pstate):
     advances the step count and writes this step's scalars (see ``kernels.cuda.prepare_kernel``)."""
     names, const_names, arg_names = _layout(spec)
     kernel = kernel_module("cuda").prepare_kernel(spec.scalars, tuple(spec.scalar_updates.items()), names,
-                                                  const_names, arg_names)
+                                                  const_names, arg_names, tuple(spec.scalar_post_updates.items()))
     consts = [_const(pstate[n] if n in pstate else group[n] if n in group else spec.constants[n])
               for n in const_names]
     return kernel, names, consts

@@ -31,9 +31,10 @@ from itertools import repeat
 import numpy as np
 
 from . import specs as _specs
-from ._arrays import Buffer, dense, describe_kind, full_like, kind_of, max_abs, same_kind, scaled_sumsq
+from ._arrays import Buffer, copy_into, dense, describe_kind, full_like, kind_of, max_abs, same_kind, scaled_sumsq
 from ._launch import NO_CONDITIONING, SERIAL_BELOW, kernel_module, parallel_guard
 from .kernels import _codegen, rules
+from .twopass import TWO_PASS, TwoPass, check_two_pass, global_clip
 
 __all__ = ["Engine", "Front", "Unit", "grad_conditioning", "NO_CONDITIONING", "plan_scalars", "register_route",
            "register_unit"]
@@ -139,7 +140,39 @@ def plan_scalars(spec, group, pstate):
     Sets the spec's scalar states in pstate for this step first (e.g. NAdam's mu_product)."""
     for name, fn in spec.scalar_updates.items():
         pstate[name] = bind(fn, spec, group, pstate)
-    return spec.rule(group), tuple(map(float, bind(spec.scalars, spec, group, pstate)))
+    h = tuple(map(float, bind(spec.scalars, spec, group, pstate)))
+    for name, fn in spec.scalar_post_updates.items():   # values for the next step (ASGD's eta and mu)
+        pstate[name] = bind(fn, spec, group, pstate)
+    return spec.rule(group), h
+
+
+def before_launch(engine, plans, c):
+    """What algorithms beyond torch.optim's ten do once per step, after every check passed: advance the
+    per-group state, and (timm's Lamb) clip by the global norm. Returns the conditioning."""
+    check_two_pass(plans)
+    if engine.spec.prepare_unit is not None:   # e.g. Adafactor's factored states, made or checked
+        for plan in plans:
+            for unit in plan.units:
+                engine.spec.prepare_unit(unit)
+    if engine.spec.group_updates:
+        advance_groups(engine, plans)
+    if engine.spec.global_clip:
+        c = global_clip(engine, plans, c)
+    return c
+
+
+def advance_groups(engine, plans):
+    """Per-group state (``Spec.group_state``, kept in param_groups as its reference keeps it: schedule-free's
+    k and weight_sum, timm's group step): this step's values from ``Spec.group_updates``, once per step per
+    group, after every check passed. Host rules read them as ``group_<name>``."""
+    spec = engine.spec
+    for plan in plans:
+        group = engine.opt.param_groups[plan.k]
+        hp, new = dict(plan.hp), {}
+        for name, fn in spec.group_updates.items():
+            hp[name] = new[name] = bind(fn, spec, hp, {})
+        group.update(new)
+        plan.use(spec, hp)
 
 
 class Front:
@@ -176,6 +209,10 @@ class Front:
         return True
 
     def new_array(self, param, name, init):
+        if isinstance(init, str) and init == _specs.COPY_OF_PARAM:
+            out = full_like(param, 0.0)
+            copy_into(out, param)
+            return out
         return full_like(param, init)
 
     def steps(self, pstates, cache):
@@ -299,9 +336,14 @@ class Engine:
             if undo is not None:   # nor does a skipped one
                 undo()
             return False
+        if self.spec.group_updates or self.spec.global_clip or self.spec.prepare_unit or \
+                any(p.rule in TWO_PASS for p in plans):
+            c = before_launch(self, plans, c)   # issue 14: per-tensor passes, per-group schedules, Lamb's clip
         for plan in plans:
             for unit in plan.units:
-                (launch or Engine._launch)(self, plan, unit, c)
+                if plan.rule in TWO_PASS:   # per-tensor reductions first (fastlr.twopass)
+                    unit = TwoPass(unit)
+                (launch or self.spec.launch or Engine._launch)(self, plan, unit, c)
         return True
 
     def _plans_for(self, hps, grads):
@@ -478,6 +520,8 @@ class _GroupPlan:
 
     def use(self, spec, hp):
         """Take this step's hyperparameters: the rule, and the host rule bound to them (all but the step)."""
+        if spec.group_state:   # per-group state, read by host rules as group_<name>
+            hp = {**hp, **{"group_" + n: hp[n] for n in spec.group_state}}
         self.hp, self.rule = hp, spec.rule(hp)
         self.uniform = None
         if not spec.scalar_state:

@@ -6,7 +6,9 @@ names in the order the optimizer keeps them (e.g. Adam: exp_avg, exp_avg_sq, the
 max_exp_avg_sq when amsgrad=True), ``step`` is the 1-based count including this update,
 hyperparameters are keywords with the class's defaults. Everything is validated before any
 array changes. Returns the param's scalar state after the update (``{"step": t}``, plus
-``mu_product`` for NAdam, which must be passed back in on the next call).
+``mu_product`` for NAdam, which must be passed back in on the next call). The schedule-free
+updates take and return their per-group schedule the same way (``k``, ``weight_sum``, ``lr_max``,
+``scheduled_lr``: pass back what the previous call returned); Adan's group step is ``step``.
 
 ``state_precision="bf16"``: each state a bfloat16 tensor (or uint16 bits) of the param's shape;
 ``"8bit"``/``"4bit"``: each state a pair ``(codes, absmax)`` (uint8 and float32, the layout of
@@ -15,11 +17,27 @@ array changes. Returns the param's scalar state after the update (``{"step": t}`
 from . import specs as _specs
 from ._arrays import Buffer, check_disjoint, same_kind
 from ._launch import run
-from .engine import NO_CONDITIONING, plan_scalars
+from .engine import NO_CONDITIONING, bind, plan_scalars
 from .streams import current_stream
+from .twopass import TWO_PASS, flat_first_pass
 
 __all__ = ["sgd_", "adagrad_", "rmsprop_", "adadelta_", "adam_", "adamw_", "adamax_", "nadam_", "radam_",
-           "lion_"]
+           "lion_", "asgd_", "rprop_", "adopt_", "adan_", "sgdschedulefree_", "adamwschedulefree_",
+           "radamschedulefree_"]
+
+
+def _advance_group(spec, group, step, given):
+    """The group with this call's per-group schedule values (as the optimizer's step advances them)."""
+    group = {**group, **spec.group_defaults(group)}
+    for n in spec.group_state:
+        if n == "step":
+            group[n] = step - 1
+        elif n in given:
+            group[n] = given[n]
+    _specs.check_group(spec, group, spec.name.lower() + "_")
+    for name, fn in spec.group_updates.items():
+        group[name] = bind(fn, spec, group, {})
+    return {**group, **{"group_" + n: group[n] for n in spec.group_state}}
 
 
 def _functional(spec):
@@ -27,7 +45,7 @@ def _functional(spec):
     name = spec.name.lower() + "_"
 
     def update_(param, grad, *states, step, state_precision="fp32", **hyperparameters):
-        unknown = set(hyperparameters) - set(spec.defaults) - set(spec.scalar_state)
+        unknown = set(hyperparameters) - set(spec.defaults) - set(spec.scalar_state) - set(spec.group_state)
         if unknown:
             raise TypeError(f"{name}: unexpected keyword argument(s) {sorted(unknown)}")
         group = {**spec.constants, **spec.defaults,
@@ -49,18 +67,23 @@ def _functional(spec):
         for k, v in spec.scalar_state.items():
             scalar_state[k] = _specs._number(f"{name}: {k}", hyperparameters.get(k, v))
         pstate = {"step": step, **scalar_state}
+        if spec.group_state:
+            group = _advance_group(spec, group, step, hyperparameters)
         if state_precision != "fp32":   # states held in low precision (fastlr.state_precision)
             from .lowbit_unit import functional_update
             functional_update(spec, group, pstate, pbuf, gbuf, names, states, state_precision)
-            return pstate
+            return {**pstate, **{n: group[n] for n in spec.group_state if n != "step"}}
         sbufs = [Buffer(n, s) for n, s in zip(names, states)]
         for n, b in zip(names, sbufs):
             same_kind(n, b, pbuf, "param")
         check_disjoint([("param", param), *zip(names, states)], [("grad", grad)])
         rule, h = plan_scalars(spec, group, pstate)
-        run(rule, pbuf.kernel_view(), gbuf.kernel_view(), [b.kernel_view() for b in sbufs],
-            h, NO_CONDITIONING, pbuf.on_cuda, current_stream(pbuf.obj) if pbuf.on_cuda else 0)
-        return pstate
+        views = [pbuf.kernel_view(), gbuf.kernel_view(), *[b.kernel_view() for b in sbufs]]
+        stream = current_stream(pbuf.obj) if pbuf.on_cuda else 0
+        if rule in TWO_PASS:   # a per-tensor first pass (caution's mask mean)
+            h = flat_first_pass(rule, views, h, tuple(map(float, NO_CONDITIONING)), pbuf.on_cuda, stream, pbuf.shape)
+        run(rule, views[0], views[1], views[2:], h, NO_CONDITIONING, pbuf.on_cuda, stream)
+        return {**pstate, **{n: group[n] for n in spec.group_state if n != "step"}}
 
     states_doc = ", ".join(n for n, _ in spec.states({**spec.constants, **spec.defaults}))
     update_.__name__ = update_.__qualname__ = name
@@ -81,3 +104,10 @@ adamax_ = _functional(_specs.Adamax)
 nadam_ = _functional(_specs.NAdam)
 radam_ = _functional(_specs.RAdam)
 lion_ = _functional(_specs.Lion)
+asgd_ = _functional(_specs.ASGD)
+rprop_ = _functional(_specs.Rprop)
+adopt_ = _functional(_specs.Adopt)
+adan_ = _functional(_specs.Adan)
+sgdschedulefree_ = _functional(_specs.SGDScheduleFree)
+adamwschedulefree_ = _functional(_specs.AdamWScheduleFree)
+radamschedulefree_ = _functional(_specs.RAdamScheduleFree)

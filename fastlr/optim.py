@@ -25,10 +25,14 @@ from ._arrays import (
     to_numpy,
 )
 from .engine import Engine, Front, plan_scalars
+from .muon import MuonSteps
+from .schedulefree import ScheduleFree
 from .kernels import rules  # noqa: F401  (re-exported for scripts that bind rules by name)
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax",
-           "NAdam", "RAdam", "Lion"]
+           "NAdam", "RAdam", "Lion", "ASGD", "Rprop", "Adopt", "Adan", "SGDScheduleFree", "AdamWScheduleFree",
+           "RAdamScheduleFree", "Lamb", "Lars", "Mars", "Muon",
+           "Adafactor"]
 
 _ARRAY_TYPES = {np.ndarray, type(None)}
 _OPTIONS = dict(max_grad_norm=None, clip_value=None, grad_scale=None, skip_nonfinite=False, capturable=False,
@@ -82,7 +86,7 @@ class Optimizer:
                  skip_nonfinite=False, capturable=False, **state_options):
         if self.spec is None:
             raise TypeError("Optimizer is a base class: use one of fastlr's algorithms (fastlr.Adam, ...)")
-        self.defaults = dict(defaults)
+        self.defaults = {**defaults, **self.spec.group_defaults(defaults)}
         for name in ("max_grad_norm", "clip_value", "grad_scale"):
             value = locals()[name]
             if value is not None:
@@ -330,6 +334,8 @@ class Optimizer:
             if missing:
                 raise ValueError(f"{where} lacks {missing} (expected by {name} with these options)")
             loaded[i] = self._checked_param_state(where, saved, expected, arrays[i], hp)
+            if self.spec.aux_states is not None:   # states not shaped like the param (Adafactor)
+                loaded[i].update(_checked_aux_states(where, saved, self.spec.aux_states, arrays[i]))
         return new_groups, loaded, _step_count(sd.get("step_count", self._step_count))
 
     def _group_of(self, i):
@@ -547,6 +553,23 @@ def _check_distinct(arrays):
                              f"must have memory of its own, or it would be updated twice per step")
 
 
+def _checked_aux_states(where, saved, aux_states, param):
+    """Copies of the saved states that are not shaped like their param, checked against the shapes expected."""
+    out = {}
+    for n, shape in aux_states(tuple(param.shape)):
+        if n not in saved:
+            continue
+        host = to_numpy(saved[n]) if library(saved[n]) is not None else None
+        if host is None or host.shape != tuple(shape):
+            raise ValueError(f"{where}[{n!r}]: expected an array of shape {tuple(shape)}, got "
+                             f"{getattr(saved[n], 'shape', type(saved[n]).__name__)}")
+        _check_state_values(f"{where}[{n!r}]", n, host)
+        arr = full_like(param, 0.0, tuple(shape))
+        copy_into(arr, host.astype(arr.dtype if library(param) == "numpy" else host.dtype))
+        out[n] = arr
+    return out
+
+
 def _step_value(where, value):
     """A saved step count: a whole number >= 0 (int, integral float, or a one-element array of any library)."""
     if library(value) is not None:
@@ -560,7 +583,8 @@ def _step_count(value):
 
 
 # States whose values must be >= 0 (sums of squares, second moments, infinity norms).
-_NON_NEGATIVE = {"sum", "square_avg", "acc_delta", "exp_avg_sq", "max_exp_avg_sq", "exp_inf"}
+_NON_NEGATIVE = {"sum", "square_avg", "acc_delta", "exp_avg_sq", "max_exp_avg_sq", "exp_inf", "row_var", "col_var",
+                 "variance"}
 
 
 def _check_state_values(where, name, host):
@@ -581,9 +605,11 @@ def _snapshot(x):
 
 
 def _make_init(spec):
-    """``__init__(self, params, <the spec's hyperparameters>, *, <options>)`` with a real signature."""
-    return _specs.make_init(spec, lambda self, params, hp, options: Optimizer.__init__(self, params, hp, **options),
-                            _OPTIONS)
+    """``__init__(self, params, <the spec's hyperparameters>, *, <options>)`` with a real signature. An option
+    the algorithm has as a hyperparameter of its own (timm Lamb's max_grad_norm) is that hyperparameter."""
+    options = {k: v for k, v in _OPTIONS.items() if k not in spec.defaults}
+    return _specs.make_init(spec, lambda self, params, hp, extra: Optimizer.__init__(self, params, hp, **extra),
+                            options)
 
 
 def _doc(spec, doc):
@@ -630,3 +656,56 @@ class RAdam(Optimizer, spec=_specs.RAdam):
 
 class Lion(Optimizer, spec=_specs.Lion):
     """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"), decoupled weight decay."""
+
+
+# ---------------------------------------------------------------- beyond torch.optim's classic ten (issue 14)
+class ASGD(Optimizer, spec=_specs.ASGD):
+    """Averaged SGD (torch.optim.ASGD): the running average of the iterates in state['ax']."""
+
+
+class Rprop(Optimizer, spec=_specs.Rprop):
+    """Rprop (torch.optim.Rprop): resilient backpropagation, per-element step sizes."""
+
+
+class Adopt(Optimizer, spec=_specs.Adopt):
+    """ADOPT (timm.optim.Adopt, Taniguchi et al. 2024)."""
+
+
+class Adan(Optimizer, spec=_specs.Adan):
+    """Adan (timm.optim.Adan, Xie et al. 2022): adaptive Nesterov momentum."""
+
+
+class SGDScheduleFree(ScheduleFree, Optimizer, spec=_specs.SGDScheduleFree):
+    """Schedule-free SGD (schedulefree.SGDScheduleFree): call train() before steps, eval() before evaluating."""
+
+
+class AdamWScheduleFree(ScheduleFree, Optimizer, spec=_specs.AdamWScheduleFree):
+    """Schedule-free AdamW (schedulefree.AdamWScheduleFree): call train() before steps, eval() before evaluating."""
+
+
+class RAdamScheduleFree(ScheduleFree, Optimizer, spec=_specs.RAdamScheduleFree):
+    """Schedule-free RAdam (schedulefree.RAdamScheduleFree): call train() before steps, eval() before evaluating."""
+
+
+class Lamb(Optimizer, spec=_specs.Lamb):
+    """LAMB (timm.optim.Lamb): Adam's update scaled per tensor by a trust ratio."""
+
+
+class Lars(Optimizer, spec=_specs.Lars):
+    """LARS (timm.optim.Lars): SGD scaled per tensor by a trust ratio."""
+
+
+class Mars(Optimizer, spec=_specs.Mars):
+    """MARS (timm.optim.Mars): variance-reduced, per-tensor clipped gradients in AdamW or Lion."""
+
+
+class _Muon(Optimizer, spec=_specs.Muon):
+    pass
+
+
+class Muon(MuonSteps, _Muon):
+    """Muon (torch.optim.Muon): 2-D params; Newton-Schulz in bfloat16 through torch (ns_dtype="float32": float32)."""
+
+
+class Adafactor(Optimizer, spec=_specs.Adafactor):
+    """Adafactor (torch.optim.Adafactor): factored second moments; its row/column reductions run as torch ops."""

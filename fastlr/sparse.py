@@ -51,6 +51,11 @@ def step_rows(optimizer, param, indices, grad_rows):
     this update (its place in the order concurrent calls are applied), or the current step
     number if the step was skipped for a non-finite gradient (see the optimizer's grad_scale).
     """
+    if optimizer.spec.group_updates or not optimizer.spec.lazy_rows or any(
+            optimizer.spec.rule({**optimizer.spec.constants, **g}) in rules.TWO_PASS for g in optimizer.param_groups):
+        raise NotImplementedError(f"step_rows: not available for {type(optimizer).__name__}: its per-group schedule "
+                                  f"or per-tensor norms follow every step of the whole tensor or model, which a lazy "
+                                  f"update of some rows of one table cannot")
     table = _table(optimizer, param)
     ids, shown = _host_ids(indices)
     gbuf = _grad_rows(grad_rows, ids.size, table)

@@ -87,12 +87,22 @@ def finite(name, value):
         raise ValueError(f"{name}: expected a finite value, got {_shown(value)}")
 
 
-def betas(name, value):
-    if not (isinstance(value, (tuple, list)) and len(value) == 2):
-        raise ValueError(f"{name}: expected a pair (beta1, beta2), got {_shown(value)}")
-    for i, b in enumerate(value):
-        if not 0.0 <= _number(f"{name}[{i}]", b) < 1.0:
-            raise ValueError(f"{name}[{i}]: expected a value in [0, 1), got {_shown(b)}")
+def tuple_of(name, value, labels, each):
+    """A tuple or list of len(labels) values, each checked by ``each(f"{name}[i]", v)``."""
+    if not (isinstance(value, (tuple, list)) and len(value) == len(labels)):
+        what = "a pair" if len(labels) == 2 else f"{len(labels)} values"
+        raise ValueError(f"{name}: expected {what} ({', '.join(labels)}), got {_shown(value)}")
+    for i, v in enumerate(value):
+        each(f"{name}[{i}]", v)
+
+
+def _beta(name, value):
+    if not 0.0 <= _number(name, value) < 1.0:
+        raise ValueError(f"{name}: expected a value in [0, 1), got {_shown(value)}")
+
+
+def betas(name, value, labels=("beta1", "beta2")):
+    tuple_of(name, value, labels, _beta)
 
 
 def flag(name, value):
@@ -132,7 +142,7 @@ def check_group(spec, group, where):
     for name in spec.defaults:
         if name not in group:
             raise ValueError(f"{where}: missing hyperparameter {name!r}")
-    for name, check in CHECKS.items():
+    for name, check in ({**CHECKS, **spec.checks} if spec.checks else CHECKS).items():
         if name in group:
             check(f"{where}: {name}", group[name])
     if spec.check is not None:
@@ -161,6 +171,26 @@ class Spec:
     test_grid: dict = field(default_factory=dict)       # option axes the tests sweep (every combination)
     test_extra: tuple = ()                              # further option sets, e.g. nesterov=True
     test_base: dict = field(default_factory=dict)       # hyperparameters every test case sets
+    # (issue 14) what the algorithms beyond torch.optim's classic ten need:
+    checks: dict = field(default_factory=dict)          # hyperparameter -> check, overriding CHECKS
+    scalar_post_updates: dict = field(default_factory=dict)  # scalar state -> rules fn, run AFTER the host rule
+    param_step: bool = True      # fastlr.torch keeps state["step"] per param (torch's SGD, timm's Adan do not)
+    group_state: dict = field(default_factory=dict)     # per-group values kept in param_groups -> initial value
+    group_updates: dict = field(default_factory=dict)   # group value -> rules fn, run once per step per group
+    modes: str = ""              # "schedulefree": train()/eval() lerp p with state "z" (fastlr.schedulefree)
+    switches: tuple = ()         # torch-only switches the reference keeps in its groups (foreach), for state dicts
+    global_clip: str = ""        # hyperparameter: clip all grads by their global norm, timm Lamb's way (twopass.py)
+    half_params: bool = True     # fastlr.torch takes 16-bit params (master weights / stochastic rounding)
+    lazy_rows: bool = True       # step_rows (lazy row updates) and capturable steps make sense
+    launch: Callable = None      # replaces the engine's per-unit launch (Muon: kernels around matmuls)
+    matrix_only: bool = False    # 2-D params only (Muon): the registry-driven tests on vectors leave it out
+    int_step: bool = False       # fastlr.torch keeps state["step"] as a Python int (timm's Mars)
+    aux_states: Callable = None  # param shape -> ((name, shape), ...): states not shaped like the param (Adafactor)
+    prepare_unit: Callable = None  # unit -> None, on every unit before any launch (makes/checks aux states)
+
+    def group_defaults(self, defaults):
+        """The group_state entries a new optimizer adds to its defaults (a callable gets the defaults)."""
+        return {k: v(defaults) if callable(v) else v for k, v in self.group_state.items()}
 
     def test_cases(self):
         """The option sets the tests run: every combination of test_grid, then test_extra, each with test_base."""
@@ -219,7 +249,7 @@ SGD = Spec(
     test_grid=dict(momentum=[0, 0.9], dampening=[0, 0.1], weight_decay=[0, 0.01], maximize=[False, True]),
     test_extra=tuple(dict(momentum=0.9, nesterov=True, weight_decay=wd, maximize=mx)
                      for wd in (0, 0.01) for mx in (False, True)),
-    test_base=dict(lr=0.01))
+    test_base=dict(lr=0.01), param_step=False)
 
 Adagrad = Spec(
     "Adagrad", dict(lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10, maximize=False),
@@ -298,4 +328,287 @@ Lion = Spec(
     math="p <- p (1 - lr wd) - lr sign(b1 m + (1-b1) g);  m <- b2 m + (1-b2) g",
     test_grid=dict(weight_decay=[0, 0.1], maximize=[False, True]), test_base=dict(lr=1e-3))
 
-SPECS = {s.name: s for s in (SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW, Adamax, NAdam, RAdam, Lion)}
+# ---------------------------------------------------------------- beyond torch.optim's classic ten (issue 14)
+# A state initialised as a copy of its param (schedule-free's z), not as a constant.
+COPY_OF_PARAM = "param"
+
+
+def optional_number(name, value):
+    if value is not None:
+        finite(name, value)
+
+
+def whole_number(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name}: expected a whole number >= 0, got {value!r}")
+
+
+def etas(name, value):
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        raise ValueError(f"{name}: expected a pair (etaminus, etaplus), got {value!r}")
+    lo, hi = _number(f"{name}[0]", value[0]), _number(f"{name}[1]", value[1])
+    if not 0.0 < lo < 1.0 < hi or math.isinf(hi):
+        raise ValueError(f"{name}: expected 0 < etaminus < 1 < etaplus (finite), got {value!r}")
+
+
+def step_sizes(name, value):
+    tuple_of(name, value, ("min", "max"), non_negative)
+
+
+def betas3(name, value):
+    betas(name, value, ("beta1", "beta2", "beta3"))
+
+
+def no_caution(name, value):
+    flag(name, value)
+    if value:
+        raise ValueError(f"{name}: caution=True (a per-tensor mask mean) is not implemented by fastlr yet")
+
+
+CHECKS.update({"lambd": non_negative, "alpha": non_negative, "t0": finite, "etas": etas, "step_sizes": step_sizes,
+               "clip_exp": optional_number, "decoupled": flag, "corrected_weight_decay": flag, "no_prox": flag,
+               "caution": no_caution, "warmup_steps": whole_number, "r": finite, "weight_lr_power": finite,
+               "silent_sgd_phase": flag, "train_mode": flag, "k": whole_number, "weight_sum": non_negative,
+               "lr_max": finite, "scheduled_lr": finite, "max_lr_snapshot": non_negative})
+
+ASGD = Spec(
+    "ASGD", dict(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0, maximize=False), ("maximize",),
+    rule=lambda g: "asgd", states=lambda g: (("ax", 0.0),), scalars="asgd_scalars",
+    scalar_state={"eta": -1.0, "mu": 1.0}, scalar_post_updates={"eta": "asgd_eta", "mu": "asgd_mu"},
+    reference="torch.optim.ASGD",
+    summary="Averaged SGD: decaying step size eta, running average ax of the iterates after t0 steps.",
+    math="p <- p (1 - lambd eta) - eta g;  ax <- ax + mu (p - ax);  eta <- lr / (1 + lambd lr t)^alpha;  "
+         "mu <- 1 / max(1, t - t0)",
+    test_grid=dict(weight_decay=[0, 0.01], maximize=[False, True], t0=[1e6, 10.0]),
+    test_base=dict(lr=0.05, lambd=0.01))
+
+Rprop = Spec(
+    "Rprop", dict(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), maximize=False),
+    ("maximize",), rule=lambda g: "rprop", states=lambda g: (("prev", 0.0), ("step_size", g["lr"])),
+    scalars="rprop_scalars", reference="torch.optim.Rprop",
+    summary="Rprop: per-element step sizes grown or shrunk by the sign agreement of successive gradients.",
+    math="s = sign(g prev): step <- clamp(step * etaplus|etaminus|1, step_sizes);  g <- 0 where s < 0;  "
+         "p <- p - sign(g) step;  prev <- g",
+    test_grid=dict(maximize=[False, True], step_sizes=[(1e-6, 50), (1e-3, 0.05)]),
+    test_extra=(dict(etas=(0.3, 1.5)),))
+
+Adopt = Spec(
+    "Adopt", dict(lr=1e-3, betas=(0.9, 0.9999), eps=1e-6, clip_exp=0.333, weight_decay=0.0, decoupled=False,
+                  corrected_weight_decay=False, caution=False, maximize=False),
+    ("caution", "maximize"), rule=lambda g: "adopt_cautious" if g["caution"] else "adopt", checks={"caution": flag},
+    states=lambda g: (("exp_avg", 0.0), ("exp_avg_sq", 0.0)),
+    scalars="adopt_scalars", switches=("foreach", "capturable", "differentiable"),
+    group_state={"max_lr_snapshot": lambda d: float(d["lr"])},
+    reference="timm.optim.Adopt (timm 1.0.31)",
+    summary="ADOPT: Adam with the second moment of the previous step and clipped normalized gradients.",
+    math="first step: v <- g^2;  then m <- lerp(m, clamp(g / max(sqrt(v), eps), +-(t-1)^clip_exp), 1-b1);  "
+         "p <- p - lr m;  v <- b2 v + (1-b2) g^2",
+    test_grid=dict(weight_decay=[0, 0.01], decoupled=[False, True], maximize=[False, True], clip_exp=[0.333, None]),
+    test_extra=(dict(weight_decay=0.01, decoupled=True, corrected_weight_decay=True),
+                dict(caution=True, weight_decay=0.01), dict(caution=True, maximize=True, clip_exp=None)),
+    test_base=dict(lr=1e-2))
+
+Adan = Spec(
+    "Adan", dict(lr=1e-3, betas=(0.98, 0.92, 0.99), eps=1e-8, weight_decay=0.0, no_prox=False, caution=False),
+    (), rule=lambda g: "adan_cautious" if g["caution"] else "adan",
+    states=lambda g: (("exp_avg", 0.0), ("exp_avg_sq", 0.0), ("exp_avg_diff", 0.0), ("neg_pre_grad", 0.0)),
+    scalars="adan_scalars", param_step=False, switches=("foreach",), checks={"betas": betas3, "caution": flag},
+    group_state={"step": 0}, group_updates={"step": "group_step_next"},
+    reference="timm.optim.Adan (timm 1.0.31)",
+    summary="Adan: Nesterov momentum from gradient differences, three moments, decoupled (proximal) decay.",
+    math="x = g - g_prev;  m <- lerp(m, g, 1-b1);  d <- b2 d + (1-b2) x;  v <- b3 v + (1-b3)(g + b2 x)^2;  "
+         "p <- p - lr (m/(1-b1^t) + b2 d/(1-b2^t)) / (sqrt(v / (1-b3^t)) + eps), decay / (1 + lr wd)",
+    test_grid=dict(weight_decay=[0, 0.02], no_prox=[False, True]),
+    test_extra=(dict(caution=True), dict(caution=True, no_prox=True, weight_decay=0.02)), test_base=dict(lr=1e-2))
+
+
+def _momentum_open(name, value):
+    if not 0.0 < _number(name, value) < 1.0:
+        raise ValueError(f"{name}: expected a value in (0, 1) (eval() divides by it), got {value!r}")
+
+
+def _schedulefree_betas(name, value):
+    betas(name, value)
+    _momentum_open(f"{name}[0]", value[0])
+
+
+def _schedulefree(name, defaults, rule, scalars, lr_update, summary, math, grid, reference_class):
+    return Spec(
+        name, defaults, (), rule=lambda g: rule, checks={"momentum": _momentum_open, "betas": _schedulefree_betas},
+        states=lambda g: (("z", COPY_OF_PARAM),) + ((("exp_avg_sq", 0.0),) if rule == "schedulefree_adam" else
+                                                    ()),
+        scalars=scalars, param_step=False, modes="schedulefree", switches=("foreach",),
+        group_state=dict(k=0, train_mode=False, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0),
+        group_updates=dict(scheduled_lr=lr_update, lr_max="schedulefree_lr_max",
+                           weight_sum="schedulefree_weight_sum", k="group_k_next"),
+        reference=f"schedulefree.{reference_class} (schedulefree 1.4.1)", summary=summary, math=math,
+        test_grid=grid)
+
+
+_SF_MATH = "y <- lerp(y, z, c_t) + lr (beta (1 - c_t) - 1) d;  z <- z - lr d;  c_t = w_t / sum w (w_t = t^r lr_max^p)"
+SGDScheduleFree = _schedulefree(
+    "SGDScheduleFree", dict(lr=1.0, momentum=0.9, weight_decay=0, warmup_steps=0, r=0.0, weight_lr_power=2),
+    "schedulefree_sgd", "schedulefree_sgd_scalars", "schedulefree_warmup_lr",
+    "Schedule-free SGD (Defazio et al. 2024): train()/eval() switch p between y and the average x.",
+    _SF_MATH + ", d = g + wd y", dict(weight_decay=[0, 0.01], warmup_steps=[0, 5], r=[0.0, 1.0]), "SGDScheduleFree")
+AdamWScheduleFree = _schedulefree(
+    "AdamWScheduleFree", dict(lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, warmup_steps=0, r=0.0,
+                              weight_lr_power=2.0),
+    "schedulefree_adam", "schedulefree_adamw_scalars", "schedulefree_warmup_lr",
+    "Schedule-free AdamW (Defazio et al. 2024): train()/eval() switch p between y and the average x.",
+    _SF_MATH + ", d = g / (sqrt(v / (1-b2^t)) + eps) + wd y",
+    dict(weight_decay=[0, 0.01], warmup_steps=[0, 5], r=[0.0, 1.0]), "AdamWScheduleFree")
+RAdamScheduleFree = _schedulefree(
+    "RAdamScheduleFree", dict(lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, r=0.0, weight_lr_power=2.0,
+                              silent_sgd_phase=True),
+    "schedulefree_adam", "schedulefree_radam_scalars", "schedulefree_radam_lr",
+    "Schedule-free RAdam (Defazio et al. 2024): no warmup needed; train()/eval() as the others.",
+    _SF_MATH + " (lr times RAdam's rectification), d = g / (sqrt(v / (1-b2^t)) + eps) + wd y once rho_t > 4",
+    dict(weight_decay=[0, 0.01], silent_sgd_phase=[True, False], r=[0.0, 1.0]), "RAdamScheduleFree")
+
+def _one_of(*values):
+    def check(name, value):
+        if value not in values:
+            raise ValueError(f"{name}: expected one of {values}, got {value!r}")
+    return check
+
+
+def _optional_betas(name, value):
+    if value is not None:
+        betas(name, value)
+
+
+def _optional_positive(name, value):
+    if value is not None:
+        positive(name, value)
+
+
+CHECKS.update({"bias_correction": flag, "grad_averaging": flag, "trust_clip": flag, "always_adapt": flag,
+               "decoupled_decay": flag, "trust_coeff": non_negative, "gamma": finite, "optimize_1d": flag,
+               "lr_1d_factor": non_negative, "betas_1d": _optional_betas, "mars_type": _one_of("adamw", "lion")})
+
+Lamb = Spec(
+    "Lamb", dict(lr=1e-3, bias_correction=True, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, grad_averaging=True,
+                 max_grad_norm=1.0, trust_clip=False, always_adapt=False, caution=False, decoupled_decay=False,
+                 corrected_weight_decay=False), (),
+    rule=lambda g: "lamb", states=lambda g: (("exp_avg", 0.0), ("exp_avg_sq", 0.0)), scalars="lamb_scalars",
+    param_step=False, switches=("foreach",), global_clip="max_grad_norm", half_params=False, lazy_rows=False,
+    checks={"max_grad_norm": _optional_positive},
+    group_state={"max_lr_snapshot": lambda d: float(d["lr"]), "step": 0}, group_updates={"step": "group_step_next"},
+    reference="timm.optim.Lamb (timm 1.0.31)",
+    summary="LAMB (You et al. 2019, NVIDIA's FusedLAMB variant): Adam's update scaled per tensor by ||p|| / ||u||.",
+    math="u = m_hat / (sqrt(v_hat) + eps) + wd p;  p <- p - lr (||p|| / ||u||) u  (grads first clipped by their "
+         "global norm / max_grad_norm)",
+    test_grid=dict(weight_decay=[0.01, 0.0], decoupled_decay=[False, True], trust_clip=[False, True],
+                   max_grad_norm=[1.0, None]),
+    test_extra=(dict(always_adapt=True, weight_decay=0.0, grad_averaging=False, bias_correction=False),
+                dict(decoupled_decay=True, corrected_weight_decay=True)), test_base=dict(lr=1e-2))
+
+Lars = Spec(
+    "Lars", dict(lr=1.0, momentum=0, dampening=0, weight_decay=0, nesterov=False, trust_coeff=0.001, eps=1e-8,
+                 trust_clip=False, always_adapt=False), (),
+    rule=lambda g: "lars_momentum" if g["momentum"] != 0 else "lars",
+    states=lambda g: (("momentum_buffer", 0.0),) if g["momentum"] != 0 else (), scalars="lars_scalars",
+    param_step=False, switches=("foreach",), check=_sgd_check, half_params=False, lazy_rows=False,
+    reference="timm.optim.Lars (timm 1.0.31)",
+    summary="LARS (You et al. 2017): SGD whose update is scaled per tensor by trust_coeff ||p|| / ||g + wd p||.",
+    math="d = (g + wd p) trust, trust = trust_coeff ||p|| / (||g|| + wd ||p|| + eps);  SGD momentum on d",
+    test_grid=dict(momentum=[0, 0.9], weight_decay=[0, 1e-4], trust_clip=[False, True]),
+    test_extra=(dict(momentum=0.9, nesterov=True, weight_decay=1e-4), dict(always_adapt=True, dampening=0.1,
+                                                                          momentum=0.5)),
+    test_base=dict(lr=0.1))
+
+Mars = Spec(
+    "Mars", dict(lr=3e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0., gamma=0.025, mars_type="adamw",
+                 optimize_1d=False, lr_1d_factor=1.0, betas_1d=None, caution=False), (),
+    rule=lambda g: "mars", states=lambda g: (("exp_avg", 0.0), ("exp_avg_sq", 0.0), ("last_grad", 0.0)),
+    scalars="mars_scalars", group_state={"betas_1d": lambda d: d["betas_1d"] or d["betas"]}, half_params=False,
+    int_step=True,
+    lazy_rows=False,
+    reference="timm.optim.Mars (timm 1.0.31)",
+    summary="MARS (Yuan et al. 2024): variance-reduced gradients c_t, clipped per tensor to norm 1, in AdamW or "
+            "Lion; 1-D params take AdamW on g.",
+    math="c = g + gamma b1/(1-b1) (g - g_prev), c <- c / max(||c||, 1);  m, v from c;  p <- p - lr (m_hat / "
+         "(sqrt(v_hat) + eps) + wd p)",
+    test_grid=dict(mars_type=["adamw", "lion"], weight_decay=[0.0, 0.01], optimize_1d=[False, True]),
+    test_extra=(dict(betas_1d=(0.8, 0.95), lr_1d_factor=0.5),))
+
+def _adafactor_launch(engine, plan, unit, c):
+    from . import adafactor
+    adafactor.launch(engine, plan, unit, c)
+
+
+def _adafactor_prepare(unit):
+    from . import adafactor
+    adafactor.check_states(unit)
+
+
+def _adafactor_aux(shape):
+    from . import adafactor
+    return adafactor.aux_states(shape)
+
+
+def _optional_non_negative(name, value):
+    if value is not None:
+        non_negative(name, value)
+
+
+def _adafactor_eps(name, value):
+    tuple_of(name, value, ("eps1 or None", "eps2"), _optional_non_negative)
+
+
+def _at_most_zero(name, value):
+    if not _number(name, value) <= 0:
+        raise ValueError(f"{name}: expected a value <= 0, got {value!r}")
+
+
+def _at_least_one(name, value):
+    if not 1.0 <= _number(name, value) < math.inf:
+        raise ValueError(f"{name}: expected a finite value >= 1, got {value!r}")
+
+
+Adafactor = Spec(
+    "Adafactor", dict(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, maximize=False),
+    ("maximize",), rule=lambda g: "decay_apply", states=lambda g: (), scalars="adafactor_scalars",
+    half_params=False, lazy_rows=False, launch=_adafactor_launch, aux_states=_adafactor_aux,
+    prepare_unit=_adafactor_prepare,
+    checks={"eps": _adafactor_eps, "beta2_decay": _at_most_zero, "d": _at_least_one},
+    reference="torch.optim.Adafactor",
+    summary="Adafactor (Shazeer and Stern 2018, as torch): factored second moments of matrices, relative step size.",
+    math="R, C <- EMAs of the row and column means of g^2;  u = g / sqrt(max(R C / mean(R), eps1^2));  "
+         "p <- p (1 - lr wd) - max(eps2, RMS(p)) min(lr, 1/sqrt(t)) u / max(1, RMS(u) / d)",
+    test_grid=dict(weight_decay=[0.0, 0.1], maximize=[False, True]),
+    test_extra=(dict(beta2_decay=-0.5, eps=(1e-30, 1e-3), d=1.5, lr=0.05),))
+
+
+def _muon_launch(engine, plan, unit, c):
+    from . import muon
+    muon.launch(engine, plan, unit, c)
+
+
+def _ns_coefficients(name, value):
+    tuple_of(name, value, ("a", "b", "c"), finite)
+
+
+def _ns_steps(name, value):
+    whole_number(name, value)
+    if value >= 100:
+        raise ValueError(f"{name}: expected fewer than 100 steps (as torch), got {value!r}")
+
+
+Muon = Spec(
+    "Muon", dict(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
+                 ns_coefficients=(3.4445, -4.775, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None), (),
+    rule=lambda g: "muon_momentum", states=lambda g: (("momentum_buffer", 0.0),), scalars="muon_scalars",
+    param_step=False, half_params=False, lazy_rows=False, launch=_muon_launch, matrix_only=True,
+    checks={"ns_coefficients": _ns_coefficients, "ns_steps": _ns_steps,
+            "adjust_lr_fn": _one_of(None, "original", "match_rms_adamw")},
+    reference="torch.optim.Muon",
+    summary="Muon (Jordan et al. 2024): SGD-Nesterov momentum orthogonalized per 2-D param by Newton-Schulz.",
+    math="b <- lerp(b, g, 1-mu);  O = NS(lerp(g, b, mu));  p <- p (1 - lr wd) - lr sqrt(max(1, A/B)) O",
+    test_grid=dict(nesterov=[True, False], weight_decay=[0.1, 0.0]), test_base=dict(lr=0.02))
+
+
+SPECS = {s.name: s for s in (SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW, Adamax, NAdam, RAdam, Lion,
+                             ASGD, Rprop, Adopt, Adan, SGDScheduleFree, AdamWScheduleFree, RAdamScheduleFree,
+                             Lamb, Lars, Mars, Muon, Adafactor)}

@@ -40,8 +40,12 @@ from . import mixed as _mixed  # noqa: F401  (handles 16-bit params: master weig
 from . import specs as _specs
 from . import state_precision as _precision
 from .engine import Engine, Front
+from .muon import MuonSteps
+from .schedulefree import ScheduleFree
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "ASGD",
+           "Rprop", "Adopt", "Adan", "SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree",
+           "Lamb", "Lars", "Mars", "Muon", "Adafactor"]
 
 _HALF = (torch.bfloat16, torch.float16)
 _OPTIONS = dict(max_grad_norm=None, clip_value=None, grad_scale=None, skip_nonfinite=False, master_weights=False,
@@ -65,11 +69,11 @@ class _TorchFront(Front):
         return param
 
     def init_state(self, pstate, param, spec, created):
-        if spec.name == "SGD":   # torch's SGD keeps no step count: a buffer made now is a first step
+        if not spec.param_step:   # torch's SGD keeps no step count: a buffer made now is a first step
             if created:
                 self.fresh.add(id(pstate))
         elif "step" not in pstate:
-            pstate["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+            pstate["step"] = 0 if spec.int_step else torch.tensor(0.0, dtype=_scalar_dtype())
         for name, v in spec.scalar_state.items():
             if name not in pstate:
                 pstate[name] = torch.tensor(v, dtype=_scalar_dtype())
@@ -77,10 +81,12 @@ class _TorchFront(Front):
             pstate["master_param"] = param.detach().to(torch.float32, memory_format=torch.preserve_format)
 
     def state_required(self, spec, names):
-        return spec.name != "SGD" or bool(names) or self.opt.master_weights
+        return spec.param_step or bool(names) or self.opt.master_weights
 
     def new_array(self, param, name, init):
         dtype = torch.float32 if param.dtype in _HALF else param.dtype
+        if isinstance(init, str) and init == _specs.COPY_OF_PARAM:
+            return param.detach().to(dtype, memory_format=torch.preserve_format, copy=True)
         return torch.full_like(param.detach(), init, dtype=dtype, memory_format=torch.preserve_format)
 
     def steps(self, pstates, cache):
@@ -110,7 +116,7 @@ class _TorchFront(Front):
                     st["step"] = v
 
     def check_counts(self, spec, units):
-        if spec.name != "SGD":   # torch's states always hold a step count, except SGD's
+        if spec.param_step:   # torch's states hold a step count (SGD's and a few others' do not)
             for unit in units:
                 if all(map(operator.contains, unit.pstates, repeat("step"))):
                     continue
@@ -159,7 +165,9 @@ class _TorchOptimizer(torch.optim.Optimizer):
         if torch_cls is not None:   # torch's own group keys too, so state dicts look the same
             known = inspect.signature(torch_cls.__init__).parameters
             defaults.update({k: v for k, v in switches.items() if k in known})
+        defaults.update({k: v for k, v in switches.items() if k in self.spec.switches})
         defaults.update(self.spec.constants)
+        defaults.update(self.spec.group_defaults(defaults))
         self._engine = Engine(self, self.spec, _TorchFront(self))
         super().__init__(params, defaults)
         self.last_step_skipped = False
@@ -226,6 +234,9 @@ class _TorchOptimizer(torch.optim.Optimizer):
             if p.device.type not in ("cpu", "cuda"):
                 raise ValueError(f"{name}: tensors on device {p.device.type!r} are not supported (CPU or CUDA)")
             _check_dtype(self, name, p.dtype)
+            if p.dtype in _HALF and not self.spec.half_params:
+                raise TypeError(f"{name} is {p.dtype}: {self.spec.name} takes float32/float64 params only (its "
+                                f"per-tensor norms are not implemented for 16-bit params yet)")
             for i, q in enumerate(params[:j]):
                 if q is p:
                     raise ValueError(f"{name} is the same tensor as {where}['params'][{i}]; torch.optim warns and "
@@ -467,7 +478,7 @@ def _checked_param_state(opt, where, p, saved, hp):
 def _checked_float_state(opt, where, p, saved, names):
     # a state tensor it lacks (max_exp_avg_sq after amsgrad was switched on) starts from its initial value at
     # the next step, as any missing state does; the counts must be there
-    expected = (["step"] if opt.spec.name != "SGD" else []) + list(opt.spec.scalar_state)
+    expected = (["step"] if opt.spec.param_step else []) + list(opt.spec.scalar_state)
     missing = [n for n in expected if n not in saved]
     if missing:
         raise ValueError(f"{where} lacks {missing} (expected by {type(opt).__name__} with these options)")
@@ -517,10 +528,13 @@ def _checked_step(where, v):
 
 
 def _make_init(spec):
-    """``__init__(self, params, <spec hyperparameters>, *, <torch switches>, <fastlr options>)``."""
+    """``__init__(self, params, <spec hyperparameters>, *, <torch switches>, <fastlr options>)`` (an option the
+    algorithm has as a hyperparameter of its own, timm Lamb's max_grad_norm, is that hyperparameter)."""
+    options = {k: v for k, v in _OPTIONS.items() if k not in spec.defaults}
+
     def base(self, params, hp, extra):
-        _TorchOptimizer.__init__(self, params, hp, {k: extra[k] for k in _SWITCHES}, {k: extra[k] for k in _OPTIONS})
-    return _specs.make_init(spec, base, {**_SWITCHES, **_OPTIONS})
+        _TorchOptimizer.__init__(self, params, hp, {k: extra[k] for k in _SWITCHES}, {k: extra[k] for k in options})
+    return _specs.make_init(spec, base, {**_SWITCHES, **options})
 
 
 class SGD(_TorchOptimizer, spec=_specs.SGD):
@@ -562,3 +576,56 @@ class RAdam(_TorchOptimizer, spec=_specs.RAdam):
 class Lion(_TorchOptimizer, spec=_specs.Lion):
     pass
 
+
+
+# ---------------------------------------------------------------- beyond torch.optim's classic ten (issue 14)
+class ASGD(_TorchOptimizer, spec=_specs.ASGD):
+    pass
+
+
+class Rprop(_TorchOptimizer, spec=_specs.Rprop):
+    pass
+
+
+class Adopt(_TorchOptimizer, spec=_specs.Adopt):
+    pass
+
+
+class Adan(_TorchOptimizer, spec=_specs.Adan):
+    pass
+
+
+class SGDScheduleFree(ScheduleFree, _TorchOptimizer, spec=_specs.SGDScheduleFree):
+    pass
+
+
+class AdamWScheduleFree(ScheduleFree, _TorchOptimizer, spec=_specs.AdamWScheduleFree):
+    pass
+
+
+class RAdamScheduleFree(ScheduleFree, _TorchOptimizer, spec=_specs.RAdamScheduleFree):
+    pass
+
+
+class Lamb(_TorchOptimizer, spec=_specs.Lamb):
+    pass
+
+
+class Lars(_TorchOptimizer, spec=_specs.Lars):
+    pass
+
+
+class Mars(_TorchOptimizer, spec=_specs.Mars):
+    pass
+
+
+class _Muon(_TorchOptimizer, spec=_specs.Muon):
+    pass
+
+
+class Muon(MuonSteps, _Muon):
+    """Muon (torch.optim.Muon): 2-D params; Newton-Schulz in bfloat16 (ns_dtype="float32": float32)."""
+
+
+class Adafactor(_TorchOptimizer, spec=_specs.Adafactor):
+    pass

@@ -88,17 +88,18 @@ def {name}(step, lr, {device_args}hout, {consts}):
     if cuda.grid(1) == 0:
         step[0] += 1.0
 {updates}        h = R.{scalars}({call})
-        for j in range(len(h)):
+{post}        for j in range(len(h)):
             hout[j] = h[j]
 """
 
 
 @functools.cache
-def prepare_kernel(scalars, updates, device_names, const_names, arg_names):
+def prepare_kernel(scalars, updates, device_names, const_names, arg_names, post=()):
     """One-thread kernel ``k(step, lr, *device scalars, hout, *consts)`` run before a captured update.
 
     It adds 1 to step[0], sets each updated scalar state (``updates``: ((name, rules fn), ...)),
-    then writes ``rules.<scalars>(...)`` into hout (the params' dtype). ``arg_names`` maps each
+    then writes ``rules.<scalars>(...)`` into hout (the params' dtype); ``post`` updates (ASGD's eta and
+    mu: the values the next step uses) run after the host rule. ``arg_names`` maps each
     function name to its argument names (pairs, to be hashable); step, lr and the ``device_names`` are read from device
     memory, the ``const_names`` (hyperparameters fixed at capture) are kernel arguments.
     """
@@ -107,9 +108,10 @@ def prepare_kernel(scalars, updates, device_names, const_names, arg_names):
     def call(fn):
         return ", ".join(f"np.float64({n}[0])" if n in on_device else n for n in arg_names[fn])
     updates_src = "".join(f"        {name}[0] = R.{fn}({call(fn)})\n" for name, fn in updates)
+    post_src = "".join(f"        {name}[0] = R.{fn}({call(fn)})\n" for name, fn in post)
     return generate_source(_PREPARE, f"prepare_{scalars}" + "".join(f"_{n}" for n in device_names),
                            globals(), cuda.jit(cache=not _SIMULATOR),
-                           device_args="".join(f"{n}, " for n in device_names), updates=updates_src,
+                           device_args="".join(f"{n}, " for n in device_names), updates=updates_src, post=post_src,
                            consts=", ".join(const_names), scalars=scalars, call=call(scalars))
 
 

@@ -102,7 +102,9 @@ def prepare_cases():
     from ._codegen import scalar_names
 
     for name, spec in specs.SPECS.items():
-        group = {**spec.constants, **spec.defaults}
+        if spec.group_updates or not spec.lazy_rows:   # capturable refused (issue 14: host-side schedules)
+            continue
+        group = {**spec.constants, **spec.defaults, **spec.group_defaults(spec.defaults)}
         pstate = {"step": 0, **spec.scalar_state}
         kernel, names, consts = capturable.prepare(spec, group, pstate)
         n_h = len(scalar_names(spec.rule(group)))

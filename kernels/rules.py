@@ -342,6 +342,575 @@ def lion_scalars(lr, betas, weight_decay, maximize):
     return LionScalars(-1.0 if maximize else 1.0, 1.0 - lr * weight_decay, lr, beta1, 1 - beta1, beta2, 1 - beta2)
 
 
+# ---------------------------------------------------------------- beyond torch.optim's classic ten
+# (issue 14) torch.optim's ASGD and Rprop, timm's Adan and Adopt, the schedule-free family. Each
+# follows its reference's single-tensor code term for term (named in fastlr/specs.py).
+ASGDScalars = namedtuple("ASGDScalars", "sign wd decay eta mu")
+RpropScalars = namedtuple("RpropScalars", "sign etaminus etaplus step_size_min step_size_max")
+AdoptScalars = namedtuple("AdoptScalars", "sign wd first wd_step lr one_minus_beta1 beta2 one_minus_beta2 eps "
+                                          "clip clip_val caution caution_scale")
+AdanScalars = namedtuple("AdanScalars", "sign first one_minus_beta1 beta2 one_minus_beta2 beta3 one_minus_beta3 "
+                                        "bc3_sqrt eps step_size step_size_diff no_prox decay caution caution_scale")
+ScheduleFreeScalars = namedtuple("ScheduleFreeScalars", "wd beta2 one_minus_beta2 bias_correction2 eps adaptive "
+                                                        "ckp1 y_lr lr")
+LerpScalars = namedtuple("LerpScalars", "weight")
+
+
+def _lerp_torch(a, b, w):
+    """torch.lerp(a, b, w) with both of its branches: a + w (b - a) for |w| < 0.5, else b - (b - a)(1 - w)."""
+    if abs(w) < 0.5:
+        return a + w * (b - a)
+    return b - (b - a) * (1 - w)
+
+
+def _clamp(x, lo, hi):
+    """torch.clamp: NaN passes through."""
+    if x < lo:
+        x = lo
+    if x > hi:
+        x = hi
+    return x
+
+
+def _sign(x):
+    """torch.sign: -1, 0 or 1, NaN for NaN."""
+    if x > 0:
+        return 1.0
+    if x < 0:
+        return -1.0
+    return x * 0.0
+
+
+# ---------------------------------------------------------------- ASGD
+def asgd(p, g, ax, h):
+    """p <- p (1 - lambd eta) - eta g;  ax <- p if mu == 1 else ax + mu (p - ax)  (eta, mu: last step's)."""
+    sign, wd, decay, eta, mu = h
+    g = _grad(p, g, sign, wd)
+    p = p * decay
+    p = p - eta * g
+    if mu == 1:
+        return p, p
+    return p, ax + (p - ax) * mu
+
+
+def asgd_scalars(eta, mu, lr, lambd, weight_decay, maximize):
+    """Uses the eta and mu that the previous step stored (eta < 0: none yet, the group's lr as torch stores it)."""
+    if eta < 0:
+        eta = _float32(lr)
+    return ASGDScalars(-1.0 if maximize else 1.0, weight_decay, 1.0 - lambd * eta, eta, mu)
+
+
+def _float32(x):
+    """A value as torch keeps it in a float32 0-d tensor."""
+    return float(np.float32(x))
+
+
+def asgd_eta(step, lr, lambd, alpha):
+    """eta for the next step, as torch stores it (float32): lr / (1 + lambd lr t)^alpha."""
+    return _float32(lr / ((1 + lambd * lr * step) ** alpha))
+
+
+def asgd_mu(step, t0):
+    """mu for the next step (float32): 1 / max(1, t - t0)."""
+    return _float32(1 / max(1.0, step - t0))
+
+
+# ---------------------------------------------------------------- Rprop
+def rprop(p, g, prev, step_size, h):
+    """s = sign(g prev): step_size <- clamp(step_size * (etaplus, etaminus, 1)[s > 0, s < 0, s == 0]);
+    g <- 0 where s < 0;  p <- p - sign(g) step_size;  prev <- g."""
+    sign, etaminus, etaplus, step_size_min, step_size_max = h
+    g = g * sign
+    s = g * prev
+    if s > 0:
+        f = etaplus
+    elif s < 0:
+        f = etaminus
+    elif s == 0:
+        f = etaplus * 0 + 1
+    else:  # NaN
+        f = s
+    step_size = _clamp(step_size * f, step_size_min, step_size_max)
+    if f == etaminus:
+        g = g * 0
+    return p - _sign(g) * step_size, g, step_size
+
+
+def rprop_scalars(etas, step_sizes, maximize):
+    return RpropScalars(-1.0 if maximize else 1.0, etas[0], etas[1], step_sizes[0], step_sizes[1])
+
+
+# ---------------------------------------------------------------- Adopt (timm.optim.Adopt)
+def _adopt_moment(p, g, m, v, sign, wd, wd_step, one_minus_beta1, eps, clip, clip_val):
+    """(p after decoupled decay, g with coupled decay, the new m) of a step after the first."""
+    g = _grad(p, g, sign, wd)
+    if wd_step != 0:
+        p = p + wd_step * p
+    denom = math.sqrt(v)
+    if denom < eps:
+        denom = eps
+    n = g / denom
+    if clip != 0:
+        n = _clamp(n, -clip_val, clip_val)
+    return p, g, _lerp(m, n, one_minus_beta1)
+
+
+def _cautious(m, g, caution, caution_scale):
+    """Cautious optimizers (Liang et al. 2024, as timm): m where m g > 0, else 0, over the tensor's mean of that
+    mask (at least 1e-3; 1 without caution)."""
+    if caution == 0:
+        return m
+    if m * g > 0:
+        return m * (1 / caution_scale)
+    return m * 0
+
+
+def _agrees(m, g):
+    return 1.0 if m * g > 0 else 0.0
+
+
+def adopt(p, g, m, v, h):
+    """First step: v <- g^2 only. Then p <- p - wd_step p (decoupled); n = clamp(g / max(sqrt(v), eps), +-clip);
+    m <- lerp(m, n, 1-b1); p <- p - lr m (cautious: masked); v <- b2 v + (1-b2) g^2."""
+    (sign, wd, first, wd_step, lr, one_minus_beta1, beta2, one_minus_beta2, eps, clip, clip_val, caution,
+     caution_scale) = h
+    if first != 0:
+        g = _grad(p, g, sign, wd)
+        return p, m, v + g * g
+    p, g, m = _adopt_moment(p, g, m, v, sign, wd, wd_step, one_minus_beta1, eps, clip, clip_val)
+    p = p + (-lr) * _cautious(m, g, caution, caution_scale)
+    return p, m, _ewma_sq(v, g, beta2, one_minus_beta2)
+
+
+def adopt_cautious(p, g, m, v, h):
+    """adopt with caution=True: the second pass (the mask's mean comes from adopt_cautious_sums)."""
+    return adopt(p, g, m, v, h)
+
+
+def adopt_cautious_sums(p, g, m, v, h):
+    """First pass of caution: how many elements have m_new g > 0 (none counted at the first step)."""
+    (sign, wd, first, wd_step, lr, one_minus_beta1, beta2, one_minus_beta2, eps, clip, clip_val, caution,
+     caution_scale) = h
+    if first != 0:
+        return (0.0,)
+    p, g, m = _adopt_moment(p, g, m, v, sign, wd, wd_step, one_minus_beta1, eps, clip, clip_val)
+    return (_agrees(m, g),)
+
+
+def caution_mean(h, sums, shape):
+    """The tensor's mean of the caution mask, at least 1e-3 (timm: mask.mean().clamp_(min=1e-3))."""
+    numel = 1
+    for n in shape:
+        numel *= n
+    return h._replace(caution_scale=max(sums[0] / max(numel, 1), 1e-3))
+
+
+def adopt_scalars(step, lr, betas, eps, clip_exp, weight_decay, decoupled, corrected_weight_decay, max_lr_snapshot,
+                  caution, maximize):
+    beta1, beta2 = betas
+    wd_step = 0.0
+    if weight_decay != 0 and decoupled:
+        wd_scale = lr ** 2 / max_lr_snapshot if corrected_weight_decay else lr
+        wd_step = -wd_scale * weight_decay
+    clip = clip_exp is not None
+    clip_val = (step - 1) ** clip_exp if clip else 0.0
+    return AdoptScalars(-1.0 if maximize else 1.0, 0.0 if decoupled else weight_decay, 1.0 if step == 1 else 0.0,
+                        wd_step, lr, 1 - beta1, beta2, 1 - beta2, eps, 1.0 if clip else 0.0, clip_val,
+                        1.0 if caution else 0.0, 1.0)
+
+
+# ---------------------------------------------------------------- Adan (timm.optim.Adan)
+def _adan_moments(g, m, v, d, neg_pre, first, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3):
+    if first != 0:
+        neg_pre = -g
+    x = neg_pre + g
+    m = _lerp(m, g, one_minus_beta1)
+    d = d * beta2 + one_minus_beta2 * x
+    n = x * beta2 + g
+    return m, _ewma_sq(v, n, beta3, one_minus_beta3), d
+
+
+def adan(p, g, m, v, d, neg_pre, h):
+    """x = g - g_prev (0 at the first step); m <- lerp(m, g, 1-b1); d <- b2 d + (1-b2) x;
+    n = g + b2 x; v <- b3 v + (1-b3) n^2; p <- p - (s m + s_d d) / (sqrt(v)/sqrt(1-b3^t) + eps), with the
+    decoupled decay (1 - lr wd) before (no_prox) or / (1 + lr wd) after (cautious: m masked); neg_pre <- -g."""
+    (sign, first, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3, bc3_sqrt, eps, step_size,
+     step_size_diff, no_prox, decay, caution, caution_scale) = h
+    g = g * sign
+    m, v, d = _adan_moments(g, m, v, d, neg_pre, first, one_minus_beta1, beta2, one_minus_beta2, beta3,
+                            one_minus_beta3)
+    denom = math.sqrt(v) / bc3_sqrt + eps
+    mm = _cautious(m, g, caution, caution_scale)
+    if no_prox != 0:
+        p = p * decay
+        p = p - step_size * (mm / denom)
+        p = p - step_size_diff * (d / denom)
+    else:
+        p = p - step_size * (mm / denom)
+        p = p - step_size_diff * (d / denom)
+        p = p / decay
+    return p, m, v, d, -g
+
+
+def adan_cautious(p, g, m, v, d, neg_pre, h):
+    return adan(p, g, m, v, d, neg_pre, h)
+
+
+def adan_cautious_sums(p, g, m, v, d, neg_pre, h):
+    """First pass of caution: how many elements have m_new g > 0."""
+    one_minus_beta1 = h[2]
+    return (_agrees(_lerp(m, g * h[0], one_minus_beta1), g * h[0]),)
+
+
+def adan_scalars(step, group_step, lr, betas, eps, weight_decay, no_prox, caution):
+    """group_step: the group's step count (timm keeps one per group); step == 1: the param's state is new."""
+    beta1, beta2, beta3 = betas
+    t = group_step
+    decay = 1 - lr * weight_decay if no_prox else 1 + lr * weight_decay
+    return AdanScalars(1.0, 1.0 if (t == 1 or step == 1) else 0.0, 1 - beta1, beta2,
+                       1 - beta2, beta3, 1 - beta3, math.sqrt(1 - beta3 ** t), eps, lr / (1 - beta1 ** t),
+                       lr * beta2 / (1 - beta2 ** t), 1.0 if no_prox else 0.0, decay, 1.0 if caution else 0.0, 1.0)
+
+
+def group_step_next(step):
+    """A group's step count after this step (timm's Adan and Lamb keep one per group)."""
+    return step + 1
+
+
+def group_k_next(k):
+    """schedule-free's per-group step count k after this step."""
+    return k + 1
+
+
+# ---------------------------------------------------------------- schedule-free (Defazio et al. 2024)
+# y (the param) is what gradients are taken at, z the base sequence; x, the average, is never stored:
+# eval() moves p to x = lerp(y, z, 1 - 1/beta1), train() back to y = lerp(x, z, 1 - beta1).
+def schedulefree_sgd(p, g, z, h):
+    """gn = g + wd y;  y <- lerp(y, z, ckp1) + lr (beta (1 - ckp1) - 1) gn;  z <- z - lr gn."""
+    wd, beta2, one_minus_beta2, bias_correction2, eps, adaptive, ckp1, y_lr, lr = h
+    if wd != 0:
+        g = g + wd * p
+    p = _lerp_torch(p, z, ckp1)
+    return p + y_lr * g, z - lr * g
+
+
+def schedulefree_adam(p, g, z, v, h):
+    """v <- b2 v + (1-b2) g^2; gn = g / (sqrt(v / (1-b2^t)) + eps) (adaptive) else g; then as schedulefree_sgd."""
+    wd, beta2, one_minus_beta2, bias_correction2, eps, adaptive, ckp1, y_lr, lr = h
+    v = _ewma_sq(v, g, beta2, one_minus_beta2)
+    if adaptive != 0:
+        g = g / (math.sqrt(v / bias_correction2) + eps)
+    if wd != 0:
+        g = g + wd * p
+    p = _lerp_torch(p, z, ckp1)
+    return p + y_lr * g, z - lr * g, v
+
+
+def schedulefree_lerp(p, g, z, h):
+    """train()/eval(): p <- lerp(p, z, weight) (g unused)."""
+    weight, = h
+    return _lerp_torch(p, z, weight), z
+
+
+def schedulefree_warmup_lr(k, lr, warmup_steps):
+    """This step's lr: a linear warmup over warmup_steps (k: steps done before this one)."""
+    return lr * ((k + 1) / warmup_steps if k < warmup_steps else 1.0)
+
+
+def schedulefree_radam_lr(k, lr, betas, silent_sgd_phase):
+    """This step's lr: lr times RAdam's rectification (0, or 1 without silent_sgd_phase, while rho_t <= 4)."""
+    return lr * _radam_rect(k + 1, betas[1], silent_sgd_phase)
+
+
+def _radam_rect(step, beta2, silent_sgd_phase):
+    rho_inf, rho_t = _radam_rho(step, beta2)
+    if rho_t > 4.0:
+        return ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+    return 0.0 if silent_sgd_phase else 1.0
+
+
+def _radam_rho(step, beta2):
+    beta2_t = beta2 ** step
+    rho_inf = 2 / (1 - beta2) - 1
+    return rho_inf, rho_inf - 2 * step * beta2_t / (1 - beta2_t)
+
+
+def schedulefree_lr_max(scheduled_lr, lr_max):
+    return max(scheduled_lr, lr_max)
+
+
+def _schedulefree_weight(k, r, lr_max, weight_lr_power):
+    return ((k + 1) ** r) * (lr_max ** weight_lr_power)
+
+
+def schedulefree_weight_sum(k, r, lr_max, weight_lr_power, weight_sum):
+    return weight_sum + _schedulefree_weight(k, r, lr_max, weight_lr_power)
+
+
+def _schedulefree_ckp1(k, r, lr_max, weight_lr_power, weight_sum):
+    """k: steps before this one; weight_sum includes this step's weight (0 when it is 0, as the package)."""
+    weight = _schedulefree_weight(k, r, lr_max, weight_lr_power)
+    return weight / weight_sum if weight_sum != 0 else 0.0
+
+
+def schedulefree_sgd_scalars(group_k, group_scheduled_lr, group_lr_max, group_weight_sum, momentum, weight_decay,
+                             r, weight_lr_power):
+    """group_*: the group's values after this step's update (group_k counts this step)."""
+    k, lr = group_k - 1, group_scheduled_lr
+    ckp1 = _schedulefree_ckp1(k, r, group_lr_max, weight_lr_power, group_weight_sum)
+    return ScheduleFreeScalars(weight_decay, 0.0, 0.0, 1.0, 0.0, 0.0, ckp1, lr * (momentum * (1 - ckp1) - 1), lr)
+
+
+def schedulefree_adamw_scalars(group_k, group_scheduled_lr, group_lr_max, group_weight_sum, betas, eps,
+                               weight_decay, r, weight_lr_power):
+    beta1, beta2 = betas
+    k, lr = group_k - 1, group_scheduled_lr
+    ckp1 = _schedulefree_ckp1(k, r, group_lr_max, weight_lr_power, group_weight_sum)
+    return ScheduleFreeScalars(weight_decay, beta2, 1 - beta2, 1 - beta2 ** (k + 1), eps, 1.0, ckp1,
+                               lr * (beta1 * (1 - ckp1) - 1), lr)
+
+
+def schedulefree_radam_scalars(group_k, group_scheduled_lr, group_lr_max, group_weight_sum, betas, eps,
+                               weight_decay, r, weight_lr_power):
+    beta1, beta2 = betas
+    k, lr = group_k - 1, group_scheduled_lr
+    ckp1 = _schedulefree_ckp1(k, r, group_lr_max, weight_lr_power, group_weight_sum)
+    adaptive = 1.0 if _radam_rho(k + 1, beta2)[1] > 4.0 else 0.0
+    return ScheduleFreeScalars(weight_decay, beta2, 1 - beta2, 1 - beta2 ** (k + 1), eps, adaptive, ckp1,
+                               lr * (beta1 * (1 - ckp1) - 1), lr)
+
+
+# ---------------------------------------------------------------- two-pass rules: per-tensor reductions
+# A two-pass rule (Lamb and Lars' trust ratios, Mars' clip of its corrected gradient) is two element rules and
+# a host function, listed in TWO_PASS: the first pass, ``<rule>_sums(p, g, *states, h) -> (x0, x1, ...)``,
+# writes nothing; the kernels sum each returned value over every element of a tensor, in float64; the host
+# function ``f(h, sums, shape) -> h`` turns one tensor's sums (and its shape) into that tensor's scalars;
+# the second pass, the rule itself, updates the tensor with them. Both passes compute the update through the
+# same helper, so the second sees exactly what the first summed. A contract field ``adapt`` of 0 for every
+# tensor skips the first pass (nothing per tensor is needed then).
+LambScalars = namedtuple("LambScalars", "lerp_m beta1 beta3 beta2 one_minus_beta2 bias_correction1 bc2_sqrt eps "
+                                        "wd wd_step lr trust_clip adapt trust")
+LarsScalars = namedtuple("LarsScalars", "wd lr buf_coef d_coef nesterov_coef trust_coeff eps trust_clip adapt trust")
+MarsScalars = namedtuple("MarsScalars", "first gamma_ratio one_minus_beta1 beta1 beta2 one_minus_beta2 "
+                                        "bias_correction1 bc2_sqrt eps wd lr lion adapt is_mars beta1_1d "
+                                        "one_minus_beta1_1d beta2_1d one_minus_beta2_1d bias_correction1_1d "
+                                        "bc2_sqrt_1d lr_1d scale")
+
+
+def _lamb_update(p, g, m, v, lerp_m, beta1, beta3, beta2, one_minus_beta2, bias_correction1, bc2_sqrt, eps, wd,
+                 wd_step):
+    """(p after decoupled decay, m, v, the update u before the trust ratio), as timm's single-tensor Lamb."""
+    if lerp_m != 0:
+        m = _lerp(m, g, beta3)
+    else:
+        m = m * beta1 + beta3 * g
+    v = _ewma_sq(v, g, beta2, one_minus_beta2)
+    u = (m / bias_correction1) / (math.sqrt(v) / bc2_sqrt + eps)
+    if wd_step != 0:
+        p = p + wd_step * p
+    if wd != 0:
+        u = u + wd * p
+    return p, m, v, u
+
+
+def lamb_sums(p, g, m, v, h):
+    """First pass: p^2 (after decoupled decay) and u^2, for the trust ratio ||p|| / ||u||."""
+    (lerp_m, beta1, beta3, beta2, one_minus_beta2, bias_correction1, bc2_sqrt, eps, wd, wd_step, lr, trust_clip,
+     adapt, trust) = h
+    p, m, v, u = _lamb_update(p, g, m, v, lerp_m, beta1, beta3, beta2, one_minus_beta2, bias_correction1, bc2_sqrt,
+                              eps, wd, wd_step)
+    return p * p, u * u
+
+
+def lamb(p, g, m, v, h):
+    """m, v as Adam (grad averaging: m <- lerp(m, g, 1-b1)); u = m_hat / (sqrt(v_hat) + eps) (+ wd p);
+    p <- p - lr * trust * u, trust = ||p|| / ||u|| per tensor (1 when either is 0; at most 1 with trust_clip)."""
+    (lerp_m, beta1, beta3, beta2, one_minus_beta2, bias_correction1, bc2_sqrt, eps, wd, wd_step, lr, trust_clip,
+     adapt, trust) = h
+    p, m, v, u = _lamb_update(p, g, m, v, lerp_m, beta1, beta3, beta2, one_minus_beta2, bias_correction1, bc2_sqrt,
+                              eps, wd, wd_step)
+    return p + (-lr) * (u * trust), m, v
+
+
+def lamb_scalars(group_step, lr, bias_correction, betas, eps, weight_decay, grad_averaging, trust_clip,
+                 always_adapt, decoupled_decay, corrected_weight_decay, max_lr_snapshot):
+    """group_step: timm's Lamb counts steps per group (bias corrections)."""
+    beta1, beta2 = betas
+    beta3 = 1 - beta1 if grad_averaging else 1.0
+    t = group_step
+    bc1, bc2 = (1 - beta1 ** t, 1 - beta2 ** t) if bias_correction else (1.0, 1.0)
+    wd, wd_step = weight_decay, 0.0
+    if weight_decay != 0 and decoupled_decay:
+        wd_scale = lr ** 2 / max_lr_snapshot if corrected_weight_decay else lr
+        wd, wd_step = 0.0, -wd_scale * weight_decay
+    adapt = 1.0 if (weight_decay != 0 or always_adapt) else 0.0
+    return LambScalars(1.0 if beta3 == 1 - beta1 else 0.0, beta1, beta3, beta2, 1 - beta2, bc1, bc2 ** 0.5, eps,
+                       wd, wd_step, lr, 1.0 if trust_clip else 0.0, adapt, 1.0)
+
+
+def lamb_trust(h, sums, shape):
+    """The tensor's trust ratio ||p|| / ||u|| (1 when a norm is 0; clipped at 1 with trust_clip)."""
+    if h.adapt == 0:
+        return h
+    w, u = math.sqrt(sums[0]), math.sqrt(sums[1])
+    ratio = w / u if (w > 0 and u > 0) else 1.0
+    if h.trust_clip != 0:
+        ratio = min(ratio, 1.0)
+    return h._replace(trust=ratio)
+
+
+def lars_sums(p, g, h):
+    """First pass: p^2 and g^2 (the gradient as given)."""
+    return p * p, g * g
+
+
+def lars_momentum_sums(p, g, buf, h):
+    return lars_sums(p, g, h)
+
+
+def _lars_grad(p, g, wd, adapt, trust):
+    if adapt != 0:
+        g = (g + wd * p) * trust
+    return g
+
+
+def lars(p, g, h):
+    """Without momentum: p <- p - lr * trust * (g + wd p), trust = trust_coeff ||p|| / (||g|| + wd ||p|| + eps)."""
+    wd, lr, buf_coef, d_coef, nesterov_coef, trust_coeff, eps, trust_clip, adapt, trust = h
+    return (p + (-lr) * _lars_grad(p, g, wd, adapt, trust),)
+
+
+def lars_momentum(p, g, buf, h):
+    """As lars, through SGD's momentum buffer (a copy of the first step's update, as timm makes it)."""
+    wd, lr, buf_coef, d_coef, nesterov_coef, trust_coeff, eps, trust_clip, adapt, trust = h
+    g = _lars_grad(p, g, wd, adapt, trust)
+    buf = buf * buf_coef + d_coef * g
+    if nesterov_coef != 0:
+        g = g + nesterov_coef * buf
+    else:
+        g = buf
+    return p + (-lr) * g, buf
+
+
+def lars_scalars(step, lr, momentum, dampening, weight_decay, nesterov, trust_coeff, eps, trust_clip, always_adapt):
+    """step == 1: the momentum buffer is new (timm creates it as a copy of the update)."""
+    first = step == 1
+    adapt = 1.0 if (weight_decay != 0 or always_adapt) else 0.0
+    return LarsScalars(weight_decay, lr, 0.0 if first else momentum, 1.0 if first else 1.0 - dampening,
+                       momentum if nesterov else 0.0, trust_coeff, eps, 1.0 if trust_clip else 0.0, adapt, 1.0)
+
+
+def lars_trust(h, sums, shape):
+    if h.adapt == 0:
+        return h
+    w, g = math.sqrt(sums[0]), math.sqrt(sums[1])
+    ratio = h.trust_coeff * w / (g + w * h.wd + h.eps) if (w > 0 and g > 0) else 1.0
+    if h.trust_clip != 0:
+        ratio = min(ratio / h.lr, 1.0)
+    return h._replace(trust=ratio)
+
+
+def _mars_c(g, last, first, gamma_ratio):
+    """MARS' variance-reduced gradient c_t = g + gamma b1 / (1 - b1) (g - g_prev) (g at the first step)."""
+    if first != 0:
+        return g
+    return (g - last) * gamma_ratio + g
+
+
+def mars_sums(p, g, m, v, last, h):
+    """First pass: c_t^2 (2-D and larger params; the others take Adam's path and need no norm)."""
+    c = _mars_c(g, last, h[0], h[1])
+    return (c * c,)
+
+
+def mars(p, g, m, v, last, h):
+    """>= 2-D (or optimize_1d): c = c_t / max(||c_t||, 1); m <- b1 m + (1-b1) c; AdamW (v from c) or Lion
+    (sign m) update with p wd added; else AdamW on g with betas_1d and lr * lr_1d_factor. last <- g."""
+    (first, gamma_ratio, one_minus_beta1, beta1, beta2, one_minus_beta2, bias_correction1, bc2_sqrt, eps, wd, lr,
+     lion, adapt, is_mars, beta1_1d, one_minus_beta1_1d, beta2_1d, one_minus_beta2_1d, bias_correction1_1d,
+     bc2_sqrt_1d, lr_1d, scale) = h
+    if is_mars != 0:
+        c = _mars_c(g, last, first, gamma_ratio) / scale
+        m = m * beta1 + one_minus_beta1 * c
+        if lion != 0:
+            u = p * wd + _sign(m)
+        else:
+            v = _ewma_sq(v, c, beta2, one_minus_beta2)
+            u = p * wd + (m / bias_correction1) / (math.sqrt(v) / bc2_sqrt + eps)
+        return p + (-lr) * u, m, v, g
+    m = m * beta1_1d + one_minus_beta1_1d * g
+    v = _ewma_sq(v, g, beta2_1d, one_minus_beta2_1d)
+    u = p * wd + (m / bias_correction1_1d) / (math.sqrt(v) / bc2_sqrt_1d + eps)
+    return p + (-lr_1d) * u, m, v, g
+
+
+def mars_scalars(step, lr, betas, eps, weight_decay, gamma, mars_type, optimize_1d, lr_1d_factor, betas_1d):
+    beta1, beta2 = betas
+    b1d, b2d = betas_1d if betas_1d is not None else betas
+    return MarsScalars(1.0 if step == 1 else 0.0, gamma * (beta1 / (1.0 - beta1)), 1 - beta1, beta1, beta2,
+                       1 - beta2, 1 - beta1 ** step, math.sqrt(1 - beta2 ** step), eps, weight_decay, lr,
+                       1.0 if mars_type == "lion" else 0.0, 1.0, 1.0 if optimize_1d else 0.0, b1d, 1 - b1d, b2d,
+                       1 - b2d, 1 - b1d ** step, math.sqrt(1 - b2d ** step), lr * lr_1d_factor, 1.0)
+
+
+def mars_clip(h, sums, shape):
+    """>= 2-D params (or all with optimize_1d): the MARS path, c_t divided by max(||c_t||, 1)."""
+    if h.is_mars == 0 and len(shape) < 2:
+        return h
+    return h._replace(is_mars=1.0, scale=max(math.sqrt(sums[0]), 1.0))
+
+
+# ---------------------------------------------------------------- Muon (torch.optim.Muon): the element parts
+# Between the two kernels, Newton-Schulz orthogonalizes the update matrix u through the array library's matmul
+# (fastlr/muon.py); the momentum kernel writes u, decay_apply reads the orthogonalized O in g's place.
+MuonScalars = namedtuple("MuonScalars", "beta one_minus_beta nesterov decay lr")
+
+
+def muon_momentum(p, g, buf, u, h):
+    """buf <- lerp(buf, g, 1 - mu);  u <- lerp(g, buf, mu) (nesterov) or buf.  p unchanged."""
+    beta, one_minus_beta, nesterov, decay, lr = h
+    buf = _lerp_torch(buf, g, one_minus_beta)
+    if nesterov != 0:
+        return p, buf, _lerp_torch(g, buf, beta)
+    return p, buf, buf
+
+
+DecayApplyScalars = namedtuple("DecayApplyScalars", "decay lr")
+
+
+def decay_apply(p, g, h):
+    """p <- p decay - lr u, the update u computed outside the kernel (Muon's O, Adafactor's u) passed as g."""
+    decay, lr = h
+    p = p * decay
+    return (p + (-lr) * g,)
+
+
+def adafactor_scalars(lr, weight_decay):
+    """Adafactor's per-tensor step size needs its norms: fastlr/adafactor.py computes it (and these)."""
+    return DecayApplyScalars(1.0 - lr * weight_decay, lr)
+
+
+def muon_scalars(lr, weight_decay, momentum, nesterov):
+    """The decay uses the group's lr; fastlr/muon.py puts each matrix's shape-adjusted lr in ``lr``."""
+    return MuonScalars(momentum, 1 - momentum, 1.0 if nesterov else 0.0, 1.0 - lr * weight_decay, lr)
+
+
+# two-pass rule -> (first-pass rule, how many values it sums, host function of the sums)
+TWO_PASS = {"lamb": ("lamb_sums", 2, "lamb_trust"), "lars": ("lars_sums", 2, "lars_trust"),
+            "lars_momentum": ("lars_momentum_sums", 2, "lars_trust"), "mars": ("mars_sums", 1, "mars_clip"),
+            "adopt_cautious": ("adopt_cautious_sums", 1, "caution_mean"),
+            "adan_cautious": ("adan_cautious_sums", 1, "caution_mean")}
+
+
+ELEMENT_RULES.update({
+    "asgd": ASGDScalars, "rprop": RpropScalars, "adopt": AdoptScalars, "adan": AdanScalars,
+    "adopt_cautious": AdoptScalars, "adan_cautious": AdanScalars,
+    "schedulefree_sgd": ScheduleFreeScalars, "schedulefree_adam": ScheduleFreeScalars,
+    "schedulefree_lerp": LerpScalars, "lamb": LambScalars, "lars": LarsScalars, "lars_momentum": LarsScalars,
+    "mars": MarsScalars, "muon_momentum": MuonScalars, "decay_apply": DecayApplyScalars,
+})
+
+
 # ---------------------------------------------------------------- Mixed precision
 # 16-bit floats are handled as their bit patterns (uint16 on the CPU, where numba has no
 # bfloat16; int16 views of CUDA tensors): ``mbits`` mantissa bits and ``ebits`` exponent
@@ -487,5 +1056,7 @@ def rowwise_adagrad_scalars(lr, eps, weight_decay, maximize):
 
 
 # Every rule that takes per-step scalars -> its contract (the element rules and the row-wise parts).
-RULE_SCALARS = {**ELEMENT_RULES, "rowwise_adagrad_grad": RowWiseAdagradScalars,
+RULE_SCALARS = {**ELEMENT_RULES, "adopt_cautious_sums": AdoptScalars, "adan_cautious_sums": AdanScalars,
+                "lamb_sums": LambScalars, "lars_sums": LarsScalars, "lars_momentum_sums": LarsScalars,
+                "mars_sums": MarsScalars, "rowwise_adagrad_grad": RowWiseAdagradScalars,
                 "rowwise_adagrad_update": RowWiseAdagradScalars}

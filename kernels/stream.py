@@ -16,7 +16,7 @@ by the CPU path).
 """
 from numba import njit, prange
 
-MAX_STATES = 3  # AMSGrad: m, v, v_max
+MAX_STATES = 4  # AMSGrad: m, v, v_max; Adan: m, v, diff, previous gradient
 
 _TEMPLATE = """
 def stream_{k}(p, g, {states}a, b):
@@ -57,6 +57,34 @@ STREAM = {k: _generate(_TEMPLATE, k, {"prange": prange},
 STREAM_SERIAL = {k: _generate(_TEMPLATE.replace("stream_{k}", "stream_serial_{k}"), k, {"prange": range},
                               njit(cache=True, nogil=True, error_model="numpy"))
                  for k in range(MAX_STATES + 1)}
+
+# The first pass of a two-pass rule (fastlr.twopass) at its ceiling: reads p, g and k states, writes nothing.
+_READ_TEMPLATE = """
+def stream_read_{k}(p, g, {states}a, b):
+    s = 0.0
+    for i in prange(p.size):
+        s += p[i] + g[i]{reads}
+    return s
+"""
+
+
+def _render_read(k, serial):
+    src = _READ_TEMPLATE.format(k=k, states="".join(f"s{j}, " for j in range(k)),
+                                reads="".join(f" + s{j}[i]" for j in range(k)))
+    return src.replace("stream_read_", "stream_read_serial_") if serial else src
+
+
+def _generate_read(k, serial):
+    """Reassociation allowed (the sum is a sink, not a result): the read loop vectorizes as a copy does."""
+    namespace = dict(globals(), prange=range if serial else prange)
+    exec(compile(_render_read(k, serial), __file__, "exec"), namespace)
+    fn = namespace[f"stream_read_{'serial_' if serial else ''}{k}"]
+    jit = dict(cache=True, nogil=True, fastmath={"reassoc"})
+    return njit(**jit)(fn) if serial else njit(parallel=True, **jit)(fn)
+
+
+STREAM_READ = {k: _generate_read(k, False) for k in range(MAX_STATES + 1)}
+STREAM_READ_SERIAL = {k: _generate_read(k, True) for k in range(MAX_STATES + 1)}
 
 _CUDA = {}
 

@@ -1,15 +1,17 @@
-"""Direct comparison with torch.optim (CPU, float32 and float64) over 50 steps, state included."""
+"""Direct comparison with each algorithm's reference implementation (torch.optim, timm.optim, schedulefree;
+CPU, float32 and float64) over 50 steps, state included."""
 import numpy as np
 import pytest
 
 import fastlr
-from cases import ALL, case_id
+from cases import ALL, case_id, optimizer
 from conftest import make_data
 from reference import assert_close
 
 torch = pytest.importorskip("torch")
+from refimpls import has_reference, reference_optimizer  # noqa: E402
 
-TORCH_CASES = [(n, h) for n, h in ALL if n != "Lion"]  # torch.optim has no Lion
+TORCH_CASES = [(n, h) for n, h in ALL if has_reference(n)]  # Lion has none (its paper's float64 reference only)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -17,8 +19,10 @@ TORCH_CASES = [(n, h) for n, h in ALL if n != "Lion"]  # torch.optim has no Lion
 def test_matches_torch_optim(name, hp, dtype):
     p, grads = make_data(50, 129, dtype, seed=7)
     tp = torch.tensor(p.copy(), requires_grad=True)
-    topt = getattr(torch.optim, name)([tp], foreach=False, **hp)
-    opt = getattr(fastlr, name)(p, **hp)
+    topt = reference_optimizer(name, [tp], **hp)
+    opt = optimizer(fastlr, name)(p, **hp)
+    if hasattr(opt, "train"):
+        opt.train()
     for g in grads:
         tp.grad = torch.from_numpy(g.copy())
         topt.step()

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import fastlr
-from cases import ALL, case_id
+from cases import ALL, case_id, optimizer
+from fastlr.specs import SPECS
 
 
 def test_cpu_params_refused_without_simulator():
@@ -16,7 +17,8 @@ def test_cpu_params_refused_without_simulator():
 
 
 def test_cases_cover_every_algorithm():
-    assert {case_id(n, hp).split("-")[0] for n, hp in ALL} == set(fastlr.optim.__all__) - {"Optimizer"}
+    matrix_only = {n for n, spec in SPECS.items() if spec.launch is not None}   # tests/test_muon.py, ...
+    assert {case_id(n, hp).split("-")[0] for n, hp in ALL} == set(fastlr.optim.__all__) - {"Optimizer"} - matrix_only
 
 
 def _torch_cuda():
@@ -35,14 +37,14 @@ def test_cuda_graph_replay_equals_eager_steps(name):
     grads = [torch.randn(1 << 16, device="cuda", generator=gen) for _ in range(8)]
     extra = {"momentum": 0.9} if name == "SGD" else {}
     eager_p = p0.clone()
-    eager = getattr(fastlr, name)(eager_p, lr=1e-2, **extra)
+    eager = optimizer(fastlr, name)(eager_p, lr=1e-2, **extra)
     for g in grads:
         eager.step(g)
 
     p = p0.clone()
     g_static = torch.empty_like(p)
     lr = torch.full((1,), 1e-2, dtype=torch.float64, device="cuda")
-    opt = getattr(fastlr, name)(p, lr=lr, capturable=True, **extra)
+    opt = optimizer(fastlr, name)(p, lr=lr, capturable=True, **extra)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up steps compile kernels and allocate device scalars

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fastlr
-from cases import CASES
+from cases import CASES, optimizer
 from conftest import make_data
 
 pytestmark = pytest.mark.gpu
@@ -12,7 +12,7 @@ pytestmark = pytest.mark.gpu
 
 def _cpu_result(name, hp, p, grads):
     q = p.copy()
-    opt = getattr(fastlr, name)(q, **hp)
+    opt = optimizer(fastlr, name)(q, **hp)
     for g in grads:
         opt.step(g)
     return q
@@ -24,7 +24,7 @@ def test_cupy_matches_cpu(name):
     hp = CASES[name][-1]
     p, grads = make_data(20, 100_003, np.float32)
     dp = cp.asarray(p)
-    opt = getattr(fastlr, name)(dp, **hp)
+    opt = optimizer(fastlr, name)(dp, **hp)
     for g in grads:
         opt.step(cp.asarray(g))
     assert isinstance(opt.state[0]["step"], int)
@@ -39,7 +39,7 @@ def test_torch_cuda_matches_cpu(name):
     hp = CASES[name][-1]
     p, grads = make_data(20, 100_003, np.float32)
     tp = torch.from_numpy(p.copy()).cuda()
-    opt = getattr(fastlr, name)([tp], **hp)
+    opt = optimizer(fastlr, name)([tp], **hp)
     for g in grads:
         opt.step([torch.from_numpy(g).cuda()])
     np.testing.assert_allclose(tp.cpu().numpy(), _cpu_result(name, hp, p, grads), rtol=1e-5, atol=1e-6)

@@ -4,14 +4,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastlr
+from cases import optimizer
 from reference import REFERENCES, assert_close
+
+# the options drawn below are those of torch.optim's classic ten and Lion; the algorithms of issue 14 are
+# swept by their test grids (tests/test_reference.py) and against their reference implementations
+CLASSIC = ("SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion")
 
 unit = st.floats(0.0, 0.999)
 
 
 @st.composite
 def problems(draw):
-    name = draw(st.sampled_from(sorted(REFERENCES)))
+    name = draw(st.sampled_from(CLASSIC))
     hp = {"lr": draw(st.floats(1e-5, 0.1)), "maximize": draw(st.booleans())}
     if name != "Lion":
         hp["weight_decay"] = draw(st.sampled_from([0.0, draw(st.floats(1e-5, 0.1))]))
@@ -42,7 +47,7 @@ def test_random_problems_match_reference(problem):
     rng = np.random.default_rng(seed)
     p = rng.standard_normal(size)
     ref = p.copy()
-    opt = getattr(fastlr, name)(p, **hp)
+    opt = optimizer(fastlr, name)(p, **hp)
     state = {}
     for t in range(1, steps + 1):
         g = rng.standard_normal(size)

@@ -9,7 +9,9 @@ from fastlr.kernels import rules
 
 torch = pytest.importorskip("torch")
 import fastlr.torch as ft  # noqa: E402
-from cases import CASES  # noqa: E402
+from cases import CASES, optimizer  # noqa: E402
+from fastlr.specs import SPECS  # noqa: E402
+from refimpls import reference_optimizer  # noqa: E402
 
 BF16, FP16 = (7, 8), (10, 5)
 
@@ -62,7 +64,8 @@ def _half_setup(dtype, n=300, steps=8, seed=0):
     return p0, grads
 
 
-MASTER_CASES = [(n, CASES[n][0]) for n in CASES] + [("Adam", dict(amsgrad=True, weight_decay=0.01))]
+MASTER_CASES = [(n, CASES[n][0]) for n in CASES if SPECS[n].half_params] + \
+    [("Adam", dict(amsgrad=True, weight_decay=0.01))]
 
 
 @pytest.mark.parametrize("name,hp", MASTER_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(MASTER_CASES)])
@@ -73,9 +76,9 @@ def test_master_weights_follow_float32_training(name, hp):
         p0, grads = _half_setup(dtype)
         w = p0.clone().requires_grad_()
         ref = p0.float().clone().requires_grad_()
-        opt = getattr(ft, name)([w], master_weights=True, **hp)
+        opt = optimizer(ft, name)([w], master_weights=True, **hp)
         ref_opt = fastlr.Lion([ref], **hp) if name == "Lion" else \
-            getattr(torch.optim, name)([ref], foreach=False, **hp)
+            reference_optimizer(name, [ref], **hp)
         for g in grads:
             w.grad, ref.grad = g.clone(), g.float()
             opt.step()
@@ -199,3 +202,10 @@ def test_bf16_on_gpu_tensors():
     for mode in ("master_weights", "stochastic_rounding"):
         diff = (out["cpu", mode].float() - out["cuda", mode].float()).abs().max().item()
         assert diff <= 2 ** -6, (mode, diff)  # at most a rounding step apart (fma contraction on the GPU)
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if not SPECS[n].half_params])
+def test_per_tensor_norm_algorithms_refuse_16_bit_params(name):
+    w = torch.zeros(4, dtype=torch.bfloat16, requires_grad=True)
+    with pytest.raises(TypeError, match="float32/float64 params only"):
+        getattr(ft, name)([w], master_weights=True)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import fastlr
+from cases import optimizer
 from fastlr.pack import pack, pack_like
 from fastlr.warmup import warmup
 
@@ -48,7 +49,7 @@ def test_step_allocates_nothing_proportional_to_the_buffer(name):
     import tracemalloc
     n = 1 << 20
     w, g = np.zeros(n, np.float32), np.ones(n, np.float32)
-    opt = getattr(fastlr, name)(w)
+    opt = optimizer(fastlr, name)(w)
     opt.step(g)
     tracemalloc.start()
     opt.step(g)

@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 
 import fastlr
-from cases import CASES
+from cases import CASES, optimizer, whole_step_only
 from fastlr.sparse import RowWiseAdagrad
+from fastlr.specs import SPECS
 from reference import REFERENCES, assert_close
 
 # (name, hp) pairs: the first and last option combination of every algorithm
-SWEEP = [(name, hp) for name, cases in CASES.items() for hp in (cases[0], cases[-1])]
+# (per-group schedules and per-tensor norms have no lazy row updates: test_group_schedules_refuse_step_rows)
+LAZY = [name for name in CASES if not whole_step_only(name, {})]
+SWEEP = [(name, hp) for name in LAZY for hp in (CASES[name][0], CASES[name][-1]) if not whole_step_only(name, hp)]
 # float64 for every algorithm, float32 too for those the sparse API is built for
 DTYPED = [(case, np.float64) for case in SWEEP] + \
     [(case, np.float32) for case in SWEEP if case[0] in ("SGD", "Adagrad", "Adam", "AdamW")]
@@ -52,7 +55,7 @@ def lazy_reference(name, hp, p, state, t, ids, rows):
             state[k] = v
             continue
         if k not in state:  # created on this step: untouched rows hold the initial value
-            state[k] = np.full_like(p, hp.get("initial_accumulator_value", 0.0) if k == "sum" else 0.0)
+            state[k] = np.full_like(p, dict(SPECS[name].states({**SPECS[name].defaults, **hp}))[k])
         state[k][uniq] = v
 
 
@@ -67,7 +70,7 @@ def test_lazy_rows_match_reference(case, dtype):
     name, hp = case
     p = table(12, 5, dtype)
     ref, ref_state = p.astype(np.float64), {}
-    opt = getattr(fastlr, name)(p, **hp)
+    opt = optimizer(fastlr, name)(p, **hp)
     untouched = p[-2:].copy()
     for t, (ids, rows) in enumerate(batches(12, 5, 4, 9, dtype), 1):
         assert opt.step_rows(ids, rows) == t
@@ -80,13 +83,23 @@ def test_lazy_rows_match_reference(case, dtype):
     assert opt.state[0]["step"] == t
 
 
+@pytest.mark.parametrize("name", [n for n in CASES if n not in LAZY])
+def test_group_schedules_refuse_step_rows(name):
+    p = table(4, 3, np.float32)
+    before = p.copy()
+    opt = optimizer(fastlr, name)(p)
+    with pytest.raises(NotImplementedError, match="step_rows: not available"):
+        opt.step_rows(np.array([0, 1]), np.ones((2, 3), np.float32))
+    assert p.tobytes() == before.tobytes() and not opt.state
+
+
 @pytest.mark.parametrize("case", SWEEP, ids=_id)
 def test_every_row_equals_dense_step(case):
     """step_rows(all rows, g) is step(g), bit for bit: the same element rules and scalars."""
     name, hp = case
     p = table(10, 4, np.float32)
     q = p.copy()
-    a, b = getattr(fastlr, name)(p, **hp), getattr(fastlr, name)(q, **hp)
+    a, b = optimizer(fastlr, name)(p, **hp), optimizer(fastlr, name)(q, **hp)
     for _, g in batches(10, 4, 3, 10, np.float32):
         a.step_rows(np.arange(10), g)
         b.step(g)

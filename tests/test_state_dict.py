@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fastlr
-from cases import CASES
+from cases import CASES, optimizer
 from conftest import make_data
 
 ALGORITHMS = list(CASES)
@@ -16,17 +16,17 @@ def test_resume_is_bit_identical(name):
     hp = CASES[name][-1]  # the last combination turns most options on
     p, grads = make_data(20, 300, np.float32, seed=3)
     full = p.copy()
-    opt = getattr(fastlr, name)(full, **hp)
+    opt = optimizer(fastlr, name)(full, **hp)
     for g in grads:
         opt.step(g)
 
     first = p.copy()
-    opt1 = getattr(fastlr, name)(first, **hp)
+    opt1 = optimizer(fastlr, name)(first, **hp)
     for g in grads[:10]:
         opt1.step(g)
     saved = pickle.loads(pickle.dumps(opt1.state_dict()))
     resumed = first.copy()
-    opt2 = getattr(fastlr, name)(resumed, **hp)
+    opt2 = optimizer(fastlr, name)(resumed, **hp)
     opt2.load_state_dict(saved)
     for g in grads[10:]:
         opt2.step(g)

@@ -9,7 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 import fastlr  # noqa: E402
 import fastlr.torch as ft  # noqa: E402
-from cases import CASES  # noqa: E402
+from cases import CASES, optimizer  # noqa: E402
+from refimpls import reference_optimizer  # noqa: E402
 
 ALGOS = list(CASES)
 
@@ -42,7 +43,7 @@ def _assert_same_weights(m1, m2, rtol=1e-5):
 def _reference_opt(name, params, hp):
     if name == "Lion":  # torch.optim has no Lion: fastlr's core optimizer on the same tensors
         return fastlr.Lion(list(params), **hp)
-    return getattr(torch.optim, name)(params, foreach=False, **hp)
+    return reference_optimizer(name, params, **hp)
 
 
 CASES_50 = [(n, h) for n in ALGOS for h in (CASES[n][0], CASES[n][-1])]
@@ -53,7 +54,7 @@ def test_trains_like_torch_optim(name, hp):
     X, Y = _data()
     m_ref, m = _model(), _model()
     _train(_reference_opt(name, m_ref.parameters(), hp), m_ref, 50, X, Y)
-    opt = getattr(ft, name)(m.parameters(), **hp)
+    opt = optimizer(ft, name)(m.parameters(), **hp)
     assert isinstance(opt, torch.optim.Optimizer)
     _train(opt, m, 50, X, Y)
     _assert_same_weights(m, m_ref)
@@ -135,15 +136,20 @@ def test_params_without_grad_are_skipped_as_torch_does():
 
 @pytest.mark.parametrize("name,hp", [("Adam", dict(lr=1e-2, amsgrad=True)), ("SGD", dict(lr=0.1, momentum=0.9)),
                                      ("NAdam", {}), ("RMSprop", dict(centered=True, momentum=0.5)),
-                                     ("Adagrad", {}), ("AdamW", {})])
+                                     ("Adagrad", {}), ("AdamW", {}), ("ASGD", dict(t0=5.0)), ("Rprop", {}),
+                                     ("Adopt", dict(weight_decay=0.01, decoupled=True)),
+                                     ("Adan", dict(weight_decay=0.02)),
+                                     ("SGDScheduleFree", dict(lr=0.1)), ("AdamWScheduleFree", dict(warmup_steps=3)),
+                                     ("RAdamScheduleFree", {})])
 def test_state_dicts_cross_load_with_torch_optim(name, hp):
+    """With the reference implementation (torch.optim, timm, schedulefree), both ways."""
     X, Y = _data()
     # torch -> fastlr
     m_ref = _model()
-    t_opt = getattr(torch.optim, name)(m_ref.parameters(), foreach=False, **hp)
+    t_opt = reference_optimizer(name, m_ref.parameters(), **hp)
     _train(t_opt, m_ref, 10, X, Y)
     m = copy.deepcopy(m_ref)
-    f_opt = getattr(ft, name)(m.parameters(), **hp)
+    f_opt = optimizer(ft, name)(m.parameters(), **hp)
     f_opt.load_state_dict(copy.deepcopy(t_opt.state_dict()))
     sd_f, sd_t = f_opt.state_dict(), t_opt.state_dict()
     assert sd_f["state"].keys() == sd_t["state"].keys()
@@ -156,7 +162,7 @@ def test_state_dicts_cross_load_with_torch_optim(name, hp):
     _assert_same_weights(m, m_ref)
     # fastlr -> torch
     m2 = copy.deepcopy(m)
-    t2 = getattr(torch.optim, name)(m2.parameters(), foreach=False, **hp)
+    t2 = reference_optimizer(name, m2.parameters(), **hp)
     t2.load_state_dict(copy.deepcopy(f_opt.state_dict()))
     _train(t2, m2, 10, X, Y)
     _train(f_opt, m, 10, X, Y)
@@ -283,9 +289,9 @@ def test_cuda_tensors_train_like_cpu(name):
     X, Y = _data()
     hp = CASES[name][-1]
     m_cpu, m_gpu = _model(), _model().cuda()
-    _train(getattr(ft, name)(m_cpu.parameters(), **hp), m_cpu, 20, X, Y)
+    _train(optimizer(ft, name)(m_cpu.parameters(), **hp), m_cpu, 20, X, Y)
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):  # kernels follow the caller's current stream
-        _train(getattr(ft, name)(m_gpu.parameters(), max_grad_norm=1e9, **hp), m_gpu, 20, X.cuda(), Y.cuda())
+        _train(optimizer(ft, name)(m_gpu.parameters(), max_grad_norm=1e9, **hp), m_gpu, 20, X.cuda(), Y.cuda())
     torch.cuda.synchronize()
     _assert_same_weights(m_gpu.cpu(), m_cpu, rtol=1e-4)

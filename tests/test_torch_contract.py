@@ -16,7 +16,9 @@ import pytest
 torch = pytest.importorskip("torch")
 import fastlr  # noqa: E402
 import fastlr.torch as ft  # noqa: E402
-from cases import CASES  # noqa: E402
+from cases import CASES, optimizer  # noqa: E402
+from fastlr.specs import SPECS  # noqa: E402
+from refimpls import reference_optimizer  # noqa: E402
 
 ALGOS = list(CASES)
 HP = {name: CASES[name][-1] for name in ALGOS}   # the last combination turns most options on
@@ -35,7 +37,7 @@ def _data(dtype=torch.float32):
 def _reference(name, params, **hp):
     if name == "Lion":
         return fastlr.Lion(list(params), **hp)
-    return getattr(torch.optim, name)(params, foreach=False, **hp)
+    return reference_optimizer(name, params, **hp)
 
 
 class Twin:
@@ -46,7 +48,7 @@ class Twin:
         self.hp = dict(HP[name] if hp is None else hp)
         self.models = [(make or _model)(dtype) for _ in range(2)]
         self.opts = [_reference(name, self.models[0].parameters(), **self.hp),
-                     getattr(ft, name)(self.models[1].parameters(), **self.hp)]
+                     optimizer(ft, name)(self.models[1].parameters(), **self.hp)]
         self.X, self.Y = _data(dtype)
 
     def backward(self, drop=()):
@@ -87,7 +89,8 @@ def test_step_without_grads_changes_nothing(name):
     assert all(torch.equal(a, p) for a, p in zip(before, t.models[1].parameters()))
     ours = {i: st for i, st in t.opts[1].state_dict()["state"].items()}
     if name != "Lion":   # the same states as torch: none, or (Adagrad) the ones made at construction
-        theirs = t.opts[0].state_dict()["state"]
+        # (schedulefree's train() touches state[p] of its defaultdict: empty entries, nothing to compare)
+        theirs = {i: st for i, st in t.opts[0].state_dict()["state"].items() if st}
         assert ours.keys() == theirs.keys()
         for i in ours:
             assert ours[i].keys() == theirs[i].keys()
@@ -101,7 +104,7 @@ def test_partial_grads_skip_params_and_their_state(name):
     t.step(3, drop=(1, 3))     # two params miss three steps: untouched, their step counts too
     t.step(2)
     t.check()
-    if name not in ("SGD", "Lion"):
+    if name != "Lion" and SPECS[name].param_step:
         steps = [float(t.opts[1].state[p]["step"]) for p in t.models[1].parameters()]
         assert steps == [7.0, 4.0, 7.0, 4.0]
 
@@ -128,7 +131,9 @@ def test_cleared_state_starts_again(name, how):
 def test_replaced_and_edited_state_is_used(name):
     t = Twin(name)
     t.step(3)
-    key = {"SGD": "momentum_buffer", "Adagrad": "sum", "RMSprop": "square_avg", "Adadelta": "acc_delta"}.get(
+    key = {"SGD": "momentum_buffer", "Adagrad": "sum", "RMSprop": "square_avg", "Adadelta": "acc_delta", "ASGD": "ax",
+           "Rprop": "step_size", "Lars": "momentum_buffer", "SGDScheduleFree": "z", "AdamWScheduleFree": "z",
+           "RAdamScheduleFree": "z"}.get(
         name, "exp_avg")
 
     def edit(m, o):
@@ -136,7 +141,11 @@ def test_replaced_and_edited_state_is_used(name):
         st[key] = torch.full_like(st[key], 0.25)            # a replaced state tensor
         if "step" in st:
             st["step"] = torch.tensor(1.0)                  # a replaced step count
-        o.state[_param(m, 0)].get("step", torch.zeros(())).zero_()   # a step count edited in place
+        first = o.state[_param(m, 0)]
+        if name != "Adopt" and isinstance(first.get("step"), torch.Tensor):   # (timm's Adopt takes its first
+            first["step"].zero_()   # a step count edited in place          # step when the state is new)
+        elif "step" in first and name != "Adopt":
+            first["step"] = 0       # timm's Mars keeps an int
     t.both(edit)
     t.step(3)
     t.check()
@@ -189,7 +198,7 @@ def test_deepcopy_and_pickle(name):
     t.step(2)
     m, opt = t.models[1], t.opts[1]
     model2 = copy.deepcopy(m)
-    opt2 = getattr(ft, name)(model2.parameters(), **t.hp)
+    opt2 = optimizer(ft, name)(model2.parameters(), **t.hp)
     opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
     clone = copy.deepcopy(opt)                      # the optimizer alone: its params are copied too
     for a, b in zip(clone.param_groups[0]["params"], m.parameters()):
@@ -214,7 +223,7 @@ def test_deepcopy_and_pickle(name):
 @pytest.mark.parametrize("name", ALGOS)
 def test_hooks_run_as_in_torch(name):
     m = _model()
-    opt = getattr(ft, name)(m.parameters(), **HP[name])
+    opt = optimizer(ft, name)(m.parameters(), **HP[name])
     calls = []
     opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
     opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
@@ -241,7 +250,7 @@ def test_torch_save_load_weights_only_resumes_exactly(name):
     saved = torch.load(buf, weights_only=True)
     model = _model()
     model.load_state_dict(saved["model"])
-    opt = getattr(ft, name)(model.parameters(), **HP[name])
+    opt = optimizer(ft, name)(model.parameters(), **HP[name])
     opt.load_state_dict(saved["opt"])
     X, Y = _data()
     for _ in range(3):
@@ -273,7 +282,7 @@ def test_channels_last_and_transposed_params_keep_their_layout(name):
         if isinstance(v, torch.Tensor) and v.shape == weight.shape:
             assert v.stride() == weight.stride()
     w = torch.randn(5, 7).t().requires_grad_()           # a transposed leaf
-    opt = getattr(ft, name)([w], **HP[name])
+    opt = optimizer(ft, name)([w], **HP[name])
     w.grad = torch.ones(5, 7).t()
     stride = w.stride()
     opt.step()
@@ -319,12 +328,12 @@ def test_add_param_group_and_scheduler_edits(name):
         for p in m.parameters():
             torch.nn.init.normal_(p)
     t.opts = [_reference(name, list(t.models[0][0].parameters()), **t.hp),
-              getattr(ft, name)(list(t.models[1][0].parameters()), **t.hp)]
+              optimizer(ft, name)(list(t.models[1][0].parameters()), **t.hp)]
     t.step(2)
     t.both(lambda m, o: o.add_param_group({"params": list(m[2].parameters()), "lr": t.hp.get("lr", 1e-3) / 2}))
     t.step(2)
     if "betas" in t.opts[1].param_groups[0]:
-        t.both(lambda m, o: o.param_groups[0].update(betas=(0.8, 0.95)))
+        t.both(lambda m, o: o.param_groups[0].update(betas=(0.8, 0.95, 0.9)[:len(o.param_groups[0]["betas"])]))
     if "momentum" in t.opts[1].param_groups[0]:
         t.both(lambda m, o: o.param_groups[0].update(momentum=0.5))
     t.both(lambda m, o: [g.update(lr=g["lr"] * 0.5) for g in o.param_groups])
@@ -341,7 +350,9 @@ def test_state_dict_layout_equals_torch():
         for i in sd_t["state"]:
             assert sd_f["state"][i].keys() == sd_t["state"][i].keys(), name
             for k, v in sd_t["state"][i].items():
-                assert isinstance(sd_f["state"][i][k], type(v)) and sd_f["state"][i][k].dtype == v.dtype, (name, k)
+                ours = sd_f["state"][i][k]   # (timm's Mars keeps an int step)
+                assert isinstance(ours, type(v)) and getattr(ours, "dtype", None) == getattr(v, "dtype", None), \
+                    (name, k)
         groups_t = [{k: v for k, v in g.items() if k != "params"} for g in sd_t["param_groups"]]
         groups_f = [{k: v for k, v in g.items() if k != "params"} for g in sd_f["param_groups"]]
         assert [set(g) - {"fused", "foreach"} for g in groups_f] == [set(g) - {"fused", "foreach"} for g in groups_t]

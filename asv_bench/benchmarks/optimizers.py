@@ -34,6 +34,8 @@ def make_step(algo, n, dtype):
     p = (0.1 * rng.standard_normal(n)).astype(dtype)
     g = (1e-3 * rng.standard_normal(n)).astype(dtype)
     opt = cls(p, **kw)
+    if hasattr(opt, "train"):   # schedule-free optimizers step in train mode
+        opt.train()
     opt.step(g)   # warm-up: compile or load the kernel, allocate the state
     return (lambda: opt.step(g)), bytes_per_param(algo, np.dtype(dtype).itemsize) * n
 

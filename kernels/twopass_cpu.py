@@ -1,0 +1,64 @@
+"""CPU first passes of the two-pass rules (``rules.TWO_PASS``): per-tensor float64 sums over a segment table.
+
+``SUMS[rule](ptrs, work, hidx, htab, c, like, out)`` runs the rule's first pass, ``rules.<rule>_sums``, over
+every work row of a segment table (the layout of ``kernels.cpu.TABLE_KERNELS``) and writes the float64 sums of
+each returned value over the row's elements into ``out[w, :]``; the caller adds the rows of each tensor in
+work-row order, so the sums do not depend on the number of threads. ``SUMS[rule + "_serial"]``: one thread.
+The second pass is the rule's ordinary table kernel in ``kernels.cpu``.
+"""
+import numpy as np  # noqa: F401  (used by the generated kernels)
+from numba import carray, njit, prange  # noqa: F401
+
+from . import rules
+from ._codegen import generate, generate_source
+from ._pointers import at  # noqa: F401
+from .cpu import R, _table_fields  # noqa: F401
+
+_JIT = dict(cache=True, nogil=True, error_model="numpy")
+# The sums may be reassociated (they only feed norms): that lets LLVM vectorize the float64 accumulation,
+# which it must otherwise run one element at a time (measured: 96 ms -> see docs/PERFORMANCE.md at 16M).
+_SUM_JIT = dict(_JIT, fastmath={"reassoc"})
+
+_CHUNK = """
+def {name}(p, g, {states}h64, c64, acc):
+    h = ({h_cast})
+    c = (p.dtype.type(c64[0]), p.dtype.type(c64[1]), p.dtype.type(c64[2]))
+ZERO    for i in range(p.size):
+        OUTS = R.{rule}(p[i], R.condition(g[i], c){items}, h)
+ADDSSTORE"""
+
+_TABLE = """
+def {name}(ptrs, work, hidx, htab, c64, like, out):
+    for w in prange(work.shape[0]):
+        t = work[w, 0]
+        lo = work[w, 1]
+        n = work[w, 2] - lo
+        r = hidx[t]
+        CHUNK({columns}({h_row}), c64, out[w])
+"""
+
+
+def chunk_template(k):
+    """The serial first-pass loop for a rule summing k values."""
+    return (_CHUNK.replace("ZERO", "".join(f"    sum{j} = 0.0\n" for j in range(k)))
+            .replace("OUTS", ", ".join(f"x{j}" for j in range(k)) + ("," if k == 1 else ""))
+            .replace("ADDS", "".join(f"        sum{j} += np.float64(x{j})\n" for j in range(k)))
+            .replace("STORE", "".join(f"    acc[{j}] = sum{j}\n" for j in range(k))))
+
+
+SUMS = {}
+for _rule, (_sums, _k, _) in rules.TWO_PASS.items():
+    _chunk = generate(chunk_template(_k), _sums, f"{_sums}_chunk", globals(), njit(**_SUM_JIT))
+    for _suffix, _decorate in (("", njit(parallel=True, **_JIT)), ("_serial", njit(**_JIT))):
+        SUMS[_rule + _suffix] = generate_source(_TABLE, f"{_sums}_table{_suffix}", dict(globals(), CHUNK=_chunk),
+                                                _decorate, **_table_fields(_sums))
+
+
+# The global gradient norm of timm Lamb's clip (fastlr.twopass.global_clip): kernels.cpu's table sum of
+# squares with reassociation allowed, so it vectorizes (a norm, as above).
+from .cpu import _TABLE_SUMSQ, _sumsq  # noqa: E402
+
+_sumsq_reassoc = _sumsq("sumsq_reassoc_serial", "range", njit(**_SUM_JIT))
+TABLE_SUMSQ = {suffix: generate_source(_TABLE_SUMSQ, f"table_sumsq_reassoc{suffix}",
+                                       dict(globals(), sumsq_serial=_sumsq_reassoc), decorate)
+               for suffix, decorate in (("", njit(parallel=True, **_JIT)), ("_serial", njit(**_JIT)))}

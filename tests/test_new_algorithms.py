@@ -1,0 +1,216 @@
+"""What the algorithms of issue 14 add beyond the registry-driven tests: the functional updates, the
+schedule-free train()/eval() switch (against the schedulefree package, NumPy and torch front ends, 16-bit
+params) and state dicts taken in eval mode."""
+import copy
+
+import numpy as np
+import pytest
+
+import fastlr
+from cases import CASES, optimizer
+from conftest import make_data
+from fastlr.specs import COPY_OF_PARAM, SPECS
+from reference import assert_close, schedulefree_x
+
+NEW = ["ASGD", "Rprop", "Adopt", "Adan", "SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree"]
+SCHEDULE_FREE = [n for n in NEW if SPECS[n].modes == "schedulefree"]
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_functional_equals_the_optimizer(name):
+    hp = CASES[name][-1]
+    spec = SPECS[name]
+    p, grads = make_data(12, 64, np.float32, seed=2)
+    q = p.copy()
+    opt = optimizer(fastlr, name)(p, **hp)
+    for g in grads:
+        opt.step(g)
+    update = getattr(fastlr.functional, name.lower() + "_")
+    inits = spec.states({**spec.defaults, **hp})
+    states = [q.copy() if init == COPY_OF_PARAM else np.full_like(q, init) for _, init in inits]
+    carried = {}
+    for t, g in enumerate(grads, 1):
+        out = update(q, g, *states, step=t, **hp, **carried)
+        carried = {k: v for k, v in out.items() if k != "step"}
+    np.testing.assert_array_equal(q, p)
+    for (n, _), s in zip(inits, states):
+        np.testing.assert_array_equal(s, opt.state[0][n], err_msg=n)
+
+
+@pytest.mark.parametrize("name", SCHEDULE_FREE)
+def test_eval_gives_the_average_and_train_gives_it_back(name):
+    p, grads = make_data(20, 33, np.float64, seed=4)
+    opt = fastlr.__dict__[name](p, **CASES[name][-1])
+    with pytest.raises(RuntimeError, match="eval mode"):
+        opt.step(grads[0])
+    assert not opt.state and opt.param_groups[0]["k"] == 0
+    opt.train()
+    for g in grads:
+        opt.step(g)
+    y, z = p.copy(), opt.state[0]["z"].copy()
+    group = opt.param_groups[0]
+    beta = group["betas"][0] if "betas" in group else group["momentum"]
+    opt.eval()
+    assert not group["train_mode"]
+    assert_close(p, schedulefree_x(y, z, beta), np.float64)
+    opt.eval()                       # already in eval mode: nothing moves
+    x = p.copy()
+    with pytest.raises(RuntimeError, match="train"):
+        opt.step(grads[0])
+    np.testing.assert_array_equal(p, x)
+    opt.train()
+    assert_close(p, y, np.float64)
+
+
+torch_cases = [(n, hp) for n in SCHEDULE_FREE for hp in (CASES[n][0], CASES[n][-1])]
+
+
+@pytest.mark.parametrize("name,hp", torch_cases, ids=[f"{n}-{i % 2}" for i, (n, _) in enumerate(torch_cases)])
+def test_train_eval_cycles_and_eval_checkpoints_match_schedulefree(name, hp):
+    """fastlr.torch vs the schedulefree package: training with eval() phases in between, a checkpoint taken in
+    eval mode loaded into the other implementation, both ways."""
+    torch = pytest.importorskip("torch")
+    import fastlr.torch as ft
+    from refimpls import reference_optimizer
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 2))
+    twins = [copy.deepcopy(model), copy.deepcopy(model)]
+    opts = [reference_optimizer(name, twins[0].parameters(), **hp), getattr(ft, name)(twins[1].parameters(), **hp)]
+    opts[1].train()
+    X, Y = torch.randn(32, 5, generator=torch.Generator().manual_seed(1)), torch.randn(32, 2)
+
+    def steps(n):
+        for m, o in zip(twins, opts):
+            for _ in range(n):
+                o.zero_grad()
+                torch.nn.functional.mse_loss(m(X), Y).backward()
+                o.step()
+
+    def same():
+        for a, b in zip(twins[0].parameters(), twins[1].parameters()):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+    steps(6)
+    for o in opts:
+        o.eval()
+    same()
+    # checkpoints in eval mode, as the package requires (the params then hold x)
+    saved = [(copy.deepcopy(m.state_dict()), copy.deepcopy(o.state_dict())) for m, o in zip(twins, opts)]
+    for o in opts:
+        o.train()
+    steps(4)
+    same()
+    # each checkpoint resumed by the other implementation: fastlr's by the package, the package's by fastlr
+    resumed = [copy.deepcopy(model) for _ in range(2)]
+    for m, (msd, _) in zip(resumed, saved[::-1]):
+        m.load_state_dict(msd)
+    others = [reference_optimizer(name, resumed[0].parameters(), **hp),
+              getattr(ft, name)(resumed[1].parameters(), **hp)]
+    for o, (_, osd) in zip(others, saved[::-1]):
+        o.load_state_dict(osd)
+        assert not o.param_groups[0]["train_mode"] and o.param_groups[0]["k"] == 6
+        o.train()
+    twins, opts = resumed, others
+    steps(4)
+    for a, b in zip(resumed[1].parameters(), twins[0].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_master_weights_lerp_through_the_master_copy():
+    torch = pytest.importorskip("torch")
+    import fastlr.torch as ft
+    w = torch.randn(300, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16).requires_grad_()
+    ref = w.detach().float().clone().requires_grad_()
+    opt = ft.AdamWScheduleFree([w], master_weights=True, lr=1e-2)
+    ref_opt = fastlr.torch.AdamWScheduleFree([ref], lr=1e-2)
+    for o in (opt, ref_opt):
+        o.train()
+    for k in range(5):
+        g = torch.randn(300, generator=torch.Generator().manual_seed(10 + k))
+        w.grad, ref.grad = g.to(torch.bfloat16), g.to(torch.bfloat16).float()
+        opt.step()
+        ref_opt.step()
+    opt.eval()
+    ref_opt.eval()
+    master = opt.state[w]["master_param"]
+    torch.testing.assert_close(master, ref.detach(), rtol=1e-6, atol=1e-6)
+    assert torch.equal(w.detach(), master.to(torch.bfloat16))
+
+
+SHAPES = [(6, 5), (5,), (3, 4, 2), (1,)]
+MULTI = [(n, CASES[n][-1]) for n in NEW + ["Lamb", "Lars", "Mars"]]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name,hp", MULTI, ids=[n for n, _ in MULTI])
+def test_many_tensors_of_many_shapes_match_the_reference_implementation(name, hp, dtype):
+    """One segment-table call over tensors of several shapes (per-tensor norms, Mars' 2-D path), NumPy and
+    torch CPU arrays, against the reference implementation over 30 steps."""
+    torch = pytest.importorskip("torch")
+    import fastlr.torch as ft
+    from refimpls import reference_optimizer
+    tdtype = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(5)
+    init = [torch.randn(s, generator=gen, dtype=tdtype) for s in SHAPES]
+    ref, ours, arrays = ([p.clone().requires_grad_() for p in init] for _ in range(3))
+    arrays = [p.detach().numpy().copy() for p in init]
+    opts = [reference_optimizer(name, ref, **hp), optimizer(ft, name)(ours, **hp),
+            optimizer(fastlr, name)(arrays, **hp)]
+    for _ in range(30):
+        grads = [torch.randn(s, generator=gen, dtype=tdtype) for s in SHAPES]
+        for a, b, g in zip(ref, ours, grads):
+            a.grad, b.grad = g.clone(), g.clone()
+        opts[0].step()
+        opts[1].step()
+        opts[2].step([g.numpy() for g in grads])
+    for a, b, c in zip(ref, ours, arrays):
+        assert_close(b.detach().numpy(), a.detach().numpy(), getattr(np, dtype))
+        assert_close(c, a.detach().numpy(), getattr(np, dtype))
+
+
+BAD = {
+    "ASGD": ("lambd", -1.0, "lambd: expected a finite value >= 0"),
+    "Rprop": ("etas", (1.5, 0.5), "etas: expected 0 < etaminus < 1 < etaplus"),
+    "Adopt": ("clip_exp", float("nan"), "clip_exp: expected a real number"),
+    "Adan": ("betas", (0.9, 0.9), r"betas: expected 3 values \(beta1, beta2, beta3\)"),
+    "SGDScheduleFree": ("momentum", 1.0, r"momentum: expected a value in \(0, 1\)"),
+    "AdamWScheduleFree": ("warmup_steps", -1, "warmup_steps: expected a whole number"),
+    "RAdamScheduleFree": ("silent_sgd_phase", 1, "silent_sgd_phase: expected True or False"),
+    "Lamb": ("max_grad_norm", -1.0, "max_grad_norm: expected a finite value > 0"),
+    "Lars": ("trust_coeff", -1.0, "trust_coeff: expected a finite value >= 0"),
+    "Mars": ("mars_type", "sgd", "mars_type: expected one of"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_input_changes_nothing_group_schedules_included(name):
+    key, value, match = BAD[name]
+    with pytest.raises((ValueError, TypeError), match=match):
+        getattr(fastlr, name)(np.zeros((3, 4), np.float32), **{key: value})
+    if name in ("Lamb", "Mars"):   # caution needs a third pass there: refused
+        with pytest.raises(ValueError, match="caution=True"):
+            getattr(fastlr, name)(np.zeros(3, np.float32), caution=True)
+    a, b = np.ones((3, 4), np.float32), np.ones(5, np.float32)
+    opt = optimizer(fastlr, name)([a, b])
+    for _ in range(2):
+        opt.step([np.full_like(a, 0.5), np.full_like(b, -0.5)])
+    before = copy.deepcopy((a, b, opt.state, [{k: v for k, v in g.items() if k != "params"}
+                                              for g in opt.param_groups]))
+
+    def unchanged(edited=()):
+        now = (a, b, opt.state, [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups])
+        np.testing.assert_array_equal(now[0], before[0])
+        np.testing.assert_array_equal(now[1], before[1])
+        for g_now, g_before in zip(now[3], before[3]):   # per-group schedules (k, weight_sum, step) kept
+            assert {k: v for k, v in g_now.items() if k not in edited} == \
+                {k: v for k, v in g_before.items() if k not in edited}
+        for i, st in before[2].items():
+            for k, v in st.items():
+                np.testing.assert_array_equal(now[2][i][k], v)
+    with pytest.raises(ValueError, match=r"grads\[1\]: expected shape"):
+        opt.step([np.ones_like(a), np.ones(6, np.float32)])
+    unchanged()
+    opt.param_groups[0][key] = value
+    with pytest.raises((ValueError, TypeError), match=match):
+        opt.step([np.ones_like(a), np.ones_like(b)])
+    unchanged(edited=(key,))
