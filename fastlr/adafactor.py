@@ -63,8 +63,8 @@ def launch(engine, plan, unit, c):
     from ._arrays import Buffer
     from .streams import current_stream
     group, front = plan.hp, engine.front   # (check_states ran on every unit before any launch)
-    steps = [t + 1 for t in front.steps(unit.pstates)]
-    front.set_steps(unit.pstates, steps)
+    steps = [t + 1 for t in front.steps(unit.pstates, unit.front_cache)]
+    front.set_steps(unit.pstates, steps, unit.front_cache)
     lr, wd, d = group["lr"], group["weight_decay"], group["d"]
     beta2_decay, (eps1, eps2) = group["beta2_decay"], group["eps"]
     scale, lo, hi = c

@@ -451,8 +451,6 @@ def _allocate(engine, plans):
             for key in plan.pending[1]:
                 st = state.get(key)
                 before[key] = (key in state, st, set(st) if isinstance(st, dict) else None)
-    for plan in plans:
-        plan.allocate(engine)
 
     def undo():
         for key, (present, st, names) in before.items():
@@ -463,6 +461,12 @@ def _allocate(engine, plans):
             if names is not None:
                 for n in [n for n in st if n not in names]:
                     del st[n]
+    try:
+        for plan in plans:
+            plan.allocate(engine)
+    except BaseException:   # e.g. a unit that refuses these states: nothing stays half-made
+        undo()
+        raise
     return undo
 
 

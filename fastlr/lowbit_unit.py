@@ -157,6 +157,11 @@ class LowbitUnit(_engine.Unit):
 
     def __init__(self, *args):
         super().__init__(*args)
+        rule = args[1].rule
+        if rule not in quant.STATEFUL_RULES:
+            raise ValueError(f"state_precision={self.engine.opt.state_precision!r}: not available for "
+                             f"{self.engine.spec.name} with these options (rules.{rule} has no low-precision kernels; "
+                             f"see fastlr.state_precision); use state_precision='fp32'")
         opt = self.engine.opt
         self.precision = opt.state_precision
         self.quantized = is_quantized(self.precision)
@@ -166,6 +171,11 @@ class LowbitUnit(_engine.Unit):
 
     @classmethod
     def create_states(cls, engine, pstate, param, inits):
+        copies = [name for name, init in inits if isinstance(init, str)]
+        if copies:   # a state that starts as a copy of the param (ASGD's ax, schedule-free's z) is param-like
+            raise ValueError(f"state_precision={engine.opt.state_precision!r}: not available for {engine.spec.name}, "
+                             f"whose state {copies[0]!r} is a copy of the params (it keeps their precision); use "
+                             f"state_precision='fp32'")
         missing = [(name, init) for name, init in inits if name not in pstate]
         for name, value in new_states(param, engine.opt.state_precision, missing).items():
             pstate[name] = value

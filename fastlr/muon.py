@@ -105,7 +105,8 @@ def launch(engine, plan, unit, c):
     from ._arrays import Buffer
     from .streams import current_stream
     opt, group, front = engine.opt, plan.hp, engine.front
-    front.set_steps(unit.pstates, [t + 1 for t in front.steps(unit.pstates)])   # (NumPy API: a count per param)
+    steps = [t + 1 for t in front.steps(unit.pstates, unit.front_cache)]   # (NumPy API: a count per param)
+    front.set_steps(unit.pstates, steps, unit.front_cache)
     scratch = opt.__dict__.setdefault("_muon_scratch", {})
     h = rules.muon_scalars(group["lr"], group["weight_decay"], group["momentum"], group["nesterov"])
     for r in range(len(unit.pstates)):

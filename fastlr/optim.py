@@ -25,9 +25,9 @@ from ._arrays import (
     to_numpy,
 )
 from .engine import Engine, Front, plan_scalars
+from .kernels import rules  # noqa: F401  (re-exported for scripts that bind rules by name)
 from .muon import MuonSteps
 from .schedulefree import ScheduleFree
-from .kernels import rules  # noqa: F401  (re-exported for scripts that bind rules by name)
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax",
            "NAdam", "RAdam", "Lion", "ASGD", "Rprop", "Adopt", "Adan", "SGDScheduleFree", "AdamWScheduleFree",

@@ -41,6 +41,10 @@ def configure(opt, state_precision="fp32", state_min_size=4096, state_stochastic
     if state_stochastic_rounding and state_precision != "bf16":
         raise ValueError(f"state_stochastic_rounding: for state_precision='bf16' only, got {state_precision!r}")
     if state_precision != "fp32":
+        spec = type(opt).spec
+        if spec is not None and (spec.launch is not None or spec.global_clip or spec.aux_states is not None):
+            raise ValueError(f"state_precision={state_precision!r}: not available for {spec.name} (its step is "
+                             f"not one element rule over fp32 moments); use state_precision='fp32'")
         if getattr(opt, "capturable", False):
             raise ValueError("state_precision: capturable=True steps keep fp32 states (the low-precision kernels "
                              "take their per-step scalars from the host)")

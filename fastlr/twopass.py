@@ -30,6 +30,10 @@ def check_two_pass(plans):
     for plan in plans:
         if plan.rule in TWO_PASS:
             for unit in plan.units:
+                if type(unit).__name__ == "LowbitUnit":
+                    raise ValueError(f"{unit.column_name(0, 0)}: state_precision={unit.engine.opt.state_precision!r} "
+                                     f"is not available with these options (a per-tensor first pass reads fp32 "
+                                     f"states); use state_precision='fp32'")
                 if unit.kind.family not in _FAMILIES:
                     raise TypeError(f"{unit.column_name(0, 0)}: {unit.kind.dtype} params are not supported with "
                                     f"these options (a per-tensor first pass, float32/float64 arrays only)")

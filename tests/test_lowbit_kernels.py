@@ -134,8 +134,9 @@ def test_byte_permute_decode_equals_the_map():
 C = (0.5, -3.0, 3.0)  # conditioning: scale and clip, so the fused condition runs too
 
 
-def test_every_stateful_rule_has_a_case():
-    assert sorted(H) == sorted(r for r in rules.ELEMENT_RULES if n_states(r))
+def test_every_rule_with_low_bit_kernels_has_a_case():
+    assert sorted(H) == sorted(quant.STATEFUL_RULES)
+    assert set(quant.STATEFUL_RULES) <= {r for r in rules.ELEMENT_RULES if n_states(r)}
 
 
 def reference_codes(x, cb, block):

@@ -346,3 +346,15 @@ def test_torch_eager_adagrad_states_and_replaced_state():
         train_steps(model, opt, steps=1)
     assert torch.equal(w.detach(), before)
 
+
+
+@pytest.mark.parametrize("name", ["ASGD", "Adopt", "AdamWScheduleFree", "Lamb", "Muon"])
+def test_algorithms_without_low_bit_kernels_refuse_and_change_nothing(name):
+    w = np.linspace(-1, 1, 8192, dtype=np.float32).reshape(64, 128)
+    before = w.copy()
+    with pytest.raises(ValueError, match="state_precision"):
+        opt = getattr(fastlr, name)(w, state_precision="8bit")
+        if hasattr(opt, "train"):
+            opt.train()
+        opt.step(np.ones_like(w))
+    assert np.array_equal(w, before)
