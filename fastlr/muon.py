@@ -26,12 +26,15 @@ NS_DTYPES = ("bfloat16", "float32")
 
 
 def adjusted_lr(lr, adjust_lr_fn, shape):
-    """torch's _adjust_lr: lr * sqrt(max(1, A / B)) ("original", None) or 0.2 sqrt(max(A, B))."""
+    """torch's _adjust_lr: lr * sqrt(max(1, A / B)) ("original", None), 0.2 sqrt(max(A, B))
+    ("match_rms_adamw") or sqrt(A / B) ("spectral_unclamped")."""
     a, b = shape[:2]
     if adjust_lr_fn is None or adjust_lr_fn == "original":
         return lr * math.sqrt(max(1, a / b))
     if adjust_lr_fn == "match_rms_adamw":
         return lr * 0.2 * math.sqrt(max(a, b))
+    if adjust_lr_fn == "spectral_unclamped":
+        return lr * math.sqrt(a / b)
     return lr
 
 

@@ -602,7 +602,7 @@ Muon = Spec(
     rule=lambda g: "muon_momentum", states=lambda g: (("momentum_buffer", 0.0),), scalars="muon_scalars",
     param_step=False, half_params=False, lazy_rows=False, launch=_muon_launch, matrix_only=True,
     checks={"ns_coefficients": _ns_coefficients, "ns_steps": _ns_steps,
-            "adjust_lr_fn": _one_of(None, "original", "match_rms_adamw")},
+            "adjust_lr_fn": _one_of(None, "original", "match_rms_adamw", "spectral_unclamped")},
     reference="torch.optim.Muon",
     summary="Muon (Jordan et al. 2024): SGD-Nesterov momentum orthogonalized per 2-D param by Newton-Schulz.",
     math="b <- lerp(b, g, 1-mu);  O = NS(lerp(g, b, mu));  p <- p (1 - lr wd) - lr sqrt(max(1, A/B)) O",

@@ -15,8 +15,11 @@ import torch.multiprocessing as mp  # noqa: E402
 from cases import CASES  # noqa: E402
 
 STEPS = 6
-# every algorithm torch.optim has (Lion has no torch.optim twin), with most options on
-ALGOS = [n for n in CASES if n != "Lion"]
+# every algorithm torch.optim has (the others have no torch.optim twin), with most options on
+ALGOS = [n for n in CASES if hasattr(torch.optim, n)]
+# torch.optim.Rprop itself raises on DTensor params (aten.index_put_ cannot keep Shard placements):
+# there is no reference to compare with under FSDP2
+TORCH_FAILS_ON_DTENSOR = {"Rprop"}
 HP = {n: CASES[n][-1] for n in ALGOS}
 
 
@@ -90,7 +93,7 @@ def _worker(rank, world, port, mode, out):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         results = {name: {impl: _one(mode, impl, name, rank, world) for impl in ("torch", "fastlr")}
-                   for name in ALGOS}
+                   for name in ALGOS if not (mode == "fsdp" and name in TORCH_FAILS_ON_DTENSOR)}
         if rank == 0:
             torch.save(results, out)
     finally:
@@ -102,7 +105,7 @@ def _run(mode, world):
         out = os.path.join(d, "out.pt")
         mp.spawn(_worker, args=(world, _free_port(), mode, out), nprocs=world, join=True)
         results = torch.load(out)
-    assert set(results) == set(ALGOS)
+    assert set(results) == set(ALGOS) - (TORCH_FAILS_ON_DTENSOR if mode == "fsdp" else set())
     for name, res in results.items():
         for a, b in zip(res["torch"], res["fastlr"]):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
