@@ -200,7 +200,7 @@ def graph_capture(ctx):
         for lr_dtype in (torch.float32, torch.float64):
             key = f"{name}, {str(lr_dtype).split('.')[-1]} lr"
             try:
-                cases[key] = _captured_vs_eager(torch, name, lr_dtype, p0, grads)
+                cases[key] = captured_vs_eager(torch, name, lr_dtype, p0, grads)
             except Exception as exc:   # one algorithm's failure is a result; the others go on
                 cases[key] = {"ok": False, "error": _err(exc)}
             if not cases[key]["ok"]:
@@ -210,7 +210,9 @@ def graph_capture(ctx):
                        (f"; failed: {', '.join(failed)}" if failed else "")}
 
 
-def _captured_vs_eager(torch, name, lr_dtype, p0, grads):
+def captured_vs_eager(torch, name, lr_dtype, p0, grads):
+    """fastlr.<name> with capturable=True, captured in a CUDA graph after 3 warm-up steps on a side stream and
+    replayed for the other grads, against eager steps from p0: {"ok", "max_abs_diff", "step"}."""
     import fastlr
     cls, extra = getattr(fastlr, name), EXTRA.get(name, {})
     lr = torch.full((1,), 1e-2, dtype=lr_dtype, device="cuda")

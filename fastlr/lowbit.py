@@ -22,12 +22,12 @@ arrays (numba device arrays, or anything with ``__cuda_array_interface__`` after
 A step that is not launched writes nothing: skipping a non-finite step leaves codes and absmax
 bit-identical (the engine decides before calling ``step``).
 """
-import importlib
 import math
 from typing import NamedTuple
 
 import numpy as np
 
+from ._launch import kernel_module
 from .kernels import quant, rules
 from .kernels._codegen import n_states, scalar_names
 
@@ -49,15 +49,9 @@ class Quantized(NamedTuple):
         return quant.CODEBOOKS[self.precision, self.signed]
 
 
-_MODULES = {}
-
-
 def _kernels(name):
-    """fastlr.kernels.<name>, imported on first use (importing it compiles nothing)."""
-    module = _MODULES.get(name)
-    if module is None:
-        module = _MODULES[name] = importlib.import_module(f"{__package__}.kernels.{name}")
-    return module
+    """fastlr.kernels.<name>, imported on first use."""
+    return kernel_module(name)
 
 
 def _on_cuda(x):

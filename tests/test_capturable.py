@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fastlr
-from cases import ALL, case_id, optimizer
+from cases import ALL, case_id
 from fastlr.specs import SPECS
 
 
@@ -31,36 +31,15 @@ def _torch_cuda():
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["Adam", "AdamW", "NAdam", "RAdam", "SGD", "Lion"])
 def test_cuda_graph_replay_equals_eager_steps(name):
+    """The capture-and-replay check of `make gpu-check` (fastlr.gpuchecks), float64 and float32 device lr."""
+    from fastlr.gpuchecks import captured_vs_eager
     torch = _torch_cuda()
     gen = torch.Generator(device="cuda").manual_seed(0)
     p0 = torch.randn(1 << 16, device="cuda", generator=gen)
     grads = [torch.randn(1 << 16, device="cuda", generator=gen) for _ in range(8)]
-    extra = {"momentum": 0.9} if name == "SGD" else {}
-    eager_p = p0.clone()
-    eager = optimizer(fastlr, name)(eager_p, lr=1e-2, **extra)
-    for g in grads:
-        eager.step(g)
-
-    p = p0.clone()
-    g_static = torch.empty_like(p)
-    lr = torch.full((1,), 1e-2, dtype=torch.float64, device="cuda")
-    opt = optimizer(fastlr, name)(p, lr=lr, capturable=True, **extra)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up steps compile kernels and allocate device scalars
-        for g in grads[:3]:
-            g_static.copy_(g)
-            opt.step(g_static)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        opt.step(g_static)
-    for g in grads[3:]:
-        g_static.copy_(g)
-        graph.replay()
-    torch.cuda.synchronize()
-    assert float(opt.state[0]["step"].item()) == len(grads)
-    torch.testing.assert_close(p, eager_p, rtol=1e-6, atol=1e-6)
+    for lr_dtype in (torch.float64, torch.float32):
+        result = captured_vs_eager(torch, name, lr_dtype, p0, grads)
+        assert result["ok"], result
 
 
 @pytest.mark.gpu
