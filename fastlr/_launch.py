@@ -23,6 +23,20 @@ def kernel_module(name):
     return module
 
 
+def exact(dispatcher, args):
+    """The compiled entry point of a numba CPU dispatcher for exactly the types of ``args`` (call the
+    dispatcher with them first, so that it is compiled), or the dispatcher where there is none.
+
+    The entry point is numba's own wrapper without the dispatcher's type resolution (~0.2 us less a
+    call). It trusts its arguments' types, so it is only for arguments the engine builds itself,
+    whose types never change for the caller that keeps it (C-contiguous int64/float64 tables, a
+    tuple of Python floats, a unit's ``like`` array)."""
+    try:
+        return dispatcher.overloads[tuple(map(dispatcher.typeof_pyval, args))].entry_point
+    except Exception:   # another numba, or not compiled for these types: the dispatcher checks them
+        return dispatcher
+
+
 def _kernels(on_cuda):
     return kernel_module("cuda" if on_cuda else "cpu")
 

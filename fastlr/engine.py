@@ -25,6 +25,7 @@ messages; and hands the grads to ``Engine.step``.
 import functools
 import math
 import operator
+import struct
 import threading
 from itertools import repeat
 
@@ -32,7 +33,7 @@ import numpy as np
 
 from . import specs as _specs
 from ._arrays import Buffer, copy_into, dense, describe_kind, full_like, kind_of, max_abs, same_kind, scaled_sumsq
-from ._launch import NO_CONDITIONING, SERIAL_BELOW, kernel_module, parallel_guard
+from ._launch import NO_CONDITIONING, SERIAL_BELOW, exact, kernel_module, parallel_guard
 from .kernels import _codegen, rules
 from .twopass import TWO_PASS, TwoPass, check_two_pass, global_clip
 
@@ -224,6 +225,11 @@ class Front:
         for st, v in zip(pstates, values):
             st["step"] = v
 
+    def set_step(self, pstates, value, cache):
+        """Set every count to value (the count all of them had + 1). A front may then return the list
+        it keeps as ``cache["uniform"]`` from steps(), to say that the counts are all equal."""
+        self.set_steps(pstates, repeat(value, len(pstates)), cache)
+
     def check_counts(self, spec, units):
         """Before anything is launched: every step count, as ``steps()`` reads it from opt.state now (it
         may have been edited), is a whole number in [0, 2**53], and every scalar state (NAdam's
@@ -273,6 +279,8 @@ class Engine:
 
     def __init__(self, opt, spec, front):
         self.opt, self.spec, self.front = opt, spec, front
+        # what some algorithms beyond torch.optim's ten do once per step (see before_launch)
+        self.extras = bool(spec.group_updates or spec.global_clip or spec.prepare_unit)
         self.lock = threading.RLock()
         self.reset()
 
@@ -306,18 +314,19 @@ class Engine:
         return out
 
     # ------------------------------------------------------------ the step
-    def step(self, grads, options, launch=None):
+    def step(self, grads, options, launch=None, dense=False):
         """Validate, condition and update. grads: per group, a list aligned with its params (None:
-        no update for that param). Returns False if the step was skipped (non-finite gradients).
-        launch(engine, plan, unit, c) replaces the host-side launch (capturable steps)."""
+        no update for that param; dense=True: the caller checked that none is None). Returns False
+        if the step was skipped (non-finite gradients). launch(engine, plan, unit, c) replaces the
+        host-side launch (capturable steps)."""
         hps = self.resolve(self.opt._step_count)
-        plans = self._plans_for(hps, grads)
+        plans = self._plans_for(hps, grads, dense)
         undo = None
-        if any(p.missing for p in plans):   # every check passed: now states may be created
-            undo = _allocate(self, plans)
+        if plans[0].missing if len(plans) == 1 else any(p.missing for p in plans):
+            undo = _allocate(self, plans)   # every check passed: now states may be created
         try:
             if undo is not None:
-                plans = self._plans_for(hps, grads)
+                plans = self._plans_for(hps, grads, dense)
             units = plans[0].units if len(plans) == 1 else [u for plan in plans for u in plan.units]
             _check_disjoint(units)
             if launch is None:   # (capturable steps keep their counts in device memory)
@@ -336,23 +345,21 @@ class Engine:
             if undo is not None:   # nor does a skipped one
                 undo()
             return False
-        if self.spec.group_updates or self.spec.global_clip or self.spec.prepare_unit or \
-                any(p.rule in TWO_PASS for p in plans):
+        if self.extras or any(p.rule in TWO_PASS for p in plans):
             c = before_launch(self, plans, c)   # issue 14: per-tensor passes, per-group schedules, Lamb's clip
+        launch = launch or self.spec.launch or Engine._launch
         for plan in plans:
             for unit in plan.units:
-                if plan.rule in TWO_PASS:   # per-tensor reductions first (fastlr.twopass)
-                    unit = TwoPass(unit)
-                (launch or self.spec.launch or Engine._launch)(self, plan, unit, c)
+                launch(self, plan, TwoPass(unit) if plan.rule in TWO_PASS else unit, c)   # (per-tensor sums first)
         return True
 
-    def _plans_for(self, hps, grads):
+    def _plans_for(self, hps, grads, dense=False):
         groups = self.opt.param_groups
         if len(grads) != len(groups):
             raise ValueError(f"grads: expected gradients for {len(groups)} param group(s), got {len(grads)}")
-        return [self._plan(k, group, hp, gs) for k, (group, hp, gs) in enumerate(zip(groups, hps, grads))]
+        return [self._plan(k, group, hp, gs, dense) for k, (group, hp, gs) in enumerate(zip(groups, hps, grads))]
 
-    def _plan(self, k, group, hp, gs):
+    def _plan(self, k, group, hp, gs, dense=False):
         """The group's units for this step, validated (cached while what they describe is unchanged)."""
         params = group["params"]
         if len(gs) != len(params):
@@ -366,7 +373,7 @@ class Engine:
         elif not _same_list(params, plan.params):
             plan = self._plans[k] = _GroupPlan(self, k, params, plan.names)
             plan.use(self.spec, hp)
-        plan.refresh(self, gs)
+        plan.refresh(self, gs, dense)
         return plan
 
     def create_states(self, pstate, param, inits):
@@ -379,15 +386,16 @@ class Engine:
 
     def _launch(self, plan, unit, c):
         """Advance the unit's step counts, compute its scalars (once when all counts agree), run it."""
-        spec, front, sts = self.spec, self.front, unit.pstates
-        steps = front.steps(sts, unit.front_cache)
+        spec, front, sts, cache = self.spec, self.front, unit.pstates, unit.front_cache
+        steps = front.steps(sts, cache)
         first = steps[0]
-        if plan.uniform is not None and all(map(operator.eq, steps, repeat(first))):
+        if plan.uniform is not None and (cache.get("uniform") is steps or all(map(operator.eq, steps, repeat(first)))):
             h = plan.uniform(first + 1)
             if unit.htab.shape[1] != len(h):
                 unit.htab = np.zeros((1, len(h)), np.float64)
-            unit.htab[0] = h
-            front.set_steps(sts, repeat(first + 1, len(sts)), unit.front_cache)
+                unit.hwrite = functools.partial(struct.Struct(f"{len(h)}d").pack_into, memoryview(unit.htab), 0)
+            unit.hwrite(*h)   # unit.htab[0] = h, in a third of the time
+            front.set_step(sts, first + 1, cache)
             unit.launch(plan.rule, unit.htab, None, c)
             return
         # different step counts, or scalar state (NAdam's mu_product): one row of scalars per distinct
@@ -409,6 +417,10 @@ class Engine:
         unit.launch(plan.rule, np.array(rows, np.float64), np.array(hidx, np.int64), c)
 
 
+def _no_scalars():
+    pass
+
+
 def _number(x):
     return x if isinstance(x, (int, float)) else float(x)
 
@@ -417,15 +429,20 @@ def _same_list(a, b):
     return a is b or (len(a) == len(b) and all(map(_IS, a, b)))
 
 
+_ABSENT = object()
+
+
 def _same_group(seen, group):
     """The group holds the same values as when it was resolved (params compared by identity)."""
-    if type(group) is not dict or seen.keys() != group.keys():
+    if type(group) is not dict or len(seen) != len(group):
         return False
-    for key, v in seen.items():
-        w = group[key]
+    if all(map(_IS, seen.values(), group.values())) and all(map(_IS, seen, group)):
+        return True   # the usual step: nothing was assigned
+    for key, v in seen.items():   # (every key seen is there and the sizes agree: the same keys)
+        w = group.get(key, _ABSENT)
         if v is w:
             continue
-        if key == "params" or type(v) is not type(w):
+        if key == "params" or type(v) is not type(w):   # (an absent key: _ABSENT's type)
             return False
         try:
             if bool(v != w):
@@ -532,11 +549,16 @@ class _GroupPlan:
             names = _codegen.arg_names(spec.scalars)
             fixed = functools.partial(getattr(rules, spec.scalars),
                                       **{n: hp[n] if n in hp else spec.constants[n] for n in names if n != "step"})
-            self.uniform = (lambda step: fixed()) if "step" not in names else (lambda step: fixed(step=step))
+            if "step" not in names:
+                self.uniform = lambda step: fixed()
+            elif names[0] == "step":
+                self.uniform = fixed   # step passed positionally: no wrapper frame, no keyword merge
+            else:
+                self.uniform = lambda step: fixed(step=step)
 
-    def refresh(self, engine, gs):
+    def refresh(self, engine, gs, dense=False):
         """Read the grads and states as they are now; revalidate what changed."""
-        if type(None) in set(map(type, gs)):
+        if not dense and type(None) in set(map(type, gs)):
             pos = [j for j, g in enumerate(gs) if g is not None]
             grads = [gs[j] for j in pos]
         else:
@@ -627,6 +649,7 @@ class Unit:
         self.checked = None
         self.moved = True   # a written array moved since the check across units last ran (if tracks_moves)
         self.htab = np.zeros((1, 0), np.float64)   # this step's scalars, when every param shares them
+        self.hwrite = _no_scalars                   # writes them into htab (see Engine._launch)
         self.front_cache = {}
 
     @classmethod
@@ -640,8 +663,11 @@ class Unit:
         return seq if self.whole else [seq[r] for r in self.rows]
 
     def refresh(self, params, grads, cols, pstates):
-        self.pstates = self._select(pstates)
-        self.given = [self._select(params), self._select(grads), *[self._select(c) for c in cols]]
+        if self.whole:
+            self.pstates, self.given = pstates, [params, grads, *cols]
+        else:
+            self.pstates = self._select(pstates)
+            self.given = [self._select(params), self._select(grads), *[self._select(c) for c in cols]]
         self.read(local_tensors(self.given) if self.kind.family != "numpy" else self.given)
 
     def grads(self):
@@ -694,6 +720,7 @@ class _TableUnit(Unit):
         self.itemsize = np.full(self.ncols, self.dtype.itemsize, np.int64)
         self.ptrs = self.sizes = self.work = self.hzero = None
         self.total = 0
+        self.kernels = {}   # (rule, serial) -> the table kernel
 
     def _new_sizes(self):
         """The work list and totals for the current sizes (and the CPU kernels, imported on first use)."""
@@ -704,12 +731,21 @@ class _TableUnit(Unit):
         self.hzero = np.zeros(self.sizes.size, np.int64)
 
     def launch(self, rule, htab, hidx, c):
-        hidx = self.hzero if hidx is None else hidx
-        if self.total < SERIAL_BELOW:   # one thread: no pool to wake, no guard needed
-            _CPU.TABLE_KERNELS[rule + "_serial"](self.ptrs, self.work, hidx, htab, c, self.like)
+        # (every argument is built by the engine with fixed types: float64 htab, int64 tables, floats in c)
+        args = (self.ptrs, self.work, self.hzero if hidx is None else hidx, htab, c, self.like)
+        serial = self.total < SERIAL_BELOW   # one thread: no pool to wake, no guard needed
+        kernel = self.kernels.get((rule, serial))
+        if kernel is None:
+            dispatcher = _CPU.TABLE_KERNELS[rule + "_serial" if serial else rule]
+            with parallel_guard(serial):
+                dispatcher(*args)
+            self.kernels[rule, serial] = exact(dispatcher, args)
+            return
+        if serial:
+            kernel(*args)
             return
         with parallel_guard():
-            _CPU.TABLE_KERNELS[rule](self.ptrs, self.work, hidx, htab, c, self.like)
+            kernel(*args)
 
     def sumsq(self):
         cpu = kernel_module("cpu")
@@ -758,18 +794,24 @@ class _NumpyUnit(_TableUnit):
         super().__init__(*args)
         self.cols = None
         # read through Python where struct access is unavailable, or for an unusual dtype object
-        self.python = not kernel_module("_pointers").STRUCT_OK
+        global _POINTERS
+        _POINTERS = kernel_module("_pointers")
+        self.python = not _POINTERS.STRUCT_OK
+        self.gather = None   # _POINTERS.gather's entry point for this unit's tables (set at the first read)
 
     def read(self, allcols):
         cols = self.cols
+        grads = allcols[1]
+        glist = 0
         if cols is None or not _same_list(allcols[0], cols[0]) or not all(map(_same_list, allcols[2:], cols[2:])):
             self._adopt(allcols)
-        elif not _same_list(allcols[1], cols[1]):   # new grad arrays, same params and states: the usual step
-            grads = allcols[1]
-            if set(map(type, grads)) - {np.ndarray, np.memmap}:
-                self.validate(allcols)
-            self.objs[:, 1] = np.fromiter(map(id, grads), np.int64, len(grads))
-            self.cols = [cols[0], grads, *cols[2:]]
+        else:   # same params and states, this step's grads: the usual step
+            if type(grads) is list:
+                glist = id(grads)   # gather() reads the grads' addresses from the list itself
+            else:
+                self.objs[:, 1] = np.fromiter(map(id, grads), np.int64, len(grads))
+            if grads is not cols[1]:
+                self.cols = [cols[0], grads, *cols[2:]]   # held: the addresses stay theirs
         if self.python:
             self.validate(allcols)
             for c, col in enumerate(allcols):
@@ -779,8 +821,12 @@ class _NumpyUnit(_TableUnit):
             self.check_grads()
             self._new_sizes()
             return
-        status = kernel_module("_pointers").gather(self.objs, self.meta, self.ptrs, self.sizes, self.last,
-                                                   self.wspans)
+        args = (self.objs, self.meta, self.ptrs, self.sizes, self.last, self.wspans, glist)
+        if self.gather is None:
+            status = _POINTERS.gather(*args)
+            self.gather = exact(_POINTERS.gather, args)
+        else:
+            status = self.gather(*args)
         if status > 0:
             self._explain(status, allcols)
         elif status < 0:
@@ -995,6 +1041,7 @@ def _cuda_fingerprint(x):
     return (iface["data"][0], size, int(typestr[2:]), typestr, tuple(iface["shape"]), iface.get("strides"))
 
 
+_POINTERS = None   # fastlr.kernels._pointers once a NumPy unit exists
 _CPU = None   # fastlr.kernels.cpu once a CPU unit exists (importing it compiles or loads kernels)
 
 _UNITS = {"numpy": _NumpyUnit, "torch-cpu": _TorchCPUUnit, "cuda": _CudaUnit}

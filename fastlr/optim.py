@@ -167,11 +167,11 @@ class Optimizer:
         ``.grad`` is used. Everything is validated before any buffer changes.
         """
         with self._engine.lock:
-            per_group = self._grads_per_group(grads)
+            per_group, dense = self._split_grads(grads)
             if self.capturable:
                 ok = _capturable.step(self, per_group)
             else:
-                ok = self._engine.step(per_group, self)
+                ok = self._engine.step(per_group, self, dense=dense)
             self.last_step_skipped = not ok
             if ok:
                 self._step_count += 1
@@ -181,16 +181,21 @@ class Optimizer:
 
     def _grads_per_group(self, grads):
         """The grads as one list per group, aligned with its params (count checked)."""
+        return self._split_grads(grads)[0]
+
+    def _split_grads(self, grads):
+        """(_grads_per_group(grads), True if no grad is None)."""
         groups = self.param_groups
         if type(grads) is np.ndarray and len(groups) == 1 and type(groups[0]) is dict \
                 and len(groups[0].get("params", ())) == 1:
-            return [[grads]]   # one array for one param: nothing to split
+            return [[grads]], True   # one array for one param: nothing to split
         try:
             n = sum(len(g["params"]) for g in self.param_groups)
         except (KeyError, TypeError):
             n = None
         if n is None or not isinstance(self.state, dict):
             _check_layout(self)
+        dense = False   # (unknown)
         if grads is None:
             flat = []
             for g in self.param_groups:
@@ -200,8 +205,9 @@ class Optimizer:
                     flat.append(p.grad)
         elif library(grads) is not None:
             flat = [grads]
-        elif type(grads) is list and set(map(type, grads)) <= _ARRAY_TYPES:
+        elif type(grads) is list and (types := set(map(type, grads))) <= _ARRAY_TYPES:
             flat = grads   # the common case, checked at C speed: a flat list of NumPy arrays (and None)
+            dense = type(None) not in types
         else:
             try:
                 flat = [g for item in grads
@@ -213,9 +219,9 @@ class Optimizer:
             raise ValueError(f"grads: expected {n} gradient(s), one per param, got {len(flat)}")
         out, start = [], 0
         for g in self.param_groups:
-            out.append(flat[start:start + len(g["params"])])
+            out.append(flat[start:start + len(g["params"])])   # copies: the arrays stay alive for the step
             start += len(g["params"])
-        return out
+        return out, dense
 
     def _sum_of_squares(self, plans):
         return sum(u.sumsq() for plan in plans for u in plan.units)
@@ -493,13 +499,23 @@ class _NumpyFront(Front):
 
     def check_counts(self, spec, units):
         # counts this front wrote itself, with nothing replaced since (see steps): nothing to check
+        if len(units) == 1 and units[0].front_cache.get("of") is units[0].pstates:
+            return
         super().check_counts(spec, [u for u in units if u.front_cache.get("of") is not u.pstates])
 
     def set_steps(self, pstates, values, cache):
         values = list(values)
         # our own write, not a change of what the caller holds: dict's setitem, which counts nothing
         deque(map(dict.__setitem__, pstates, repeat("step"), values), maxlen=0)
-        cache["of"], cache["steps"] = pstates, values
+        cache["of"], cache["steps"], cache["uniform"] = pstates, values, None
+
+    def set_step(self, pstates, value, cache):
+        values = [value] * len(pstates)
+        if len(pstates) == 1:
+            dict.__setitem__(pstates[0], "step", value)
+        else:
+            deque(map(dict.__setitem__, pstates, repeat("step"), values), maxlen=0)
+        cache["of"], cache["steps"], cache["uniform"] = pstates, values, values
 
     def set_scalar(self, pstate, name, value):
         dict.__setitem__(pstate, name, value)   # our own write (NAdam's mu_product): counts nothing

@@ -37,5 +37,5 @@ def warmup(dtypes=("float32", "float64"), progress=False):
     objs = np.array([[id(a) for a in (np.ones(1), np.ones(1))]], np.int64)
     meta = np.zeros((4, 2), np.int64)
     pointers.gather(objs, meta, np.empty((1, 2), np.int64), np.empty(1, np.int64), np.zeros((1, 2), np.int64),
-                    np.zeros((3, 2), np.int64))
+                    np.zeros((3, 2), np.int64), 0)
     return count

@@ -69,24 +69,42 @@ BAD_TYPE, BAD_DTYPE, NOT_CONTIGUOUS, NOT_ALIGNED, READ_ONLY, BAD_SHAPE, OVERLAP 
 # gather() returns -1 when every array is fine but some row's size changed.
 
 
-@njit(cache=True, nogil=True)
-def gather(objs, meta, ptrs, sizes, last, spans):
+# Offsets into PyListObject: its length (ob_size) and its item pointer array.
+OFF_LIST_SIZE = _HEAD
+OFF_LIST_ITEMS = _HEAD + 8
+# gather() status when the list of grads does not have one item per row.
+BAD_LIST = 8 * 2**40
+
+
+@njit(cache=True)   # holds the GIL: it reads a Python list, which no other thread may change meanwhile
+def gather(objs, meta, ptrs, sizes, last, spans, glist):
     """Read and check the arrays whose object addresses fill objs (rows: tensors; columns: p, g, states).
+
+    glist: the address of a Python list whose items are this step's gradients (written into column 1
+    of objs first, at native speed), or 0 when the caller filled that column itself.
 
     meta rows: [0] the addresses of the accepted Python types (two), [1] each column's dtype object
     address, [2] its item size, [3] 1 where the column is written by the update. On success fills
     ptrs (data addresses) and sizes (elements per row) and returns 0, or minus (1 if some size
     changed since the last call (the work list must be rebuilt) + 2 if a written array moved).
     Every array must have its row's column 0 shape, be C-contiguous and aligned; no written array
-    may overlap another written array (checked whenever a written array's address differs from
-    ``last``, which then takes the new addresses, and ``spans`` their sorted byte ranges), and no
-    gradient may overlap a written array other than its own param (checked at every step, against
-    ``spans``). Otherwise returns a status code (see BAD_TYPE ...) locating the first offending
-    array; ``last`` is then left as it was.
+    may overlap another written array, and no gradient may overlap a written array other than its
+    own param. Both are checked whenever an address or size differs from those of the last accepted
+    call (``last``, which then takes the new addresses; ``spans``: the written arrays' sorted byte
+    ranges); the same addresses and sizes as a call that passed need no new check. Otherwise
+    returns a status code (see BAD_TYPE ...) locating the first offending array; ``last`` is then
+    left as it was.
     """
     n, k = objs.shape
+    if glist != 0:
+        if load_i64(glist + OFF_LIST_SIZE) != n:
+            return BAD_LIST
+        items = load_i64(glist + OFF_LIST_ITEMS)
+        for t in range(n):
+            objs[t, 1] = load_i64(items + 8 * t)
     changed = False
     resized = False
+    gmoved = False
     for t in range(n):
         a0 = objs[t, 0]
         nd0 = load_i32(a0 + OFF_ND)
@@ -117,21 +135,25 @@ def gather(objs, meta, ptrs, sizes, last, spans):
                     if load_i64(dims + 8 * d) != load_i64(dims0 + 8 * d):
                         return BAD_SHAPE + where
             p = load_i64(a + OFF_DATA)
-            if meta[3, c] and p != last[t, c]:
-                changed = True
+            if p != last[t, c]:
+                if meta[3, c]:
+                    changed = True
+                else:
+                    gmoved = True
             ptrs[t, c] = p
         if sizes[t] != size:
             resized = True
             sizes[t] = size
-    if changed:
+    if changed or resized:
         bad = overlap(ptrs, sizes, meta[2], meta[3])
         if bad >= 0:
             return OVERLAP + 8 * bad
         written_spans(ptrs, sizes, meta[2], meta[3], spans)
+    if changed or resized or gmoved:   # else the same arrays as at the last accepted call
+        bad = grad_alias(ptrs, sizes, meta[2], spans)
+        if bad >= 0:
+            return OVERLAP + 8 * (bad * k + 1)
         last[:, :] = ptrs
-    bad = grad_alias(ptrs, sizes, meta[2], spans)
-    if bad >= 0:
-        return OVERLAP + 8 * (bad * k + 1)
     return -(1 * resized + 2 * changed)
 
 
@@ -203,6 +225,8 @@ def overlap(ptrs, sizes, itemsize, writable):
 
 def describe(code):
     """(reason, flat index) of a gather() status code."""
+    if code == BAD_LIST:
+        return "list", -1
     reasons = {BAD_TYPE: "type", BAD_DTYPE: "dtype", NOT_CONTIGUOUS: "not C-contiguous",
                NOT_ALIGNED: "not aligned", READ_ONLY: "read-only", BAD_SHAPE: "shape", OVERLAP: "overlap"}
     return reasons[code % 8], code // 8
@@ -215,14 +239,26 @@ def _verify():
     a = np.zeros((3, 5), np.float32)[1:]
     b = np.zeros(7, np.float64)
     b.flags.writeable = False
+    items = [a, b, None]
     try:
         objs = np.array([[id(a)], [id(b)]], np.int64)
         out = _probe(objs)
+        listed = _probe_list(id(items), len(items))
     except Exception:
         return False
     expect = [[id(type(a)), a.ctypes.data, a.ndim, a.shape[0], id(a.dtype), 1],
               [id(type(b)), b.ctypes.data, b.ndim, b.shape[0], id(b.dtype), 0]]
-    return out.tolist() == expect
+    return out.tolist() == expect and listed.tolist() == [len(items), *map(id, items)]
+
+
+@njit(cache=True)
+def _probe_list(addr, n):
+    out = np.zeros(n + 1, np.int64)
+    out[0] = load_i64(addr + OFF_LIST_SIZE)
+    if out[0] == n:
+        for i in range(n):
+            out[i + 1] = load_i64(load_i64(addr + OFF_LIST_ITEMS) + 8 * i)
+    return out
 
 
 @njit(cache=True)
