@@ -9,21 +9,25 @@ array changes. Returns the param's scalar state after the update (``{"step": t}`
 ``mu_product`` for NAdam, which must be passed back in on the next call). The schedule-free
 updates take and return their per-group schedule the same way (``k``, ``weight_sum``, ``lr_max``,
 ``scheduled_lr``: pass back what the previous call returned); Adan's group step is ``step``.
+Lamb's ``max_grad_norm`` clips by the norm of ``grad`` alone, or by ``grad_norm=`` when given (the
+global norm over every gradient of the step, as the optimizer computes it).
 
 ``state_precision="bf16"``: each state a bfloat16 tensor (or uint16 bits) of the param's shape;
 ``"8bit"``/``"4bit"``: each state a pair ``(codes, absmax)`` (uint8 and float32, the layout of
 ``fastlr.state_precision``; ``fastlr.lowbit.new_states`` makes NumPy ones).
 """
+import math
+
 from . import specs as _specs
 from ._arrays import Buffer, check_disjoint, same_kind
 from ._launch import run
-from .engine import NO_CONDITIONING, bind, plan_scalars
+from .engine import NO_CONDITIONING, _overflow_safe_norm, bind, plan_scalars
 from .streams import current_stream
 from .twopass import TWO_PASS, flat_first_pass
 
 __all__ = ["sgd_", "adagrad_", "rmsprop_", "adadelta_", "adam_", "adamw_", "adamax_", "nadam_", "radam_",
            "lion_", "asgd_", "rprop_", "adopt_", "adan_", "sgdschedulefree_", "adamwschedulefree_",
-           "radamschedulefree_"]
+           "radamschedulefree_", "lamb_", "lars_", "mars_"]
 
 
 def _advance_group(spec, group, step, given):
@@ -40,11 +44,32 @@ def _advance_group(spec, group, step, given):
     return {**group, **{"group_" + n: group[n] for n in spec.group_state}}
 
 
+def _global_clip(spec, group, grad, grad_norm, name):
+    """The conditioning of timm Lamb's clip by the global gradient norm (grad's own unless grad_norm is given)."""
+    max_norm = group.get(spec.global_clip) if spec.global_clip else None
+    if max_norm is None:
+        if grad_norm is not None:
+            raise ValueError(f"{name}: grad_norm is only used with {spec.global_clip} set")
+        return tuple(map(float, NO_CONDITIONING))
+    if grad_norm is None:
+        grad_norm = _overflow_safe_norm([(grad, None)])
+    else:
+        try:   # a number: Python, NumPy or a one-element tensor (not a bool, not a string)
+            grad_norm = float(grad_norm) if hasattr(type(grad_norm), "__float__") and \
+                not isinstance(grad_norm, bool) else math.nan
+        except (TypeError, ValueError, RuntimeError):
+            grad_norm = math.nan
+        if not grad_norm >= 0:
+            raise ValueError(f"{name}: grad_norm: expected a number >= 0 (the global gradient norm)")
+    return 1.0 / max(grad_norm / max_norm, 1.0), -math.inf, math.inf
+
+
 def _functional(spec):
     """The in-place update function of one spec."""
     name = spec.name.lower() + "_"
 
     def update_(param, grad, *states, step, state_precision="fp32", **hyperparameters):
+        grad_norm = hyperparameters.pop("grad_norm", None) if spec.global_clip else None
         unknown = set(hyperparameters) - set(spec.defaults) - set(spec.scalar_state) - set(spec.group_state)
         if unknown:
             raise TypeError(f"{name}: unexpected keyword argument(s) {sorted(unknown)}")
@@ -77,19 +102,21 @@ def _functional(spec):
         for n, b in zip(names, sbufs):
             same_kind(n, b, pbuf, "param")
         check_disjoint([("param", param), *zip(names, states)], [("grad", grad)])
+        c = _global_clip(spec, group, grad, grad_norm, name)
         rule, h = plan_scalars(spec, group, pstate)
         views = [pbuf.kernel_view(), gbuf.kernel_view(), *[b.kernel_view() for b in sbufs]]
         stream = current_stream(pbuf.obj) if pbuf.on_cuda else 0
-        if rule in TWO_PASS:   # a per-tensor first pass (caution's mask mean)
-            h = flat_first_pass(rule, views, h, tuple(map(float, NO_CONDITIONING)), pbuf.on_cuda, stream, pbuf.shape)
-        run(rule, views[0], views[1], views[2:], h, NO_CONDITIONING, pbuf.on_cuda, stream)
+        if rule in TWO_PASS:   # a per-tensor first pass (trust ratios, Mars' clip, caution's mask mean)
+            h = flat_first_pass(rule, views, h, c, pbuf.on_cuda, stream, pbuf.shape)
+        run(rule, views[0], views[1], views[2:], h, c, pbuf.on_cuda, stream)
         return {**pstate, **{n: group[n] for n in spec.group_state if n != "step"}}
 
     states_doc = ", ".join(n for n, _ in spec.states({**spec.constants, **spec.defaults}))
+    extra_doc = ", grad_norm=None" if spec.global_clip else ""
     update_.__name__ = update_.__qualname__ = name
     update_.__doc__ = (f"In-place {spec.name} update of one array: {spec.summary}\n\n"
                        f"    {name}(param, grad, {states_doc}{', ' if states_doc else ''}*, step, "
-                       f"{spec.signature_text().replace('*, ', '')})\n\n"
+                       f"{spec.signature_text().replace('*, ', '')}{extra_doc})\n\n"
                        f"    Update: {spec.math}\n    Reference: {spec.reference}. See fastlr.{spec.name}.\n")
     return update_
 
@@ -111,3 +138,6 @@ adan_ = _functional(_specs.Adan)
 sgdschedulefree_ = _functional(_specs.SGDScheduleFree)
 adamwschedulefree_ = _functional(_specs.AdamWScheduleFree)
 radamschedulefree_ = _functional(_specs.RAdamScheduleFree)
+lamb_ = _functional(_specs.Lamb)
+lars_ = _functional(_specs.Lars)
+mars_ = _functional(_specs.Mars)

@@ -16,7 +16,7 @@ NEW = ["ASGD", "Rprop", "Adopt", "Adan", "SGDScheduleFree", "AdamWScheduleFree",
 SCHEDULE_FREE = [n for n in NEW if SPECS[n].modes == "schedulefree"]
 
 
-@pytest.mark.parametrize("name", NEW)
+@pytest.mark.parametrize("name", NEW + ["Lamb", "Lars", "Mars"])
 def test_functional_equals_the_optimizer(name):
     hp = CASES[name][-1]
     spec = SPECS[name]
@@ -31,10 +31,44 @@ def test_functional_equals_the_optimizer(name):
     carried = {}
     for t, g in enumerate(grads, 1):
         out = update(q, g, *states, step=t, **hp, **carried)
-        carried = {k: v for k, v in out.items() if k != "step"}
+        carried = {k: v for k, v in out.items() if k != "step" and k not in hp}
     np.testing.assert_array_equal(q, p)
     for (n, _), s in zip(inits, states):
         np.testing.assert_array_equal(s, opt.state[0][n], err_msg=n)
+
+
+def test_functional_lamb_clips_by_the_global_norm_it_is_given():
+    """lamb_ over two arrays with grad_norm= (their global norm) equals fastlr.Lamb over both; without it each
+    array is clipped by its own gradient's norm; a bad grad_norm changes nothing."""
+    rng = np.random.default_rng(5)
+    ps = [rng.standard_normal(n) for n in (40, 24)]
+    qs = [p.copy() for p in ps]
+    opt = fastlr.Lamb(ps, lr=1e-2)
+    states = [[np.zeros_like(q), np.zeros_like(q)] for q in qs]
+    carried = [{}, {}]
+    for t in range(1, 6):
+        grads = [rng.standard_normal(p.shape) * 2 for p in ps]
+        opt.step(grads)
+        norm = float(np.sqrt(sum(g @ g for g in grads)))
+        for j, (q, g) in enumerate(zip(qs, grads)):
+            out = fastlr.functional.lamb_(q, g, *states[j], step=t, lr=1e-2, grad_norm=norm, **carried[j])
+            carried[j] = {k: v for k, v in out.items() if k != "step"}
+    for p, q in zip(ps, qs):   # (the norms are float64 sums in other orders)
+        np.testing.assert_allclose(p, q, rtol=1e-12, atol=1e-12)
+    alone, own = qs[0].copy(), [np.zeros_like(qs[0]), np.zeros_like(qs[0])]
+    g = rng.standard_normal(alone.shape) * 2
+    by_norm, by_own = alone.copy(), [s.copy() for s in own]
+    fastlr.functional.lamb_(alone, g, *own, step=1, grad_norm=float(np.linalg.norm(g)))
+    fastlr.functional.lamb_(by_norm, g, *by_own, step=1)
+    np.testing.assert_array_equal(alone, by_norm)
+    before = [alone.copy(), *[s.copy() for s in own]]
+    for bad in (-1.0, float("nan"), "1", True):
+        with pytest.raises(ValueError, match="grad_norm"):
+            fastlr.functional.lamb_(alone, g, *own, step=2, grad_norm=bad)
+    with pytest.raises(ValueError, match="grad_norm"):
+        fastlr.functional.lamb_(alone, g, *own, step=2, grad_norm=1.0, max_grad_norm=None)
+    for x, y in zip(before, [alone, *own]):
+        np.testing.assert_array_equal(x, y)
 
 
 @pytest.mark.parametrize("name", SCHEDULE_FREE)
