@@ -83,7 +83,9 @@ def describe_kind(x):
         return f"expected a plain NumPy array (numpy.ndarray), got {what}{hint}"
     if library(x) == "torch" and _is_tensor(x):
         if x.is_sparse or str(x.layout) != "torch.strided":
-            return f"sparse/non-strided tensors ({x.layout}) are not supported here (use step_rows)"
+            return (f"sparse/non-strided tensors ({x.layout}) are not supported here; for embedding tables, "
+                    f"fastlr's sparse updates are step_rows(ids, rows) of the NumPy-API optimizers on the "
+                    f"table's memory (fastlr.Adagrad(emb.weight.data).step_rows(...), see fastlr.sparse)")
         return f"tensors on device {x.device.type!r} are not supported (expected a CPU or CUDA tensor)"
     return (f"expected a NumPy array, torch tensor, CuPy array or numba device array, got "
             f"{type(x).__module__}.{type(x).__name__}")

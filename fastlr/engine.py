@@ -872,30 +872,46 @@ class _TorchCPUUnit(_TableUnit):
     too). Anything else is validated again in full."""
 
     held = held_ptrs = pmeta = None
+    copied = None   # this step's grads copied into their params' layouts: held until the kernel has run
 
     def read(self, allcols):
         import torch
-        ptrs = [list(map(torch.Tensor.data_ptr, col)) for col in allcols]
+        self.copied = None
+        try:
+            ptrs = [list(map(torch.Tensor.data_ptr, col)) for col in allcols]
+        except RuntimeError:   # no storage (a sparse grad, a meta tensor): the checks say which and why
+            self.validate(allcols)
+            raise
         grads = allcols[1]
-        gmeta = (list(map(_shape, grads)), list(map(torch.Tensor.stride, grads)), list(map(_dtype, grads)))
+        gmeta = (list(map(_shape, grads)), list(map(_strides, grads)), list(map(_dtype, grads)))
         written, wptrs = [allcols[0], *allcols[2:]], [ptrs[0], *ptrs[2:]]
         if not (gmeta == self.pmeta and wptrs == self.held_ptrs and all(map(_same_list, written, self.held))):
             allcols = self._check(allcols, gmeta)
+            if allcols[1] is not grads:
+                self.copied = allcols[1]   # (their addresses are in the table: they must outlive the launch)
             ptrs[1] = list(map(torch.Tensor.data_ptr, allcols[1]))
         self.ptrs = np.array(ptrs, np.int64).T.copy()
         self.check_grads()
 
+    def launch(self, rule, htab, hidx, c):
+        try:
+            super().launch(rule, htab, hidx, c)
+        finally:
+            self.copied = None
+
     def _check(self, allcols, gmeta):
-        """Validate everything; returns the columns to use (a dense grad whose strides differ from its
+        """Validate everything; returns the columns to use (a dense grad whose layout differs from its
         param's is copied into the param's layout for this step)."""
         import torch
         params = allcols[0]
-        grads = [g if g.stride() == p.stride() or not dense(g) else _in_layout_of(p, g)
-                 for p, g in zip(params, allcols[1])]
+        grads = allcols[1]
+        if any(_strides(g) != _strides(p) and dense(g) for p, g in zip(params, grads)):
+            grads = [g if _strides(g) == _strides(p) or not dense(g) else _in_layout_of(p, g)
+                     for p, g in zip(params, grads)]
         allcols = [params, grads, *allcols[2:]]
         self.validate(allcols)
         _check_dense(self, allcols)
-        pmeta = (list(map(_shape, params)), list(map(torch.Tensor.stride, params)), list(map(_dtype, params)))
+        pmeta = (list(map(_shape, params)), list(map(_strides, params)), list(map(_dtype, params)))
         if self.pmeta is None or pmeta[0] != self.pmeta[0]:
             self.sizes = np.array(list(map(torch.Tensor.numel, params)), np.int64)
             self._new_sizes()
@@ -920,6 +936,12 @@ def _shape(t):
     return t.shape
 
 
+def _strides(t):
+    """t's strides, with 0 for dimensions of size 1 (whose stride does not change where any element is):
+    two tensors of one shape with equal _strides lay their elements out in the same order."""
+    return tuple(s if n != 1 else 0 for n, s in zip(t.shape, t.stride()))
+
+
 def _dtype(t):
     return t.dtype
 
@@ -934,7 +956,7 @@ def _check_dense(unit, allcols):
                              f"memory, in any dimension order), got strides {p.stride()} for shape "
                              f"{tuple(p.shape)}")
         for c in range(1, unit.ncols):
-            if row[c].stride() != p.stride():
+            if _strides(row[c]) != _strides(p):
                 raise ValueError(f"{unit.column_name(r, c)}: strides {row[c].stride()} differ from its param's "
                                  f"{p.stride()} (same memory layout expected)")
 

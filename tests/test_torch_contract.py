@@ -289,6 +289,70 @@ def test_channels_last_and_transposed_params_keep_their_layout(name):
     assert w.stride() == stride
 
 
+@pytest.mark.parametrize("name", ["SGD", "Adam", "Adagrad"])
+def test_grads_in_another_layout_give_torch_numbers(name):
+    """A dense grad whose layout differs from its param's (a transposed grad, a contiguous grad of a
+    channels_last weight, as a manual all-reduce or unflatten gives) is used as torch.optim uses it, at
+    the first step and after; the layout copy lives until the kernel has run."""
+    rng = torch.Generator().manual_seed(3)
+    shapes = [(4, 4), (8, 3, 3, 3), (5, 7)]
+    params = [[torch.zeros(s).requires_grad_() for s in shapes] for _ in range(2)]
+    for ps in params:   # the second a channels_last weight
+        ps[1].data = ps[1].data.to(memory_format=torch.channels_last)
+    opts = [_reference(name, params[0], **HP[name]), optimizer(ft, name)(params[1], **HP[name])]
+    for step in range(4):
+        grads = [torch.randn(s, generator=rng) for s in shapes]
+        layouts = [lambda g: g.t().contiguous().t(), lambda g: g.contiguous(), lambda g: g]
+        if step == 0:
+            layouts = layouts[::-1]
+        for ps, opt in zip(params, opts):
+            for p, g, lay in zip(ps, grads, layouts):
+                p.grad = lay(g.clone())
+            opt.step()
+        for a, b in zip(*params):
+            np.testing.assert_allclose(b.detach().numpy(), a.detach().numpy(), rtol=1e-6, atol=1e-6)
+    assert params[1][1].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adagrad", "Adam"])
+def test_sparse_grads_are_a_clear_error_that_changes_nothing(name):
+    emb = torch.nn.Embedding(6, 4, sparse=True)
+    opt = optimizer(ft, name)(emb.parameters(), **HP[name])
+    emb(torch.tensor([1, 2])).sum().backward()
+    before = emb.weight.detach().clone()
+    with pytest.raises(TypeError, match=r"\.grad: sparse"):
+        opt.step()
+    assert torch.equal(before, emb.weight.detach())
+    emb.weight.grad = torch.ones(6, 4)         # a dense step, then a sparse one again
+    opt.step()
+    emb.weight.grad = None
+    emb(torch.tensor([3])).sum().backward()
+    before, saved = emb.weight.detach().clone(), copy.deepcopy(opt.state_dict())
+    with pytest.raises(TypeError, match=r"\.grad: sparse"):
+        opt.step()
+    assert torch.equal(before, emb.weight.detach())
+    assert str(opt.state_dict()) == str(saved)
+
+
+def test_size_one_dims_need_no_layout_copy_or_error():
+    """Moving a Conv2d(1, ...) to channels_last after its states exist changes only strides of size-1
+    dimensions: the same element order, so it trains on as with torch.optim."""
+    models = [torch.nn.Conv2d(1, 4, 3) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [torch.optim.Adam(models[0].parameters(), lr=0.1), ft.Adam(models[1].parameters(), lr=0.1)]
+    x = torch.randn(2, 1, 5, 5, generator=torch.Generator().manual_seed(4))
+    for step in range(4):
+        if step == 2:
+            for m in models:
+                m.to(memory_format=torch.channels_last)
+        for m, opt in zip(models, opts):
+            opt.zero_grad()
+            m(x).square().sum().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        np.testing.assert_allclose(b.detach().numpy(), a.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_views_of_one_base_stay_views_and_train():
     base = torch.zeros(30)
     a, b = base[:10].view(2, 5), base[10:30]
