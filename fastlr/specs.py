@@ -491,9 +491,9 @@ Lamb = Spec(
     "Lamb", dict(lr=1e-3, bias_correction=True, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, grad_averaging=True,
                  max_grad_norm=1.0, trust_clip=False, always_adapt=False, caution=False, decoupled_decay=False,
                  corrected_weight_decay=False), (),
-    rule=lambda g: "lamb", states=lambda g: (("exp_avg", 0.0), ("exp_avg_sq", 0.0)), scalars="lamb_scalars",
-    param_step=False, switches=("foreach",), global_clip="max_grad_norm", half_params=False, lazy_rows=False,
-    checks={"max_grad_norm": _optional_positive},
+    rule=lambda g: "lamb_cautious" if g["caution"] else "lamb", states=lambda g: (("exp_avg", 0.0), ("exp_avg_sq", 0.0)),
+    scalars="lamb_scalars", param_step=False, switches=("foreach",), global_clip="max_grad_norm", half_params=False,
+    lazy_rows=False, checks={"max_grad_norm": _optional_positive, "caution": flag},
     group_state={"max_lr_snapshot": lambda d: float(d["lr"]), "step": 0}, group_updates={"step": "group_step_next"},
     reference="timm.optim.Lamb (timm 1.0.31)",
     summary="LAMB (You et al. 2019, NVIDIA's FusedLAMB variant): Adam's update scaled per tensor by ||p|| / ||u||.",
@@ -502,7 +502,10 @@ Lamb = Spec(
     test_grid=dict(weight_decay=[0.01, 0.0], decoupled_decay=[False, True], trust_clip=[False, True],
                    max_grad_norm=[1.0, None]),
     test_extra=(dict(always_adapt=True, weight_decay=0.0, grad_averaging=False, bias_correction=False),
-                dict(decoupled_decay=True, corrected_weight_decay=True)), test_base=dict(lr=1e-2))
+                dict(decoupled_decay=True, corrected_weight_decay=True), dict(caution=True),
+                dict(caution=True, weight_decay=0.0), dict(caution=True, decoupled_decay=True, trust_clip=True),
+                dict(caution=True, always_adapt=True, weight_decay=0.0, max_grad_norm=None)),
+    test_base=dict(lr=1e-2))
 
 Lars = Spec(
     "Lars", dict(lr=1.0, momentum=0, dampening=0, weight_decay=0, nesterov=False, trust_coeff=0.001, eps=1e-8,

@@ -689,7 +689,7 @@ def schedulefree_radam_scalars(group_k, group_scheduled_lr, group_lr_max, group_
 # same helper, so the second sees exactly what the first summed. A contract field ``adapt`` of 0 for every
 # tensor skips the first pass (nothing per tensor is needed then).
 LambScalars = namedtuple("LambScalars", "lerp_m beta1 beta3 beta2 one_minus_beta2 bias_correction1 bc2_sqrt eps "
-                                        "wd wd_step lr trust_clip adapt trust")
+                                        "wd wd_step lr trust_clip adapt trust ratio caution caution_scale")
 LarsScalars = namedtuple("LarsScalars", "wd lr buf_coef d_coef nesterov_coef trust_coeff eps trust_clip adapt trust")
 MarsScalars = namedtuple("MarsScalars", "first gamma_ratio one_minus_beta1 beta1 beta2 one_minus_beta2 "
                                         "bias_correction1 bc2_sqrt eps wd lr lion adapt is_mars beta1_1d "
@@ -697,9 +697,10 @@ MarsScalars = namedtuple("MarsScalars", "first gamma_ratio one_minus_beta1 beta1
                                         "bc2_sqrt_1d lr_1d scale")
 
 
-def _lamb_update(p, g, m, v, lerp_m, beta1, beta3, beta2, one_minus_beta2, bias_correction1, bc2_sqrt, eps, wd,
+def _lamb_update(p, g, m, v, lerp_m, beta1, beta3, beta2, one_minus_beta2, bias_correction1, bc2_sqrt, eps,
                  wd_step):
-    """(p after decoupled decay, m, v, the update u before the trust ratio), as timm's single-tensor Lamb."""
+    """(p after decoupled decay, m, v, the update u before coupled decay and the trust ratio), as timm's
+    single-tensor Lamb."""
     if lerp_m != 0:
         m = _lerp(m, g, beta3)
     else:
@@ -708,32 +709,56 @@ def _lamb_update(p, g, m, v, lerp_m, beta1, beta3, beta2, one_minus_beta2, bias_
     u = (m / bias_correction1) / (math.sqrt(v) / bc2_sqrt + eps)
     if wd_step != 0:
         p = p + wd_step * p
+    return p, m, v, u
+
+
+def _coupled(u, p, wd):
     if wd != 0:
         u = u + wd * p
-    return p, m, v, u
+    return u
 
 
 def lamb_sums(p, g, m, v, h):
     """First pass: p^2 (after decoupled decay) and u^2, for the trust ratio ||p|| / ||u||."""
     (lerp_m, beta1, beta3, beta2, one_minus_beta2, bias_correction1, bc2_sqrt, eps, wd, wd_step, lr, trust_clip,
-     adapt, trust) = h
+     adapt, trust, ratio, caution, caution_scale) = h
     p, m, v, u = _lamb_update(p, g, m, v, lerp_m, beta1, beta3, beta2, one_minus_beta2, bias_correction1, bc2_sqrt,
-                              eps, wd, wd_step)
+                              eps, wd_step)
+    u = _coupled(u, p, wd)
     return p * p, u * u
 
 
 def lamb(p, g, m, v, h):
-    """m, v as Adam (grad averaging: m <- lerp(m, g, 1-b1)); u = m_hat / (sqrt(v_hat) + eps) (+ wd p);
-    p <- p - lr * trust * u, trust = ||p|| / ||u|| per tensor (1 when either is 0; at most 1 with trust_clip)."""
+    """m, v as Adam (grad averaging: m <- lerp(m, g, 1-b1)); u = m_hat / (sqrt(v_hat) + eps) (cautious: masked
+    where u g <= 0, over the mask's mean) (+ wd p); p <- p - lr * trust * u, trust = ||p|| / ||u|| per tensor
+    (1 when either is 0; at most 1 with trust_clip)."""
     (lerp_m, beta1, beta3, beta2, one_minus_beta2, bias_correction1, bc2_sqrt, eps, wd, wd_step, lr, trust_clip,
-     adapt, trust) = h
+     adapt, trust, ratio, caution, caution_scale) = h
     p, m, v, u = _lamb_update(p, g, m, v, lerp_m, beta1, beta3, beta2, one_minus_beta2, bias_correction1, bc2_sqrt,
-                              eps, wd, wd_step)
+                              eps, wd_step)
+    u = _coupled(_cautious(u, g, caution, caution_scale), p, wd)
     return p + (-lr) * (u * trust), m, v
 
 
+def lamb_cautious(p, g, m, v, h):
+    """lamb with caution=True: the second pass (the mask's mean and the trust ratio from lamb_cautious_sums)."""
+    return lamb(p, g, m, v, h)
+
+
+def lamb_cautious_sums(p, g, m, v, h):
+    """First pass of cautious Lamb: p^2, (u a)^2, (u a) p and a, where a = 1 if u g > 0 else 0 (u before coupled
+    decay): the mask's mean and ||u a / mean + wd p|| follow from these four sums."""
+    (lerp_m, beta1, beta3, beta2, one_minus_beta2, bias_correction1, bc2_sqrt, eps, wd, wd_step, lr, trust_clip,
+     adapt, trust, ratio, caution, caution_scale) = h
+    p, m, v, u = _lamb_update(p, g, m, v, lerp_m, beta1, beta3, beta2, one_minus_beta2, bias_correction1, bc2_sqrt,
+                              eps, wd_step)
+    a = _agrees(u, g)
+    u = u * a
+    return p * p, u * u, u * p, a
+
+
 def lamb_scalars(group_step, lr, bias_correction, betas, eps, weight_decay, grad_averaging, trust_clip,
-                 always_adapt, decoupled_decay, corrected_weight_decay, max_lr_snapshot):
+                 always_adapt, decoupled_decay, corrected_weight_decay, max_lr_snapshot, caution):
     """group_step: timm's Lamb counts steps per group (bias corrections)."""
     beta1, beta2 = betas
     beta3 = 1 - beta1 if grad_averaging else 1.0
@@ -743,20 +768,36 @@ def lamb_scalars(group_step, lr, bias_correction, betas, eps, weight_decay, grad
     if weight_decay != 0 and decoupled_decay:
         wd_scale = lr ** 2 / max_lr_snapshot if corrected_weight_decay else lr
         wd, wd_step = 0.0, -wd_scale * weight_decay
-    adapt = 1.0 if (weight_decay != 0 or always_adapt) else 0.0
+    ratio = 1.0 if (weight_decay != 0 or always_adapt) else 0.0
+    adapt = 1.0 if (ratio != 0 or caution) else 0.0   # a first pass is needed
     return LambScalars(1.0 if beta3 == 1 - beta1 else 0.0, beta1, beta3, beta2, 1 - beta2, bc1, bc2 ** 0.5, eps,
-                       wd, wd_step, lr, 1.0 if trust_clip else 0.0, adapt, 1.0)
+                       wd, wd_step, lr, 1.0 if trust_clip else 0.0, adapt, 1.0, ratio, 1.0 if caution else 0.0, 1.0)
+
+
+def _trust_ratio(w, u, trust_clip):
+    """||p|| / ||u|| (1 when a norm is 0; clipped at 1 with trust_clip), as timm's _lamb_trust_ratio."""
+    ratio = w / u if (w > 0 and u > 0) else 1.0
+    if trust_clip != 0:
+        ratio = min(ratio, 1.0)
+    return ratio
 
 
 def lamb_trust(h, sums, shape):
-    """The tensor's trust ratio ||p|| / ||u|| (1 when a norm is 0; clipped at 1 with trust_clip)."""
-    if h.adapt == 0:
+    """The tensor's trust ratio ||p|| / ||u||."""
+    if h.ratio == 0:
         return h
-    w, u = math.sqrt(sums[0]), math.sqrt(sums[1])
-    ratio = w / u if (w > 0 and u > 0) else 1.0
-    if h.trust_clip != 0:
-        ratio = min(ratio, 1.0)
-    return h._replace(trust=ratio)
+    return h._replace(trust=_trust_ratio(math.sqrt(sums[0]), math.sqrt(sums[1]), h.trust_clip))
+
+
+def lamb_cautious_trust(h, sums, shape):
+    """The mask's mean (at least 1e-3, as caution_mean) and the trust ratio of the masked update:
+    ||u a / mean + wd p||^2 = (u a)^2 / mean^2 + 2 wd (u a) p / mean + wd^2 p^2, summed."""
+    h = caution_mean(h, sums[3:], shape)
+    if h.ratio == 0:
+        return h
+    s = 1 / h.caution_scale
+    uu = s * s * sums[1] + 2 * h.wd * s * sums[2] + h.wd * h.wd * sums[0]
+    return h._replace(trust=_trust_ratio(math.sqrt(sums[0]), math.sqrt(max(uu, 0.0)), h.trust_clip))
 
 
 def lars_sums(p, g, h):
@@ -896,7 +937,8 @@ def muon_scalars(lr, weight_decay, momentum, nesterov):
 
 
 # two-pass rule -> (first-pass rule, how many values it sums, host function of the sums)
-TWO_PASS = {"lamb": ("lamb_sums", 2, "lamb_trust"), "lars": ("lars_sums", 2, "lars_trust"),
+TWO_PASS = {"lamb": ("lamb_sums", 2, "lamb_trust"), "lamb_cautious": ("lamb_cautious_sums", 4, "lamb_cautious_trust"),
+            "lars": ("lars_sums", 2, "lars_trust"),
             "lars_momentum": ("lars_momentum_sums", 2, "lars_trust"), "mars": ("mars_sums", 1, "mars_clip"),
             "adopt_cautious": ("adopt_cautious_sums", 1, "caution_mean"),
             "adan_cautious": ("adan_cautious_sums", 1, "caution_mean")}
@@ -906,7 +948,8 @@ ELEMENT_RULES.update({
     "asgd": ASGDScalars, "rprop": RpropScalars, "adopt": AdoptScalars, "adan": AdanScalars,
     "adopt_cautious": AdoptScalars, "adan_cautious": AdanScalars,
     "schedulefree_sgd": ScheduleFreeScalars, "schedulefree_adam": ScheduleFreeScalars,
-    "schedulefree_lerp": LerpScalars, "lamb": LambScalars, "lars": LarsScalars, "lars_momentum": LarsScalars,
+    "schedulefree_lerp": LerpScalars, "lamb": LambScalars, "lamb_cautious": LambScalars, "lars": LarsScalars,
+    "lars_momentum": LarsScalars,
     "mars": MarsScalars, "muon_momentum": MuonScalars, "decay_apply": DecayApplyScalars,
 })
 
@@ -1057,6 +1100,7 @@ def rowwise_adagrad_scalars(lr, eps, weight_decay, maximize):
 
 # Every rule that takes per-step scalars -> its contract (the element rules and the row-wise parts).
 RULE_SCALARS = {**ELEMENT_RULES, "adopt_cautious_sums": AdoptScalars, "adan_cautious_sums": AdanScalars,
-                "lamb_sums": LambScalars, "lars_sums": LarsScalars, "lars_momentum_sums": LarsScalars,
+                "lamb_sums": LambScalars, "lamb_cautious_sums": LambScalars, "lars_sums": LarsScalars,
+                "lars_momentum_sums": LarsScalars,
                 "mars_sums": MarsScalars, "rowwise_adagrad_grad": RowWiseAdagradScalars,
                 "rowwise_adagrad_update": RowWiseAdagradScalars}

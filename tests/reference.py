@@ -304,6 +304,8 @@ def lamb(p, g, state, t, lr=1e-3, bias_correction=True, betas=(0.9, 0.999), eps=
     v += (1 - b2) * g * g
     bc1, bc2 = (1 - b1 ** t, 1 - b2 ** t) if bias_correction else (1.0, 1.0)
     u = m / bc1 / (np.sqrt(v / bc2) + eps)
+    if caution:
+        u = _cautious(u, g)
     if weight_decay and decoupled_decay:
         p *= 1 - (lr ** 2 / lr if corrected_weight_decay else lr) * weight_decay   # max_lr: the (fixed) lr
     elif weight_decay:
