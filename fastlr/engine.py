@@ -173,6 +173,7 @@ def advance_groups(engine, plans):
         for name, fn in spec.group_updates.items():
             hp[name] = new[name] = bind(fn, spec, hp, {})
         group.update(new)
+        engine.wrote(plan.k, new, hp)
         plan.use(spec, hp)
 
 
@@ -313,6 +314,14 @@ class Engine:
             out.append(hp)
         return out
 
+    def wrote(self, k, new, hp):
+        """This engine wrote ``new`` (values it computed: per-group state) into group k, whose
+        hyperparameters are now hp: the group as resolved stays resolved, unless the caller changed it."""
+        seen, _ = self._resolved.get(k, (None, None))
+        if seen is not None:
+            seen.update(new)   # the very objects written into the group
+            self._resolved[k] = (seen, hp)
+
     # ------------------------------------------------------------ the step
     def step(self, grads, options, launch=None, dense=False):
         """Validate, condition and update. grads: per group, a list aligned with its params (None:
@@ -365,7 +374,7 @@ class Engine:
         if len(gs) != len(params):
             raise ValueError(f"grads: param_groups[{k}] has {len(params)} params, got {len(gs)} grads")
         plan = self._plans.get(k)
-        if plan is None or plan.hp is not hp:
+        if plan is None or plan.given_hp is not hp:
             names = tuple(n for n, _ in self.spec.states(hp))
             if plan is None or plan.names != names or not _same_list(params, plan.params):
                 plan = self._plans[k] = _GroupPlan(self, k, params, names)
@@ -530,6 +539,7 @@ class _GroupPlan:
     def __init__(self, engine, k, params, names):
         self.k, self.params, self.names = k, list(params), names
         self.hp = self.rule = self.uniform = None
+        self.given_hp = None   # the hyperparameters use() was given (hp: with the group_<name> aliases)
         start = engine.opt._first_index(k)
         self.indices = list(range(start, start + len(params)))
         self.keys = [engine.front.state_key(i, p) for i, p in zip(self.indices, params)]
@@ -541,6 +551,7 @@ class _GroupPlan:
 
     def use(self, spec, hp):
         """Take this step's hyperparameters: the rule, and the host rule bound to them (all but the step)."""
+        self.given_hp = hp
         if spec.group_state:   # per-group state, read by host rules as group_<name>
             hp = {**hp, **{"group_" + n: hp[n] for n in spec.group_state}}
         self.hp, self.rule = hp, spec.rule(hp)

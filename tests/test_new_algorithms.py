@@ -37,6 +37,29 @@ def test_functional_equals_the_optimizer(name):
         np.testing.assert_array_equal(s, opt.state[0][n], err_msg=n)
 
 
+@pytest.mark.parametrize("name", [n for n, spec in SPECS.items() if spec.group_updates])
+def test_group_state_written_by_the_step_is_kept_and_edits_are_seen(name):
+    """The per-group state a step writes (schedule-free's k, weight_sum; the group step) keeps the group as
+    resolved; the same optimizer forgetting everything before each step, and both seeing an lr edit, agree
+    bit for bit."""
+    hp = CASES[name][-1]
+    p, grads = make_data(10, 40, np.float64, seed=6)
+    q = p.copy()
+    opts = [optimizer(fastlr, name)(x, **hp) for x in (p, q)]
+    for opt in opts:
+        if hasattr(opt, "train"):
+            opt.train()
+    for t, g in enumerate(grads):
+        if t == 4:
+            for opt in opts:
+                opt.param_groups[0]["lr"] = opt.param_groups[0]["lr"] * 0.5
+        opts[1]._engine.reset()   # nothing remembered: everything resolved and checked again
+        for opt in opts:
+            opt.step(g)
+    np.testing.assert_array_equal(p, q)
+    assert str(opts[0].param_groups) == str(opts[1].param_groups)
+
+
 def test_functional_lamb_clips_by_the_global_norm_it_is_given():
     """lamb_ over two arrays with grad_norm= (their global norm) equals fastlr.Lamb over both; without it each
     array is clipped by its own gradient's norm; a bad grad_norm changes nothing."""
