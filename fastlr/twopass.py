@@ -130,24 +130,12 @@ def _cuda_sums(unit, rule, htab, hidx, c, k):
     return out.copy_to_host(stream=stream)
 
 
-def _sumsq(unit):
-    """A unit's gradient sum of squares (CPU tables: the vectorized kernel of kernels.twopass_cpu)."""
-    if unit.kind.family not in ("numpy", "torch-cpu"):
-        return unit.sumsq()
-    from .engine import parallel_guard
-    out = np.empty(unit.work.shape[0], np.float64)
-    serial = unit.total < SERIAL_BELOW
-    with parallel_guard(serial):
-        kernel_module("twopass_cpu").TABLE_SUMSQ["_serial" if serial else ""](unit.ptrs, unit.work, 1, unit.like, out)
-    return float(out.sum())
-
-
 def global_clip(engine, plans, c):
     """timm Lamb's ``max_grad_norm``: every gradient divided by max(global norm / max_grad_norm, 1), the norm
     over all params of all groups (None: off), folded into the conditioning scale."""
     max_norm = engine.opt.defaults.get(engine.spec.global_clip)
     if max_norm is None:
         return c
-    total = sum(_sumsq(u) for plan in plans for u in plan.units)
+    total = sum(u.sumsq() for plan in plans for u in plan.units)   # the sum max_grad_norm uses
     clip = max(math.sqrt(total) * c[0] / max_norm, 1.0)   # the norm of the gradients as conditioned so far
     return (c[0] / clip, c[1], c[2])

@@ -89,18 +89,37 @@ def make_work(sizes, chunk):
     return work
 
 
-_SUMSQ = """
-def {name}(g):
+# Sums of squares (global gradient norm, non-finite check) in float64, reassociation allowed: they feed a
+# norm, and in order LLVM must add one element at a time (measured at 16M: the sum took as long as an Adam
+# step). Reassociation alone keeps NaN and Inf propagating. The float64 partial sums of fixed chunks are
+# added in order, so a result does not depend on the number of threads.
+SUMSQ_CHUNK = 1 << 16
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _range_sumsq(g, lo, hi):
     s = 0.0
-    for i in {loop}(g.size):
+    for i in range(lo, hi):
         x = np.float64(g[i])
         s += x * x
+    return s
+
+
+_SUMSQ = """
+def {name}(g):
+    m = (g.size + SUMSQ_CHUNK - 1) // SUMSQ_CHUNK
+    out = np.empty(m, np.float64)
+    for w in {loop}(m):
+        out[w] = _range_sumsq(g, w * SUMSQ_CHUNK, min(g.size, (w + 1) * SUMSQ_CHUNK))
+    s = 0.0
+    for w in range(m):
+        s += out[w]
     return s
 """
 
 
 def _sumsq(name, loop, decorate):
-    """Sum of squares in float64 (global gradient norm, non-finite check), from one template."""
+    """float64 sum of squares of a flat array, from one template (the same value serial or parallel)."""
     namespace = dict(globals(), prange=prange)
     exec(compile(_SUMSQ.format(name=name, loop=loop), __file__, "exec"), namespace)
     return decorate(namespace[name])
@@ -115,10 +134,11 @@ def {name}(ptrs, work, column, like, out):
     for w in prange(work.shape[0]):
         t = work[w, 0]
         lo = work[w, 1]
-        out[w] = sumsq_serial(carray(at(ptrs[t, column], lo, like), work[w, 2] - lo))
+        n = work[w, 2] - lo
+        out[w] = _range_sumsq(carray(at(ptrs[t, column], lo, like), n), 0, n)
 """
 
 # out[w] = float64 sum of squares of column `column` over work row w (summed later in a fixed order,
-# so the result does not depend on the number of threads).
+# so the result does not depend on the number of threads either).
 table_sumsq = generate_source(_TABLE_SUMSQ, "table_sumsq", globals(), njit(parallel=True, cache=True, nogil=True))
 table_sumsq_serial = generate_source(_TABLE_SUMSQ, "table_sumsq_serial", globals(), njit(cache=True, nogil=True))

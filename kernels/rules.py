@@ -417,23 +417,23 @@ def asgd_mu(step, t0):
 
 # ---------------------------------------------------------------- Rprop
 def rprop(p, g, prev, step_size, h):
-    """s = sign(g prev): step_size <- clamp(step_size * (etaplus, etaminus, 1)[s > 0, s < 0, s == 0]);
-    g <- 0 where s < 0;  p <- p - sign(g) step_size;  prev <- g."""
+    """torch.optim.Rprop bit for bit: s = sign(g prev), 0 for NaN as torch.sign gives;
+    step_size <- clamp(step_size * (etaplus if s > 0, etaminus if s < 0, else 1));  g <- +0 where s < 0;
+    p <- p - sign(g) step_size;  prev <- g.
+
+    Selects, no branches, so LLVM vectorizes the loop; every value stays in the arrays' dtype (the 0 and 1
+    are made from `sign`: a literal would compute float32 in float64, a different rounding of p than torch's
+    and half the vector width)."""
     sign, etaminus, etaplus, step_size_min, step_size_max = h
+    zero = sign - sign
+    one = sign * sign
     g = g * sign
     s = g * prev
-    if s > 0:
-        f = etaplus
-    elif s < 0:
-        f = etaminus
-    elif s == 0:
-        f = etaplus * 0 + 1
-    else:  # NaN
-        f = s
+    f = etaplus if s > 0 else (etaminus if s < 0 else one)
     step_size = _clamp(step_size * f, step_size_min, step_size_max)
-    if f == etaminus:
-        g = g * 0
-    return p - _sign(g) * step_size, g, step_size
+    g = zero if s < 0 else g
+    sign_g = one if g > 0 else (-one if g < 0 else zero)
+    return p - sign_g * step_size, g, step_size
 
 
 def rprop_scalars(etas, step_sizes, maximize):

@@ -53,12 +53,3 @@ for _rule, (_sums, _k, _) in rules.TWO_PASS.items():
         SUMS[_rule + _suffix] = generate_source(_TABLE, f"{_sums}_table{_suffix}", dict(globals(), CHUNK=_chunk),
                                                 _decorate, **_table_fields(_sums))
 
-
-# The global gradient norm of timm Lamb's clip (fastlr.twopass.global_clip): kernels.cpu's table sum of
-# squares with reassociation allowed, so it vectorizes (a norm, as above).
-from .cpu import _TABLE_SUMSQ, _sumsq  # noqa: E402
-
-_sumsq_reassoc = _sumsq("sumsq_reassoc_serial", "range", njit(**_SUM_JIT))
-TABLE_SUMSQ = {suffix: generate_source(_TABLE_SUMSQ, f"table_sumsq_reassoc{suffix}",
-                                       dict(globals(), sumsq_serial=_sumsq_reassoc), decorate)
-               for suffix, decorate in (("", njit(parallel=True, **_JIT)), ("_serial", njit(**_JIT)))}

@@ -271,3 +271,41 @@ def test_bad_input_changes_nothing_group_schedules_included(name):
     with pytest.raises((ValueError, TypeError), match=match):
         opt.step([np.ones_like(a), np.ones_like(b)])
     unchanged(edited=(key,))
+
+
+def _bits(a):
+    """The bit patterns of an array, every NaN as one pattern (torch and NumPy do not promise NaN payloads)."""
+    u = a.view(np.uint32 if a.dtype == np.float32 else np.uint64).copy()
+    u[np.isnan(a)] = 1
+    return u
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("maximize", [False, True])
+def test_rprop_is_torch_bit_for_bit_on_zeros_infs_nans_and_subnormals(dtype, maximize):
+    """One Rprop step from every combination of special values of (p, g, prev, step_size): params and both
+    states equal torch.optim.Rprop's bit for bit, signed zeros included (torch.sign(NaN) is 0 there)."""
+    torch = pytest.importorskip("torch")
+    values = [0.0, -0.0, 1e-3, -1e-3, 1.5, -0.3, np.inf, -np.inf, np.nan, 1e-40, -3e38, 1e-6, 50.0]
+    grid = np.array(np.meshgrid(values, values, values, values, indexing="ij"), dtype).reshape(4, -1)
+    p0, g, prev, size = (np.ascontiguousarray(x) for x in grid)
+    hp = dict(lr=1e-2, etas=(0.3, 1.5), step_sizes=(1e-6, 50.0), maximize=maximize)
+    p = p0.copy()
+    ours = fastlr.Rprop(p, **hp)
+    ours.step(np.zeros_like(p))          # creates the states, then set them as drawn
+    t = torch.tensor(p0, requires_grad=True)
+    ref = torch.optim.Rprop([t], **hp, foreach=False)
+    t.grad = torch.zeros_like(t)
+    ref.step()
+    with torch.no_grad():
+        t.copy_(torch.from_numpy(p0))
+    p[...] = p0
+    for name, value in (("prev", prev), ("step_size", size)):
+        ours.state[0][name][...] = value
+        ref.state[t][name].copy_(torch.from_numpy(value))
+    ours.step(g)
+    t.grad = torch.from_numpy(g.copy())
+    ref.step()
+    np.testing.assert_array_equal(_bits(p), _bits(t.detach().numpy()))
+    for name in ("prev", "step_size"):
+        np.testing.assert_array_equal(_bits(ours.state[0][name]), _bits(ref.state[t][name].numpy()), err_msg=name)

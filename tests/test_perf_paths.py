@@ -77,3 +77,40 @@ def test_hyperparameters_changed_between_steps_take_effect_despite_the_caches():
         fresh_state = fresh.state_dict()
     np.testing.assert_array_equal(p, q)
     assert np.all(p == q) and cached.state[0]["step"] == 6
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sums_of_squares_do_not_depend_on_the_thread_count_and_keep_nan_and_inf(dtype):
+    """The reassociated (vectorized) sums of squares: the same value on 1 and 2 threads, serial or parallel,
+    flat or over a segment table, within float64 rounding of the exact sum; NaN and Inf still come through."""
+    import math
+
+    import numba
+
+    from fastlr.engine import CHUNK
+    from fastlr.kernels import cpu
+    g = np.random.default_rng(0).standard_normal(3 * CHUNK + 12345).astype(dtype)
+    work = cpu.make_work(np.array([g.size], np.int64), CHUNK)
+
+    def sums(x):
+        out = np.empty(work.shape[0])
+        cpu.table_sumsq(np.array([[0, x.ctypes.data]], np.int64), work, 1, x[:0], out)
+        return cpu.sumsq(x), cpu.sumsq_serial(x), float(out.sum())
+
+    before = numba.get_num_threads()
+    try:
+        seen = set()
+        for threads in {1, numba.config.NUMBA_NUM_THREADS}:
+            numba.set_num_threads(threads)
+            seen.add(sums(g))
+    finally:
+        numba.set_num_threads(before)
+    assert len(seen) == 1
+    flat, serial, table = seen.pop()
+    assert flat == serial
+    exact = math.fsum(np.square(g.astype(np.float64)).tolist())
+    assert table == pytest.approx(exact, rel=1e-13) and flat == pytest.approx(exact, rel=1e-13)
+    for bad, expected in ((np.nan, math.isnan), (np.inf, math.isinf), (-np.inf, math.isinf)):
+        h = g.copy()
+        h[CHUNK + 7] = bad
+        assert all(expected(s) for s in sums(h))
