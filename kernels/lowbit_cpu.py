@@ -56,7 +56,7 @@ def _byte_planes(values):
 
 
 def encoder_planes(cb):
-    """encode_64's tables for codebook ``cb``: uint8[9 * 256].
+    """encoder_64's tables for codebook ``cb``: uint8[9 * 256].
 
     ``cb.table``'s codes (the code of each bucket's lower end) grow by 0 or 1 from one bucket to the
     next (at most one boundary per bucket), so they are kept as one base code per word of 32
@@ -69,7 +69,7 @@ def encoder_planes(cb):
     padded = np.concatenate([codes, np.full(32 * words + 1 - codes.size, codes[-1])])
     steps = np.diff(padded)
     if words > 256 or steps.min() < 0 or steps.max() > 1 or cb.bounds.size > 255:
-        raise ValueError("encode_64 needs at most 8192 buckets, each with at most one boundary")
+        raise ValueError("encoder_64 needs at most 8192 buckets, each with at most one boundary")
     base = np.zeros(256, np.uint8)
     base[:words] = padded[:32 * words:32]
     bitmap = np.zeros(256, np.uint32)
@@ -94,7 +94,7 @@ for (_prec, _signed), _cb in quant.CODEBOOKS.items():
 # AMD Zen 4 this project runs on (microcoded; 0.32 ns per element, one thread, whatever the table
 # size), and the other vector work waits for them. Byte permutes (vpermi2b: 64 lookups into 128
 # bytes per instruction) do the same lookups 3-4x cheaper. So where the CPU has AVX-512 VBMI,
-# blocks are decoded 64 codes at a time by decode_64 and encoded by encode_64 below; elsewhere (and
+# blocks are decoded 64 codes at a time by decode_64 and encoded by encoder_64's intrinsics below; elsewhere (and
 # for a block's last < 64 elements) by quant.decode and quant.encode, which LLVM turns into gathers.
 VBMI = config.CPU_NAME is None and all(llvm_binding.get_host_cpu_features().get(f, False)
                                        for f in ("avx512f", "avx512bw", "avx512vbmi"))
@@ -129,25 +129,30 @@ class _ByteTables:
         self.base = builder.bitcast(t.data, _V64B.as_pointer())
         self.quarters = {}
 
-    def preload(self, tables):
-        """Load the first ``tables`` tables now (before the loop: the loop body only reuses them)."""
-        for k in range(4 * tables):
-            self._quarter(k)
+    def preload(self, tables, wide=True):
+        """Load these tables now (before the loop: the loop body only reuses them)."""
+        for k in tables:
+            for j in range(4 if wide else 2):
+                self._quarter(4 * k + j)
 
     def _quarter(self, k):
         if k not in self.quarters:
             self.quarters[k] = self.builder.load(self.builder.gep(self.base, [ir.Constant(_I32, k)]), align=1)
         return self.quarters[k]
 
-    def byte(self, k, idx):
-        """table k at the 64 byte indices idx: two vpermi2b (by the low 7 bits), selected by the top bit."""
-        b, q = self.builder, [self._quarter(4 * k + j) for j in range(4)]
+    def byte(self, k, idx, wide=True):
+        """table k at the 64 byte indices idx: two vpermi2b (by the low 7 bits), selected by the top
+        bit; one where no index reaches 128 (``wide=False``)."""
+        b = self.builder
+        low = b.call(self.perm, [self._quarter(4 * k), idx, self._quarter(4 * k + 1)])
+        if not wide:
+            return low
         top = b.icmp_signed("<", idx, ir.Constant(_V64B, [0] * 64))
-        return b.select(top, b.call(self.perm, [q[2], idx, q[3]]), b.call(self.perm, [q[0], idx, q[1]]))
+        return b.select(top, b.call(self.perm, [self._quarter(4 * k + 2), idx, self._quarter(4 * k + 3)]), low)
 
-    def int32(self, k, idx):
+    def int32(self, k, idx, wide=True):
         """Tables k .. k + 3 as the byte planes of 256 int32 (``_byte_planes``), at idx: <64 x i32>."""
-        b, planes = self.builder, [self.byte(k + j, idx) for j in range(4)]
+        b, planes = self.builder, [self.byte(k + j, idx, wide) for j in range(4)]
         low = b.bitcast(_interleave(b, planes[0], planes[1]), _V64W)
         high = b.bitcast(_interleave(b, planes[2], planes[3]), _V64W)
         return b.bitcast(_interleave(b, low, high), _V64I)
@@ -169,7 +174,7 @@ def decode_64(typingctx, codes, out, planes, absmax):
         c = context.make_array(sig.args[0])(context, builder, args[0])
         o = context.make_array(sig.args[1])(context, builder, args[1])
         tables = _ByteTables(context, builder, sig.args[2], args[2])
-        tables.preload(4)
+        tables.preload(range(4))
         scale = _splat64(builder, args[3])
         groups = _groups_of_64(builder, c.nitems)
         src, dst = builder.bitcast(c.data, _V64B.as_pointer()), builder.bitcast(o.data, _V64F.as_pointer())
@@ -181,45 +186,57 @@ def decode_64(typingctx, codes, out, planes, absmax):
     return types.intp(codes, out, planes, absmax), codegen
 
 
-@intrinsic
-def encode_64(typingctx, src, codes, absmax, tables, lo_bits, hi_bits, shift, half):
-    """codes[i] = quant.encode(src[i] / absmax, ...) for i < 64 * (codes.size // 64); returns that count.
+def encoder_64(cb):
+    """An intrinsic ``encode(src, codes, absmax, tables)`` for codebook ``cb``: codes[i] =
+    quant.encode(src[i] / absmax, cb...) for i < 64 * (codes.size // 64); returns that count.
 
-    The same integer key and bucket as quant.encode (arguments as there; ``tables`` from
-    ``encoder_planes``), but no gather of the bucket's entry: per 64 values, the bucket's code
-    is its word's base code (one byte lookup) plus the number of set bits below it in the word's
-    bitmap (4 byte lookups, a shift and a popcount), and one more if the key reaches the next
-    boundary's key (4 byte lookups by that code). 18 vpermi2b per 64 values. AVX-512 VBMI only.
+    The same integer key and bucket as quant.encode (cb's integers compiled in; ``tables`` =
+    ``encoder_planes(cb)``), but no gather of the bucket's entry: per 64 values, the bucket's code is
+    its word's base code (one byte lookup) plus the number of set bits below it in the word's bitmap
+    (4 byte lookups, a shift and a popcount), plus one if the key reaches the next boundary's key
+    (4 byte lookups by that code): 18 vpermi2b per 64 values, 9 to 13 where the tables have fewer
+    than 128 words or boundaries (one vpermi2b per lookup). AVX-512 VBMI only.
     """
-    def codegen(context, builder, sig, args):
-        b = builder
-        s = context.make_array(sig.args[0])(context, b, args[0])
-        c = context.make_array(sig.args[1])(context, b, args[1])
-        lookup = _ByteTables(context, b, sig.args[3], args[3])
-        lookup.preload(9)
-        lo, hi, sh, hf = (_splat64(b, b.trunc(a, _I32) if a.type != _I32 else a) for a in args[4:8])
-        ctpop = cgutils.get_or_insert_function(b.module, ir.FunctionType(_V64I, [_V64I]), "llvm.ctpop.v64i32")
-        scale = _splat64(b, args[2])
+    words = (cb.table.size + 31) // 32
+    wide_words, wide_keys = words > 128, cb.bounds.size + 1 > 128
 
-        def k32(v):
-            return ir.Constant(_V64I, [v] * 64)
-        groups = _groups_of_64(b, c.nitems)
-        src, dst = b.bitcast(s.data, _V64F.as_pointer()), b.bitcast(c.data, _V64B.as_pointer())
-        with cgutils.for_range(b, groups) as loop:
-            bits = b.bitcast(b.fdiv(b.load(b.gep(src, [loop.index]), align=4), scale), _V64I)
-            a = b.and_(bits, k32(0x7FFFFFFF))
-            a = b.select(b.icmp_signed(">", a, lo), a, lo)
-            a = b.select(b.icmp_signed("<", a, hi), a, hi)
-            key = b.xor(b.sub(a, lo), b.ashr(bits, k32(31)))         # as quant.encode
-            bucket = b.lshr(b.add(key, b.shl(hf, sh)), sh)             # (key >> shift) + half, >= 0
-            word = b.trunc(b.lshr(bucket, k32(5)), _V64B)
-            below = b.sub(b.shl(k32(1), b.and_(bucket, k32(31))), k32(1))
-            code = b.add(b.zext(lookup.byte(0, word), _V64I), b.call(ctpop, [b.and_(lookup.int32(1, word), below)]))
-            code = b.trunc(code, _V64B)
-            above = b.icmp_signed(">=", key, lookup.int32(5, code))
-            b.store(b.add(code, b.zext(above, _V64B)), b.gep(dst, [loop.index]), align=1)
-        return b.mul(groups, ir.Constant(groups.type, 64))
-    return types.intp(src, codes, absmax, tables, lo_bits, hi_bits, shift, half), codegen
+    @intrinsic
+    def encode(typingctx, src, codes, absmax, tables):
+        def codegen(context, builder, sig, args):
+            b = builder
+            s = context.make_array(sig.args[0])(context, b, args[0])
+            c = context.make_array(sig.args[1])(context, b, args[1])
+            lookup = _ByteTables(context, b, sig.args[3], args[3])
+            lookup.preload(range(5), wide_words)
+            lookup.preload(range(5, 9), wide_keys)
+            ctpop = cgutils.get_or_insert_function(b.module, ir.FunctionType(_V64I, [_V64I]), "llvm.ctpop.v64i32")
+            scale = _splat64(b, args[2])
+
+            def k32(v):
+                return ir.Constant(_V64I, [v] * 64)
+            groups = _groups_of_64(b, c.nitems)
+            src, dst = b.bitcast(s.data, _V64F.as_pointer()), b.bitcast(c.data, _V64B.as_pointer())
+            with cgutils.for_range(b, groups) as loop:
+                bits = b.bitcast(b.fdiv(b.load(b.gep(src, [loop.index]), align=4), scale), _V64I)
+                a = b.and_(bits, k32(0x7FFFFFFF))
+                a = b.select(b.icmp_signed(">", a, k32(cb.lo_bits)), a, k32(cb.lo_bits))
+                a = b.select(b.icmp_signed("<", a, k32(cb.hi_bits)), a, k32(cb.hi_bits))
+                key = b.xor(b.sub(a, k32(cb.lo_bits)), b.ashr(bits, k32(31)))     # as quant.encode
+                bucket = b.lshr(b.add(key, k32(cb.half << cb.shift)), k32(cb.shift))  # (key >> shift) + half
+                word = b.trunc(b.lshr(bucket, k32(5)), _V64B)
+                below = b.sub(b.shl(k32(1), b.and_(bucket, k32(31))), k32(1))
+                bitmap = lookup.int32(1, word, wide_words)
+                code = b.add(b.zext(lookup.byte(0, word, wide_words), _V64I), b.call(ctpop, [b.and_(bitmap, below)]))
+                code = b.trunc(code, _V64B)
+                above = b.icmp_signed(">=", key, lookup.int32(5, code, wide_keys))
+                b.store(b.add(code, b.zext(above, _V64B)), b.gep(dst, [loop.index]), align=1)
+            return b.mul(groups, ir.Constant(groups.type, 64))
+        return types.intp(src, codes, absmax, tables), codegen
+    return encode
+
+
+for (_prec, _signed), _cb in quant.CODEBOOKS.items():
+    globals()[f"ENCODE_{_prec}_{'s' if _signed else 'u'}"] = encoder_64(_cb)
 
 
 _BLOCKWISE = """
@@ -264,7 +281,7 @@ def _blockwise_fields(rule, prec, loop):
                    f"{ind}    S{j}[i] = Q.decode(U{j}[i], QMAP_{tag}, d{j})\n")
         load += f"{ind}    s{j} = S{j}[i]\n"
         keep += f"{ind}    S{j}[i] = s{j}\n{ind}    x{j} = max(x{j}, Q.abs_bits(s{j}))\n"
-        first = f"encode_64(S{j}[:m], U{j}[:m], d{j}, ENCODER_{tag}, {cb.literals})" if VBMI else "0"
+        first = f"ENCODE_{tag}(S{j}[:m], U{j}[:m], d{j}, ENCODER_{tag})" if VBMI else "0"
         store += (f"{ind}d{j} = Q.block_scale(x{j})\n{ind}a{j}[blk] = d{j}\n"
                   f"{ind}for i in range({first}, m):\n"
                   f"{ind}    U{j}[i] = Q.encode(S{j}[i] / d{j}, TABLE_{tag}, {cb.literals})\n")
