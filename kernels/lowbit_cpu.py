@@ -23,13 +23,16 @@ run on one thread (small params). Kernels release the GIL.
 
 Why it is fast: the block loop lives in a separate (not inlined) function called once per chunk
 of blocks, on per-block slices, so LLVM sees plain counted loops over arrays and vectorizes
-them. Per block: each state is decoded into a contiguous per-chunk scratch row (``decode_64``,
-byte permutes, where the CPU has AVX-512 VBMI; gathers otherwise), one pass runs the rule over
-p, g and the rows while keeping an integer max of |state| bits (branch-free), then one pass per
-state divides by the new absmax and encodes (``quant.encode``: one table gather, no search).
-4-bit codes are unpacked into a uint8 row first and packed after. The maps and tables are module
-constants and their parameters literals, so they fold into the machine code. Measured costs:
-docs/PERFORMANCE.md, "Low-precision states".
+them. Per block: each state is decoded into a contiguous per-chunk scratch row (``decode_64``),
+one pass runs the rule over p, g and the rows while keeping an integer max of |state| bits
+(branch-free), then one pass per state divides by the new absmax and encodes (``ENCODE_*``, made
+by ``encoder_64``). Table lookups are the cost of the low-bit kernels and gathers are slow here
+(see below), so where the CPU has AVX-512 VBMI both decode and encode look up by byte permutes,
+64 values at a time, and fall back to quant.decode / quant.encode (gathers) elsewhere and for a
+block's last < 64 elements; the codes are the same (tests/lowbit_exhaustive.py compares the
+encoders on every float32 bit pattern). 4-bit codes are unpacked into a uint8 row first and packed
+after. The maps and tables are module constants and their parameters literals, so they fold into
+the machine code. Measured costs: docs/PERFORMANCE.md, "Low-precision states".
 
 Arrays must be contiguous (``fastlr.lowbit`` checks). Kernel and whole-state conversion names
 carry ``quant.QUANT_HASH``: numba's cache watches only this file, not the tables they inline.
