@@ -23,13 +23,16 @@ run on one thread (small params). Kernels release the GIL.
 
 Why it is fast: the block loop lives in a separate (not inlined) function called once per chunk
 of blocks, on per-block slices, so LLVM sees plain counted loops over arrays and vectorizes
-them. Per block: each state is decoded into a contiguous per-chunk scratch row (``decode_64``,
-byte permutes, where the CPU has AVX-512 VBMI; gathers otherwise), one pass runs the rule over
-p, g and the rows while keeping an integer max of |state| bits (branch-free), then one pass per
-state divides by the new absmax and encodes (``quant.encode``: one table gather, no search).
-4-bit codes are unpacked into a uint8 row first and packed after. The maps and tables are module
-constants and their parameters literals, so they fold into the machine code. Measured costs:
-docs/PERFORMANCE.md, "Low-precision states".
+them. Per block: each state is decoded into a contiguous per-chunk scratch row (``decode_64``),
+one pass runs the rule over p, g and the rows while keeping an integer max of |state| bits
+(branch-free), then one pass per state divides by the new absmax and encodes (``ENCODE_*``, made
+by ``encoder_64``). Table lookups are the cost of the low-bit kernels and gathers are slow here
+(see below), so where the CPU has AVX-512 VBMI both decode and encode look up by byte permutes,
+64 values at a time, and fall back to quant.decode / quant.encode (gathers) elsewhere and for a
+block's last < 64 elements; the codes are the same (tests/lowbit_exhaustive.py compares the
+encoders on every float32 bit pattern). 4-bit codes are unpacked into a uint8 row first and packed
+after. The maps and tables are module constants and their parameters literals, so they fold into
+the machine code. Measured costs: docs/PERFORMANCE.md, "Low-precision states".
 
 Arrays must be contiguous (``fastlr.lowbit`` checks). Kernel and whole-state conversion names
 carry ``quant.QUANT_HASH``: numba's cache watches only this file, not the tables they inline.
@@ -50,6 +53,35 @@ Q = quant.compiled(njit(inline="always", error_model="numpy"))
 CHUNK_BLOCKS = 64  # blocks per parallel work item (16K elements at 8 bits)
 BITS = {"8bit": 8, "4bit": 4}
 
+def _byte_planes(values):
+    """256 int32 or float32 values as 4 planes of 256 bytes (byte k of every value), for vpermi2b."""
+    return np.ascontiguousarray(np.asarray(values).view(np.uint8).reshape(256, 4).T).ravel()
+
+
+def encoder_planes(cb):
+    """encoder_64's tables for codebook ``cb``: uint8[9 * 256].
+
+    ``cb.table``'s codes (the code of each bucket's lower end) grow by 0 or 1 from one bucket to the
+    next (at most one boundary per bucket), so they are kept as one base code per word of 32
+    buckets (256 bytes) and a bitmap per word (bit t: the code grows from bucket 32w + t to the next;
+    4 byte planes); then the boundaries' integer keys (``quant._bucket_keys``; 4 byte planes, padded
+    with int32 max, which no key reaches). Up to 256 words: 8192 buckets (build_codebook's limit).
+    """
+    codes = (cb.table & 0xFF).astype(np.int64)
+    words = (codes.size + 31) // 32
+    padded = np.concatenate([codes, np.full(32 * words + 1 - codes.size, codes[-1])])
+    steps = np.diff(padded)
+    if words > 256 or steps.min() < 0 or steps.max() > 1 or cb.bounds.size > 255:
+        raise ValueError("encoder_64 needs at most 8192 buckets, each with at most one boundary")
+    base = np.zeros(256, np.uint8)
+    base[:words] = padded[:32 * words:32]
+    bitmap = np.zeros(256, np.uint32)
+    bitmap[:words] = (steps.reshape(words, 32).astype(np.uint64) << np.arange(32, dtype=np.uint64)).sum(axis=1)
+    keys = np.full(256, 0x7FFFFFFF, np.int32)
+    keys[:cb.bounds.size] = quant._bucket_keys(cb.bounds, cb.lo_bits, cb.hi_bits)
+    return np.concatenate([base, _byte_planes(bitmap), _byte_planes(keys)])
+
+
 # The maps and encoder tables, as module globals the generated kernels read (frozen constants);
 # PLANES_*: each map's float32 bytes as 4 planes of 256 (byte k of every code), for decode_64.
 for (_prec, _signed), _cb in quant.CODEBOOKS.items():
@@ -58,17 +90,19 @@ for (_prec, _signed), _cb in quant.CODEBOOKS.items():
     globals()[f"TABLE_{_tag}"] = _cb.table
     _padded = np.zeros(256, np.float32)
     _padded[:_cb.qmap.size] = _cb.qmap
-    globals()[f"PLANES_{_tag}"] = np.ascontiguousarray(_padded.view(np.uint8).reshape(256, 4).T).ravel()
+    globals()[f"PLANES_{_tag}"] = _byte_planes(_padded)
+    globals()[f"ENCODER_{_tag}"] = encoder_planes(_cb)
 
-# Decoding is a table lookup per element; as a gather it costs ~1.4 cycles per element on the
-# AMD Zen 4 this project runs on, 3x what byte permutes over the map's bytes cost (measured:
-# 0.29 vs 0.10 ns per element, one thread). So where the CPU has AVX-512 VBMI, blocks are decoded
-# 64 codes at a time by decode_64 below; elsewhere (and for a block's last < 64 elements) by
-# quant.decode, which LLVM turns into gathers.
+# Table lookups are what the low-bit kernels cost: as gathers they take ~1 cycle per element on the
+# AMD Zen 4 this project runs on (microcoded; 0.32 ns per element, one thread, whatever the table
+# size), and the other vector work waits for them. Byte permutes (vpermi2b: 64 lookups into 128
+# bytes per instruction) do the same lookups 3-4x cheaper. So where the CPU has AVX-512 VBMI,
+# blocks are decoded 64 codes at a time by decode_64 and encoded by encoder_64's intrinsics below; elsewhere (and
+# for a block's last < 64 elements) by quant.decode and quant.encode, which LLVM turns into gathers.
 VBMI = config.CPU_NAME is None and all(llvm_binding.get_host_cpu_features().get(f, False)
                                        for f in ("avx512f", "avx512bw", "avx512vbmi"))
 _I8, _I16, _I32, _F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType()
-_V64B, _V16F, _V16I = ir.VectorType(_I8, 64), ir.VectorType(_F32, 16), ir.VectorType(_I32, 16)
+_V64B, _V64W, _V64I, _V64F = (ir.VectorType(t, 64) for t in (_I8, _I16, _I32, _F32))
 
 
 def _interleave(builder, a, b):
@@ -78,42 +112,134 @@ def _interleave(builder, a, b):
     return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, 2 * n), order))
 
 
+def _splat64(builder, value):
+    """A vector of 64 copies of a scalar."""
+    v = builder.insert_element(ir.Constant(ir.VectorType(value.type, 64), None), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, v, ir.Constant(_V64I, [0] * 64))
+
+
+class _ByteTables:
+    """Lookups into tables of 256 bytes, 64 at a time, by byte permutes (AVX-512 VBMI).
+
+    ``array`` (uint8, a multiple of 256 long) is loaded into registers once, before the loop:
+    table k is bytes 256k .. 256k + 255.
+    """
+    def __init__(self, context, builder, array_type, array):
+        t = context.make_array(array_type)(context, builder, array)
+        self.builder = builder
+        self.perm = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V64B, [_V64B] * 3),
+                                                   "llvm.x86.avx512.vpermi2var.qi.512")
+        self.base = builder.bitcast(t.data, _V64B.as_pointer())
+        self.quarters = {}
+
+    def preload(self, tables, wide=True):
+        """Load these tables now (before the loop: the loop body only reuses them)."""
+        for k in tables:
+            for j in range(4 if wide else 2):
+                self._quarter(4 * k + j)
+
+    def _quarter(self, k):
+        if k not in self.quarters:
+            self.quarters[k] = self.builder.load(self.builder.gep(self.base, [ir.Constant(_I32, k)]), align=1)
+        return self.quarters[k]
+
+    def byte(self, k, idx, wide=True):
+        """table k at the 64 byte indices idx: two vpermi2b (by the low 7 bits), selected by the top
+        bit; one where no index reaches 128 (``wide=False``)."""
+        b = self.builder
+        low = b.call(self.perm, [self._quarter(4 * k), idx, self._quarter(4 * k + 1)])
+        if not wide:
+            return low
+        top = b.icmp_signed("<", idx, ir.Constant(_V64B, [0] * 64))
+        return b.select(top, b.call(self.perm, [self._quarter(4 * k + 2), idx, self._quarter(4 * k + 3)]), low)
+
+    def int32(self, k, idx, wide=True):
+        """Tables k .. k + 3 as the byte planes of 256 int32 (``_byte_planes``), at idx: <64 x i32>."""
+        b, planes = self.builder, [self.byte(k + j, idx, wide) for j in range(4)]
+        low = b.bitcast(_interleave(b, planes[0], planes[1]), _V64W)
+        high = b.bitcast(_interleave(b, planes[2], planes[3]), _V64W)
+        return b.bitcast(_interleave(b, low, high), _V64I)
+
+
+def _groups_of_64(builder, nitems):
+    return builder.udiv(nitems, ir.Constant(nitems.type, 64))
+
+
 @intrinsic
 def decode_64(typingctx, codes, out, planes, absmax):
     """out[i] = map[codes[i]] * absmax for i < 64 * (codes.size // 64); returns that count.
 
-    ``planes`` holds the map's float32 bytes plane by plane (4 x 256). Per 64 codes: for each
-    byte plane two ``vpermi2b`` (128 entries each, by the code's low 7 bits) and a select by its
-    top bit, then the 4 planes interleaved into 64 floats: no gathers. AVX-512 VBMI only.
+    ``planes`` holds the map's float32 bytes plane by plane (4 x 256, ``_byte_planes``). Per 64
+    codes: for each byte plane two ``vpermi2b`` (128 entries each, by the code's low 7 bits) and a
+    select by its top bit, then the 4 planes interleaved into 64 floats: no gathers. AVX-512 VBMI only.
     """
     def codegen(context, builder, sig, args):
         c = context.make_array(sig.args[0])(context, builder, args[0])
         o = context.make_array(sig.args[1])(context, builder, args[1])
-        t = context.make_array(sig.args[2])(context, builder, args[2])
-        perm = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V64B, [_V64B] * 3),
-                                              "llvm.x86.avx512.vpermi2var.qi.512")
-        tables = builder.bitcast(t.data, _V64B.as_pointer())
-        quarters = [builder.load(builder.gep(tables, [ir.Constant(_I32, k)]), align=1) for k in range(16)]
-        scale = builder.insert_element(ir.Constant(_V16F, None), args[3], ir.Constant(_I32, 0))
-        scale = builder.shuffle_vector(scale, scale, ir.Constant(_V16I, [0] * 16))
-        groups = builder.udiv(c.nitems, ir.Constant(c.nitems.type, 64))
-        src, dst = builder.bitcast(c.data, _V64B.as_pointer()), builder.bitcast(o.data, _V16F.as_pointer())
+        tables = _ByteTables(context, builder, sig.args[2], args[2])
+        tables.preload(range(4))
+        scale = _splat64(builder, args[3])
+        groups = _groups_of_64(builder, c.nitems)
+        src, dst = builder.bitcast(c.data, _V64B.as_pointer()), builder.bitcast(o.data, _V64F.as_pointer())
         with cgutils.for_range(builder, groups) as loop:
             idx = builder.load(builder.gep(src, [loop.index]), align=1)
-            top = builder.icmp_signed("<", idx, ir.Constant(_V64B, [0] * 64))
-            planes_ = [builder.select(top, builder.call(perm, [quarters[4 * b + 2], idx, quarters[4 * b + 3]]),
-                                      builder.call(perm, [quarters[4 * b], idx, quarters[4 * b + 1]]))
-                       for b in range(4)]
-            low = builder.bitcast(_interleave(builder, planes_[0], planes_[1]), ir.VectorType(_I16, 64))
-            high = builder.bitcast(_interleave(builder, planes_[2], planes_[3]), ir.VectorType(_I16, 64))
-            values = builder.bitcast(_interleave(builder, low, high), ir.VectorType(_F32, 64))
-            for q in range(4):
-                part = builder.shuffle_vector(values, values, ir.Constant(_V16I, list(range(16 * q, 16 * q + 16))))
-                at = builder.add(builder.mul(loop.index, ir.Constant(loop.index.type, 4)),
-                                 ir.Constant(loop.index.type, q))
-                builder.store(builder.fmul(part, scale), builder.gep(dst, [at]), align=4)
+            values = builder.bitcast(tables.int32(0, idx), _V64F)
+            builder.store(builder.fmul(values, scale), builder.gep(dst, [loop.index]), align=4)
         return builder.mul(groups, ir.Constant(groups.type, 64))
     return types.intp(codes, out, planes, absmax), codegen
+
+
+def encoder_64(cb):
+    """An intrinsic ``encode(src, codes, absmax, tables)`` for codebook ``cb``: codes[i] =
+    quant.encode(src[i] / absmax, cb...) for i < 64 * (codes.size // 64); returns that count.
+
+    The same integer key and bucket as quant.encode (cb's integers compiled in; ``tables`` =
+    ``encoder_planes(cb)``), but no gather of the bucket's entry: per 64 values, the bucket's code is
+    its word's base code (one byte lookup) plus the number of set bits below it in the word's bitmap
+    (4 byte lookups, a shift and a popcount), plus one if the key reaches the next boundary's key
+    (4 byte lookups by that code): 18 vpermi2b per 64 values, 9 to 13 where the tables have fewer
+    than 128 words or boundaries (one vpermi2b per lookup). AVX-512 VBMI only.
+    """
+    words = (cb.table.size + 31) // 32
+    wide_words, wide_keys = words > 128, cb.bounds.size + 1 > 128
+
+    @intrinsic
+    def encode(typingctx, src, codes, absmax, tables):
+        def codegen(context, builder, sig, args):
+            b = builder
+            s = context.make_array(sig.args[0])(context, b, args[0])
+            c = context.make_array(sig.args[1])(context, b, args[1])
+            lookup = _ByteTables(context, b, sig.args[3], args[3])
+            lookup.preload(range(5), wide_words)
+            lookup.preload(range(5, 9), wide_keys)
+            ctpop = cgutils.get_or_insert_function(b.module, ir.FunctionType(_V64I, [_V64I]), "llvm.ctpop.v64i32")
+            scale = _splat64(b, args[2])
+
+            def k32(v):
+                return ir.Constant(_V64I, [v] * 64)
+            groups = _groups_of_64(b, c.nitems)
+            src, dst = b.bitcast(s.data, _V64F.as_pointer()), b.bitcast(c.data, _V64B.as_pointer())
+            with cgutils.for_range(b, groups) as loop:
+                bits = b.bitcast(b.fdiv(b.load(b.gep(src, [loop.index]), align=4), scale), _V64I)
+                a = b.and_(bits, k32(0x7FFFFFFF))
+                a = b.select(b.icmp_signed(">", a, k32(cb.lo_bits)), a, k32(cb.lo_bits))
+                a = b.select(b.icmp_signed("<", a, k32(cb.hi_bits)), a, k32(cb.hi_bits))
+                key = b.xor(b.sub(a, k32(cb.lo_bits)), b.ashr(bits, k32(31)))     # as quant.encode
+                bucket = b.lshr(b.add(key, k32(cb.half << cb.shift)), k32(cb.shift))  # (key >> shift) + half
+                word = b.trunc(b.lshr(bucket, k32(5)), _V64B)
+                below = b.sub(b.shl(k32(1), b.and_(bucket, k32(31))), k32(1))
+                bitmap = lookup.int32(1, word, wide_words)
+                code = b.add(b.zext(lookup.byte(0, word, wide_words), _V64I), b.call(ctpop, [b.and_(bitmap, below)]))
+                code = b.trunc(code, _V64B)
+                above = b.icmp_signed(">=", key, lookup.int32(5, code, wide_keys))
+                b.store(b.add(code, b.zext(above, _V64B)), b.gep(dst, [loop.index]), align=1)
+            return b.mul(groups, ir.Constant(groups.type, 64))
+        return types.intp(src, codes, absmax, tables), codegen
+    return encode
+
+
+for (_prec, _signed), _cb in quant.CODEBOOKS.items():
+    globals()[f"ENCODE_{_prec}_{'s' if _signed else 'u'}"] = encoder_64(_cb)
 
 
 _BLOCKWISE = """
@@ -158,8 +284,10 @@ def _blockwise_fields(rule, prec, loop):
                    f"{ind}    S{j}[i] = Q.decode(U{j}[i], QMAP_{tag}, d{j})\n")
         load += f"{ind}    s{j} = S{j}[i]\n"
         keep += f"{ind}    S{j}[i] = s{j}\n{ind}    x{j} = max(x{j}, Q.abs_bits(s{j}))\n"
+        first = f"ENCODE_{tag}(S{j}[:m], U{j}[:m], d{j}, ENCODER_{tag})" if VBMI else "0"
         store += (f"{ind}d{j} = Q.block_scale(x{j})\n{ind}a{j}[blk] = d{j}\n"
-                  f"{ind}Q.store_codes(S{j}, m, d{j}, U{j}, TABLE_{tag}, {cb.literals})\n")
+                  f"{ind}for i in range({first}, m):\n"
+                  f"{ind}    U{j}[i] = Q.encode(S{j}[i] / d{j}, TABLE_{tag}, {cb.literals})\n")
         if bits == 4:
             store += f"{ind}Q.pack_nibbles(U{j}, m, P{j})\n"
         alloc += f"{ind}S{j} = np.empty({block}, np.float32)\n"

@@ -130,6 +130,31 @@ def test_byte_permute_decode_equals_the_map():
         assert np.isnan(out[320:]).all()
 
 
+@pytest.mark.skipif(not lowbit_cpu.VBMI, reason="the CPU has no AVX-512 VBMI")
+@pytest.mark.parametrize("key", CODEBOOKS)
+def test_byte_permute_encode_equals_encode(key):
+    """ENCODE_* (the kernels' encoders where the CPU has VBMI) gives quant.encode's code for every
+    value of the sweep, NaN and inf included (every float32 bit pattern: tests/lowbit_exhaustive.py),
+    and only for whole groups of 64."""
+    tag = f"{key[0]}_{'s' if key[1] else 'u'}"
+    intrinsic = getattr(lowbit_cpu, f"ENCODE_{tag}")
+
+    @njit
+    def encode(y, codes, tables, absmax):
+        return intrinsic(y, codes, absmax, tables)
+    cb = quant.CODEBOOKS[key]
+    special = np.array([np.nan, -np.nan, np.inf, -np.inf, 3.0, -3.0, 0.0, -0.0], np.float32)
+    y = np.concatenate([sweep(cb), special])
+    tables = getattr(lowbit_cpu, f"ENCODER_{tag}")
+    for absmax in (np.float32(1.0), np.float32(0.37)):
+        codes = np.full(y.size + 5, 255 - cb.zero_code, np.uint8)
+        n = encode(y, codes[:y.size], tables, absmax)
+        assert n == y.size // 64 * 64
+        ref = encode_all(y[:n] / absmax, cb.table, cb.lo_bits, cb.hi_bits, cb.shift, cb.half)
+        np.testing.assert_array_equal(codes[:n], ref)
+        assert (codes[n:] == 255 - cb.zero_code).all()
+
+
 # ---------------------------------------------------------------- fused step vs reference
 C = (0.5, -3.0, 3.0)  # conditioning: scale and clip, so the fused condition runs too
 
