@@ -282,9 +282,9 @@ def plot_curves(results, path, dpi=120):
 
 
 def _schedule_name(sched):
-    """'warmup_cosine_decay_schedule' for the closure that function returns."""
-    q = getattr(sched, "__qualname__", type(sched).__qualname__)
-    return q.split(".<locals>")[0] if "<locals>" in q else getattr(sched, "_name", q)
+    """'warmup_cosine_decay_schedule' for the schedule that function built (its repr is the call)."""
+    built = getattr(sched, "built_as", None)
+    return built.split("(", 1)[0] if built else getattr(sched, "__name__", type(sched).__name__)
 
 
 def plot_schedules(results, total, path, dpi=120):
