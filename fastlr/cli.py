@@ -78,13 +78,16 @@ def _bench_mixed(fmt, rest):
 
 
 def _bench(rest):
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(prog="fastlr bench", add_help=False)
     pre.add_argument("--sparse", action="store_true")
     pre.add_argument("--engine", action="store_true")
-    pre.add_argument("--dtype", choices=("bf16", "fp16"))
+    pre.add_argument("--dtype")
     pre.add_argument("--state-precision")
     known, rest = pre.parse_known_args(rest)
-    if sum(map(bool, (known.sparse, known.engine, known.dtype, known.state_precision))) > 1:
+    mixed = known.dtype if known.dtype in ("bf16", "fp16") else None
+    if known.dtype is not None and mixed is None:   # the dense benchmark's own --dtype float32|float64
+        rest = ["--dtype", known.dtype, *rest]
+    if sum(map(bool, (known.sparse, known.engine, mixed, known.state_precision))) > 1:
         print("fastlr bench: --sparse, --engine, --dtype and --state-precision cannot be combined",
               file=sys.stderr)
         return 2
@@ -96,8 +99,8 @@ def _bench(rest):
         return bench_lowbit.main(["--precisions", known.state_precision, *rest])
     if known.sparse:
         return _bench_sparse(rest)
-    if known.dtype:
-        return _bench_mixed(known.dtype, rest)
+    if mixed:
+        return _bench_mixed(mixed, rest)
     try:
         bench = importlib.import_module("fastlr.bench")
     except ModuleNotFoundError as e:
@@ -122,7 +125,8 @@ def main(argv=None):
     sub.add_parser("demo", add_help=False,
                    help="train a NumPy MLP on digits with 9 optimizers; plots in --out (default demo-out)")
     sub.add_parser("bench", add_help=False,
-                   help="benchmarks: dense (default), --sparse, or --dtype bf16|fp16")
+                   help="benchmarks: dense (default), --sparse, --engine, --dtype bf16|fp16 or "
+                        "--state-precision 8bit|4bit|bf16")
     args, rest = p.parse_known_args(argv[:1])
     rest += argv[1:]
     if args.command is None:
