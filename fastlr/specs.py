@@ -46,7 +46,7 @@ def _number(name, value):
     except OverflowError:
         raise ValueError(f"{name}: expected a real number representable as a float, got {_shown(value)}") from None
     if math.isnan(value):
-        raise ValueError(f"{name}: expected a real number, got nan")
+        raise ValueError(f"{name}: expected a finite number, got nan")
     return value
 
 
