@@ -188,6 +188,9 @@ class Spec:
     aux_states: Callable = None  # param shape -> ((name, shape), ...): states not shaped like the param (Adafactor)
     prepare_unit: Callable = None  # unit -> None, on every unit before any launch (makes/checks aux states)
 
+    def __repr__(self):   # help(fastlr.Adam) shows the class attribute: the name says which spec it is
+        return f"Spec({self.name!r})"
+
     def group_defaults(self, defaults):
         """The group_state entries a new optimizer adds to its defaults (a callable gets the defaults)."""
         return {k: v(defaults) if callable(v) else v for k, v in self.group_state.items()}
