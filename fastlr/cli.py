@@ -22,6 +22,17 @@ def _demo(rest):
     return demo.main(rest)
 
 
+def _positive_int(text):
+    """argparse type: an integer >= 1 (a count or a size), else a usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def _print_table(rows, columns):
     """rows: list of dicts; columns: [(key, header, format)]."""
     cells = [[h for _, h, _ in columns]]
@@ -38,12 +49,12 @@ def _bench_sparse(rest):
     from . import bench_sparse
     p = argparse.ArgumentParser(prog="fastlr bench --sparse",
                                 description="Sparse row updates per second (fastlr.bench_sparse).")
-    p.add_argument("--rows", type=int, default=1_000_000)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--batches", type=int, default=50)
+    p.add_argument("--rows", type=_positive_int, default=1_000_000)
+    p.add_argument("--dim", type=_positive_int, default=64)
+    p.add_argument("--batch", type=_positive_int, default=4096)
+    p.add_argument("--batches", type=_positive_int, default=50)
     p.add_argument("--zipf", type=float, default=1.1)
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=_positive_int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-torch", action="store_true", help="leave out the torch cases")
     p.add_argument("--server", action="store_true", help="add the Ray parameter-server cases")
@@ -60,10 +71,10 @@ def _bench_mixed(fmt, rest):
     p = argparse.ArgumentParser(prog=f"fastlr bench --dtype {fmt}",
                                 description="fp32 vs 16-bit (master weights / stochastic rounding) "
                                             "step time of fastlr.torch optimizers (fastlr.mixed.bench).")
-    p.add_argument("-n", "--n", type=int, default=1 << 22, help="number of parameters (default 2^22)")
+    p.add_argument("-n", "--n", type=_positive_int, default=1 << 22, help="number of parameters (default 2^22)")
     p.add_argument("--algorithm", default="Adam")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--repeat", type=_positive_int, default=10)
     args = p.parse_args(rest)
     try:
         rows = mixed.bench(args.n, args.algorithm, args.device, repeat=args.repeat, fmt=fmt)
