@@ -114,8 +114,9 @@ class Buffer:
         if self.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name}: expected dtype float32 or float64, got {self.dtype}")
         if not contiguous:
-            raise ValueError(f"{name}: expected a C-contiguous array (got strides for shape "
-                             f"{self.shape}); pass a contiguous copy")
+            what = "C-contiguous or otherwise dense tensor" if lib == "torch" else "C-contiguous array"
+            raise ValueError(f"{name}: expected a {what} (got {_layout(lib, x, self.shape, self.dtype)}); "
+                             f"pass a contiguous copy")
         if lib == "numpy" and not x.flags.aligned:
             raise ValueError(f"{name}: the array's memory is not aligned to its item size; pass an aligned copy")
         if writeable and lib == "numpy" and not x.flags.writeable:
@@ -144,6 +145,20 @@ def dense(t):
             return False
         expect *= size
     return True
+
+
+def _layout(lib, x, shape, dtype):
+    """'shape (4, 4) with strides (32, 8) in bytes; C order has (16, 4)', for a contiguity error."""
+    if lib == "torch":
+        strides, unit, step = tuple(x.stride()), "elements", 1
+    else:
+        strides = getattr(x, "strides", None) or x.__cuda_array_interface__.get("strides")
+        unit, step = "bytes", np.dtype(dtype).itemsize
+    c_order = []
+    for n in reversed(shape):
+        c_order.insert(0, step)
+        step *= max(n, 1)
+    return f"shape {shape} with strides {tuple(strides)} in {unit}; C order has {tuple(c_order)}"
 
 
 def _c_contiguous(lib, x):

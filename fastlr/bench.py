@@ -78,6 +78,17 @@ def parse_size(text):
     return int(float(text[:-1]) * mult) if mult else int(text)
 
 
+def _sizes_arg(text):
+    """--sizes: comma-separated sizes >= 1 (4K, 1M, 0.5M, 64, ...)."""
+    try:
+        sizes = [parse_size(s) for s in text.split(",")]
+    except (ValueError, OverflowError):
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated sizes >= 1 such as 4K,1M,16M, got {text!r}")
+    return sizes
+
+
 def fmt_size(n):
     for unit, m in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
         if n >= m and n % m == 0:
@@ -527,12 +538,28 @@ def plot(rows, path, title):
 
 # ----------------------------------------------------------------------------- CLI
 
+# The other benchmarks behind `fastlr bench` (fastlr.cli picks one by these options).
+OTHER_BENCHMARKS = """\
+other benchmarks (each has its own --help, e.g. `fastlr bench --sparse --help`):
+  --sparse             sparse row updates per second (fastlr.bench_sparse)
+  --engine             many arrays, per-step overhead, fastlr.torch on GPT-2 shapes
+                       (fastlr.bench_engine)
+  --dtype bf16|fp16    16-bit params: fp32 master weights or stochastic rounding,
+                       fastlr.torch optimizers (fastlr.mixed.bench)
+  --state-precision 8bit[,4bit,bf16]
+                       low-precision optimizer states (fastlr.bench_lowbit)"""
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="fastlr bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="fastlr bench", description=__doc__.split("\n\n")[0],
+                                epilog=OTHER_BENCHMARKS, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--algos", default=",".join(ALGOS), help="comma-separated, from: " + ",".join(ALGOS))
-    p.add_argument("--sizes", default=None, help="comma-separated, e.g. 4K,1M,16M (default 4K,1M,4M,16M)")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--sizes", type=_sizes_arg, default=None,
+                   help="comma-separated sizes >= 1, e.g. 4K,1M,16M (default 4K,1M,4M,16M; --quick: "
+                        + ",".join(map(fmt_size, QUICK_SIZES)) + ")")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="params, grads and states (default float32; bf16|fp16: see below)")
     p.add_argument("--threads", type=int, default=None, help="numba and torch thread count")
     p.add_argument("--repeat", type=int, default=None, help="timed samples per implementation (default 7)")
     p.add_argument("--min-time", type=float, default=None, help="seconds per sample (default 0.05)")
@@ -558,8 +585,7 @@ def main(argv=None):
     if bad:
         print(f"fastlr bench: unknown algorithm(s) {bad}; choose from {list(ALGOS)}", file=sys.stderr)
         return 2
-    sizes = [parse_size(s) for s in args.sizes.split(",")] if args.sizes else \
-        (QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     repeat = args.repeat or (3 if args.quick else 7)
     min_time = args.min_time if args.min_time is not None else (0.002 if args.quick else 0.05)
     do_extras = (not args.quick) if args.extras is None else args.extras

@@ -22,6 +22,17 @@ def _demo(rest):
     return demo.main(rest)
 
 
+def _positive_int(text):
+    """argparse type: an integer >= 1 (a count or a size), else a usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def _print_table(rows, columns):
     """rows: list of dicts; columns: [(key, header, format)]."""
     cells = [[h for _, h, _ in columns]]
@@ -38,12 +49,12 @@ def _bench_sparse(rest):
     from . import bench_sparse
     p = argparse.ArgumentParser(prog="fastlr bench --sparse",
                                 description="Sparse row updates per second (fastlr.bench_sparse).")
-    p.add_argument("--rows", type=int, default=1_000_000)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--batches", type=int, default=50)
+    p.add_argument("--rows", type=_positive_int, default=1_000_000)
+    p.add_argument("--dim", type=_positive_int, default=64)
+    p.add_argument("--batch", type=_positive_int, default=4096)
+    p.add_argument("--batches", type=_positive_int, default=50)
     p.add_argument("--zipf", type=float, default=1.1)
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=_positive_int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-torch", action="store_true", help="leave out the torch cases")
     p.add_argument("--server", action="store_true", help="add the Ray parameter-server cases")
@@ -60,10 +71,10 @@ def _bench_mixed(fmt, rest):
     p = argparse.ArgumentParser(prog=f"fastlr bench --dtype {fmt}",
                                 description="fp32 vs 16-bit (master weights / stochastic rounding) "
                                             "step time of fastlr.torch optimizers (fastlr.mixed.bench).")
-    p.add_argument("-n", "--n", type=int, default=1 << 22, help="number of parameters (default 2^22)")
+    p.add_argument("-n", "--n", type=_positive_int, default=1 << 22, help="number of parameters (default 2^22)")
     p.add_argument("--algorithm", default="Adam")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--repeat", type=_positive_int, default=10)
     args = p.parse_args(rest)
     try:
         rows = mixed.bench(args.n, args.algorithm, args.device, repeat=args.repeat, fmt=fmt)
@@ -78,13 +89,16 @@ def _bench_mixed(fmt, rest):
 
 
 def _bench(rest):
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(prog="fastlr bench", add_help=False)
     pre.add_argument("--sparse", action="store_true")
     pre.add_argument("--engine", action="store_true")
-    pre.add_argument("--dtype", choices=("bf16", "fp16"))
+    pre.add_argument("--dtype")
     pre.add_argument("--state-precision")
     known, rest = pre.parse_known_args(rest)
-    if sum(map(bool, (known.sparse, known.engine, known.dtype, known.state_precision))) > 1:
+    mixed = known.dtype if known.dtype in ("bf16", "fp16") else None
+    if known.dtype is not None and mixed is None:   # the dense benchmark's own --dtype float32|float64
+        rest = ["--dtype", known.dtype, *rest]
+    if sum(map(bool, (known.sparse, known.engine, mixed, known.state_precision))) > 1:
         print("fastlr bench: --sparse, --engine, --dtype and --state-precision cannot be combined",
               file=sys.stderr)
         return 2
@@ -96,8 +110,8 @@ def _bench(rest):
         return bench_lowbit.main(["--precisions", known.state_precision, *rest])
     if known.sparse:
         return _bench_sparse(rest)
-    if known.dtype:
-        return _bench_mixed(known.dtype, rest)
+    if mixed:
+        return _bench_mixed(mixed, rest)
     try:
         bench = importlib.import_module("fastlr.bench")
     except ModuleNotFoundError as e:
@@ -122,7 +136,8 @@ def main(argv=None):
     sub.add_parser("demo", add_help=False,
                    help="train a NumPy MLP on digits with 9 optimizers; plots in --out (default demo-out)")
     sub.add_parser("bench", add_help=False,
-                   help="benchmarks: dense (default), --sparse, or --dtype bf16|fp16")
+                   help="benchmarks: dense (default), --sparse, --engine, --dtype bf16|fp16 or "
+                        "--state-precision 8bit|4bit|bf16")
     args, rest = p.parse_known_args(argv[:1])
     rest += argv[1:]
     if args.command is None:

@@ -12,6 +12,7 @@ The element work is two fused kernels (momentum and update in one pass, decay an
 time goes to the matmuls (docs/PERFORMANCE.md, "New algorithms"). NumPy params run their matmuls through
 torch when it is importable (zero-copy ``torch.from_numpy``), so the bfloat16 default holds there too.
 """
+import inspect
 import math
 
 import numpy as np
@@ -90,6 +91,24 @@ def _orthogonalize(u, group, ns_dtype):
 
 class MuonSteps:
     """Mixin (before the optimizer base) for Muon: 2-D params only, the ``ns_dtype`` option."""
+
+    def __init_subclass__(cls, **kwargs):
+        """A subclass's help() shows the generated signature of the optimizer class after the mixin, every
+        default written out, plus ``ns_dtype`` (not ``(params, *args, ns_dtype, **kwargs)``), and its Update
+        and Reference lines."""
+        super().__init_subclass__(**kwargs)
+        base = super()
+        signature = inspect.signature(base.__init__)
+        ns_dtype = inspect.Parameter("ns_dtype", inspect.Parameter.KEYWORD_ONLY, default="bfloat16")
+
+        def __init__(self, *args, **kwargs):
+            MuonSteps.__init__(self, *args, **kwargs)
+        __init__.__signature__ = signature.replace(parameters=[*signature.parameters.values(), ns_dtype])
+        __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+        cls.__init__ = __init__
+        generated = (base.__doc__ or "").partition("\n\n")[2]   # the base's doc after its summary line
+        if generated:
+            cls.__doc__ = f"{cls.__doc__ or ''}\n\n{generated}"
 
     def __init__(self, params, *args, ns_dtype="bfloat16", **kwargs):
         if ns_dtype not in NS_DTYPES:

@@ -43,7 +43,7 @@ class Optimizer:
     """Base of every fastlr optimizer (NumPy, CuPy, numba and torch arrays).
 
     params: one array, a list of arrays, or torch-style groups
-    ``[{"params": [a, b], "lr": 1e-2}, c]``. Arrays are float32/float64 NumPy arrays
+    ``[{"params": [a, b], "lr": 1e-2}, c]`` (a group may be empty, as in torch). Arrays are float32/float64 NumPy arrays
     (C-contiguous, aligned, writeable), torch tensors (CPU or CUDA), CuPy arrays or numba
     device arrays; states are allocated by the same library. ``lr`` may be a float or a
     schedule ``schedule(step) -> lr`` (step 0-based: the first step() uses ``schedule(0)``).
@@ -130,8 +130,6 @@ class Optimizer:
             raise TypeError("param group: expected a dict with a 'params' entry")
         arrays = group["params"]
         arrays = [arrays] if library(arrays) is not None else list(arrays)
-        if not arrays:
-            raise ValueError("param group: 'params' is empty")
         unknown = set(group) - set(self.defaults) - {"params"} - set(self.spec.constants)
         if unknown:
             raise TypeError(f"param group: unknown hyperparameter(s) {sorted(unknown)} for {type(self).__name__}")

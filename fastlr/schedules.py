@@ -15,8 +15,14 @@ negative step counts or boundaries, ``decay_rate <= 0``, ``transition_steps <= 0
 ``exponential_decay``, an empty ``sgdr_schedule`` or ``multistep_lr``. A zero
 ``transition_steps`` (or ``warmup_steps``) in the polynomial family means "no
 transition", as in optax. Calling a schedule with a negative step raises ValueError.
+
+Every schedule is an instance of a module-level class (``Schedule``), so optimizers holding
+one as their lr pickle, deepcopy and ``torch.save`` like any other; its repr is the call that
+built it, e.g. ``cosine_decay_schedule(init_value=0.1, decay_steps=100)``.
 """
 import bisect
+import functools
+import inspect
 import math
 import numbers
 
@@ -82,17 +88,167 @@ def _cumulative(init_value, scales):
     return values
 
 
+# ---------------------------------------------------------------- the schedule objects
+class Schedule:
+    """A schedule: ``schedule(step) -> lr``. Subclasses hold plain values (so they pickle) and are
+    made by the builder functions below, which check the arguments; the repr is the builder's call."""
+
+    built_as = None
+
+    def __repr__(self):
+        return self.built_as or f"{type(self).__name__}({vars(self)!r})"
+
+
+def _records_call(build):
+    """Decorates a builder so that the schedule it returns reprs as the call that made it."""
+    signature = inspect.signature(build)
+
+    @functools.wraps(build)
+    def builder(*args, **kwargs):
+        schedule = build(*args, **kwargs)
+        given = signature.bind(*args, **kwargs).arguments
+        schedule.built_as = f"{build.__name__}({', '.join(f'{k}={v!r}' for k, v in given.items())})"
+        return schedule
+    return builder
+
+
+class Constant(Schedule):
+    """lr(t) = value (made by ``constant_schedule``)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, step):
+        _step(step)
+        return self.value
+
+
+class Polynomial(Schedule):
+    """(init - end) * (1 - c / T)**power + end (made by ``polynomial_schedule``, ``linear_schedule``)."""
+
+    def __init__(self, init_value, end_value, power, transition_steps, transition_begin):
+        self.init_value, self.end_value, self.power = init_value, end_value, power
+        self.transition_steps, self.transition_begin = transition_steps, transition_begin
+
+    def __call__(self, step):
+        count = min(max(_step(step) - self.transition_begin, 0), self.transition_steps)
+        frac = 1 - count / self.transition_steps
+        return (self.init_value - self.end_value) * frac ** self.power + self.end_value
+
+
+class ExponentialDecay(Schedule):
+    """init * decay_rate**p after transition_begin, clipped to end_value (made by ``exponential_decay``)."""
+
+    def __init__(self, init_value, transition_steps, decay_rate, transition_begin, staircase, end_value):
+        self.init_value, self.transition_steps, self.decay_rate = init_value, transition_steps, decay_rate
+        self.transition_begin, self.staircase, self.end_value = transition_begin, staircase, end_value
+
+    def __call__(self, step):
+        decreased = _step(step) - self.transition_begin
+        p = decreased / self.transition_steps
+        if self.staircase:
+            p = math.floor(p)
+        value = self.init_value if decreased <= 0 else self.init_value * self.decay_rate ** p
+        if self.end_value is None:
+            return value
+        return (max if self.decay_rate < 1.0 else min)(value, self.end_value)
+
+
+class CosineDecay(Schedule):
+    """Cosine decay from init to alpha * init over decay_steps (made by ``cosine_decay_schedule``)."""
+
+    def __init__(self, init_value, decay_steps, alpha, exponent):
+        self.init_value, self.decay_steps, self.alpha, self.exponent = init_value, decay_steps, alpha, exponent
+
+    def __call__(self, step):
+        count = min(_step(step), self.decay_steps)
+        cosine = 0.5 * (1 + math.cos(math.pi * count / self.decay_steps))
+        return self.init_value * ((1 - self.alpha) * cosine ** self.exponent + self.alpha)
+
+
+class Joined(Schedule):
+    """Schedules one after another, each counted from its boundary (made by ``join_schedules``)."""
+
+    def __init__(self, schedules, boundaries):
+        self.schedules, self.boundaries = schedules, boundaries
+
+    def __call__(self, step):
+        step = _step(step)
+        i = bisect.bisect_right(self.boundaries, step)  # schedules[i] runs; it starts at boundaries[i-1]
+        return float(self.schedules[i](step - self.boundaries[i - 1] if i else step))
+
+
+class PiecewiseConstant(Schedule):
+    """values[i] between boundaries[i-1] and boundaries[i] (made by ``piecewise_constant_schedule``)."""
+
+    def __init__(self, boundaries, values):
+        self.boundaries, self.values = boundaries, values
+
+    def __call__(self, step):
+        return self.values[bisect.bisect_right(self.boundaries, _step(step))]
+
+
+class PiecewiseInterpolate(Schedule):
+    """Interpolation between values at bounds (made by ``piecewise_interpolate_schedule`` and the onecycles)."""
+
+    def __init__(self, interpolate, bounds, values):
+        self.interpolate, self.bounds, self.values = interpolate, bounds, values
+
+    def __call__(self, step):
+        step, bounds, values = _step(step), self.bounds, self.values
+        i = bisect.bisect_right(bounds, step) - 1
+        if i == len(bounds) - 1:
+            return values[-1]
+        pct = (step - bounds[i]) / max(bounds[i + 1] - bounds[i], 1)
+        return float(self.interpolate(values[i], values[i + 1], pct))
+
+
+class StepLR(Schedule):
+    """lr * gamma ** (t // step_size) (made by ``step_lr``)."""
+
+    def __init__(self, lr, step_size, gamma):
+        self.lr, self.step_size, self.gamma = lr, step_size, gamma
+
+    def __call__(self, step):
+        return self.lr * self.gamma ** (_step(step) // self.step_size)
+
+
+class MultiStepLR(Schedule):
+    """lr * gamma ** (number of milestones <= t) (made by ``multistep_lr``)."""
+
+    def __init__(self, lr, milestones, gamma):
+        self.lr, self.milestones, self.gamma = lr, milestones, gamma
+
+    def __call__(self, step):
+        return self.lr * self.gamma ** bisect.bisect_right(self.milestones, _step(step))
+
+
+class CosineWarmRestarts(Schedule):
+    """Cosine cycles of T_0, T_0 T_mult, ... steps (made by ``cosine_annealing_warm_restarts``)."""
+
+    def __init__(self, lr, T_0, T_mult, eta_min):
+        self.lr, self.T_0, self.T_mult, self.eta_min = lr, T_0, T_mult, eta_min
+
+    def __call__(self, step):
+        step, T_0, T_mult = _step(step), self.T_0, self.T_mult
+        if T_mult == 1:
+            T_cur, T_i = step % T_0, T_0
+        else:
+            T_cur, T_i = step, T_0
+            while T_cur >= T_i:
+                T_cur -= T_i
+                T_i *= T_mult
+        return self.eta_min + (self.lr - self.eta_min) * (1 + math.cos(math.pi * T_cur / T_i)) / 2
+
+
 # ---------------------------------------------------------------- optax-style schedules
+@_records_call
 def constant_schedule(value):
     """lr(t) = value."""
-    value = _real("value", value)
-
-    def schedule(step):
-        _step(step)
-        return value
-    return schedule
+    return Constant(_real("value", value))
 
 
+@_records_call
 def polynomial_schedule(init_value, end_value, power, transition_steps, transition_begin=0):
     """Polynomial transition from init_value I to end_value E over T = transition_steps.
 
@@ -105,15 +261,11 @@ def polynomial_schedule(init_value, end_value, power, transition_steps, transiti
     transition_steps = _count("transition_steps", transition_steps)
     transition_begin = _count("transition_begin", transition_begin)
     if transition_steps == 0:
-        return constant_schedule(init_value)
-
-    def schedule(step):
-        count = min(max(_step(step) - transition_begin, 0), transition_steps)
-        frac = 1 - count / transition_steps
-        return (init_value - end_value) * frac ** power + end_value
-    return schedule
+        return Constant(init_value)
+    return Polynomial(init_value, end_value, power, transition_steps, transition_begin)
 
 
+@_records_call
 def linear_schedule(init_value, end_value, transition_steps, transition_begin=0):
     """Linear transition: ``polynomial_schedule`` with power 1.
 
@@ -122,6 +274,7 @@ def linear_schedule(init_value, end_value, transition_steps, transition_begin=0)
     return polynomial_schedule(init_value, end_value, 1, transition_steps, transition_begin)
 
 
+@_records_call
 def exponential_decay(init_value, transition_steps, decay_rate, transition_begin=0, staircase=False,
                       end_value=None):
     """Exponential decay after transition_begin.
@@ -139,18 +292,10 @@ def exponential_decay(init_value, transition_steps, decay_rate, transition_begin
         raise ValueError(f"staircase: expected True or False, got {staircase!r}")
     if end_value is not None:
         end_value = _real("end_value", end_value)
-        clip = max if decay_rate < 1.0 else min
-
-    def schedule(step):
-        decreased = _step(step) - transition_begin
-        p = decreased / transition_steps
-        if staircase:
-            p = math.floor(p)
-        value = init_value if decreased <= 0 else init_value * decay_rate ** p
-        return value if end_value is None else clip(value, end_value)
-    return schedule
+    return ExponentialDecay(init_value, transition_steps, decay_rate, transition_begin, staircase, end_value)
 
 
+@_records_call
 def cosine_decay_schedule(init_value, decay_steps, alpha=0.0, exponent=1.0):
     """Cosine decay from init_value I to alpha * I over T = decay_steps, then constant.
 
@@ -159,14 +304,10 @@ def cosine_decay_schedule(init_value, decay_steps, alpha=0.0, exponent=1.0):
     init_value = _real("init_value", init_value)
     decay_steps = _count("decay_steps", decay_steps, low=1)
     alpha, exponent = _real("alpha", alpha), _real("exponent", exponent)
-
-    def schedule(step):
-        count = min(_step(step), decay_steps)
-        cosine = 0.5 * (1 + math.cos(math.pi * count / decay_steps))
-        return init_value * ((1 - alpha) * cosine ** exponent + alpha)
-    return schedule
+    return CosineDecay(init_value, decay_steps, alpha, exponent)
 
 
+@_records_call
 def join_schedules(schedules, boundaries):
     """Schedules one after another: from boundaries[i] on, schedules[i + 1](t - boundaries[i]).
 
@@ -185,19 +326,16 @@ def join_schedules(schedules, boundaries):
     boundaries = [_count(f"boundaries[{i}]", b) for i, b in enumerate(boundaries)]
     if boundaries != sorted(boundaries):
         raise ValueError(f"boundaries: expected non-decreasing steps, got {boundaries}")
-
-    def schedule(step):
-        step = _step(step)
-        i = bisect.bisect_right(boundaries, step)  # schedules[i] runs; it starts at boundaries[i-1]
-        return float(schedules[i](step - boundaries[i - 1] if i else step))
-    return schedule
+    return Joined(schedules, boundaries)
 
 
+@_records_call
 def warmup_constant_schedule(init_value, peak_value, warmup_steps):
     """Linear warmup from init_value to peak_value over warmup_steps, then peak_value."""
     return linear_schedule(init_value, peak_value, warmup_steps)
 
 
+@_records_call
 def warmup_cosine_decay_schedule(init_value, peak_value, warmup_steps, decay_steps, end_value=0.0,
                                  exponent=1.0):
     """Linear warmup to peak_value, then cosine decay to end_value.
@@ -218,6 +356,7 @@ def warmup_cosine_decay_schedule(init_value, peak_value, warmup_steps, decay_ste
                           [warmup_steps])
 
 
+@_records_call
 def warmup_exponential_decay_schedule(init_value, peak_value, warmup_steps, transition_steps, decay_rate,
                                       transition_begin=0, staircase=False, end_value=None):
     """Linear warmup to peak_value, then ``exponential_decay(peak_value, ...)`` counted from warmup_steps."""
@@ -228,6 +367,7 @@ def warmup_exponential_decay_schedule(init_value, peak_value, warmup_steps, tran
                           [warmup_steps])
 
 
+@_records_call
 def piecewise_constant_schedule(init_value, boundaries_and_scales=None):
     """Constant pieces: lr(t) = init_value * product of the scales s_b with b <= t.
 
@@ -235,11 +375,7 @@ def piecewise_constant_schedule(init_value, boundaries_and_scales=None):
     """
     init_value = _real("init_value", init_value)
     boundaries, scales = _scales("boundaries_and_scales", boundaries_and_scales)
-    values = _cumulative(init_value, scales)
-
-    def schedule(step):
-        return values[bisect.bisect_right(boundaries, _step(step))]
-    return schedule
+    return PiecewiseConstant(boundaries, _cumulative(init_value, scales))
 
 
 def _interpolate_linear(start, end, pct):
@@ -253,6 +389,7 @@ def _interpolate_cosine(start, end, pct):
 _INTERPOLATIONS = {"linear": _interpolate_linear, "cosine": _interpolate_cosine}
 
 
+@_records_call
 def piecewise_interpolate_schedule(interpolate_type, init_value, boundaries_and_scales=None):
     """Interpolation between cumulatively scaled values at boundaries.
 
@@ -266,17 +403,7 @@ def piecewise_interpolate_schedule(interpolate_type, init_value, boundaries_and_
         raise ValueError(f"interpolate_type: expected 'linear' or 'cosine', got {interpolate_type!r}")
     init_value = _real("init_value", init_value)
     boundaries, scales = _scales("boundaries_and_scales", boundaries_and_scales)
-    bounds = (0, *boundaries)
-    values = _cumulative(init_value, scales)
-
-    def schedule(step):
-        step = _step(step)
-        i = bisect.bisect_right(bounds, step) - 1
-        if i == len(bounds) - 1:
-            return values[-1]
-        pct = (step - bounds[i]) / max(bounds[i + 1] - bounds[i], 1)
-        return float(interpolate(values[i], values[i + 1], pct))
-    return schedule
+    return PiecewiseInterpolate(interpolate, (0, *boundaries), _cumulative(init_value, scales))
 
 
 def _onecycle_args(transition_steps, peak_value, div_factor, final_div_factor, **pcts):
@@ -293,6 +420,7 @@ def _onecycle_args(transition_steps, peak_value, div_factor, final_div_factor, *
     return transition_steps, peak_value, div_factor, final_div_factor
 
 
+@_records_call
 def linear_onecycle_schedule(transition_steps, peak_value, pct_start=0.3, pct_final=0.85, div_factor=25.0,
                              final_div_factor=1e4):
     """One cycle in three linear phases (Smith 2017), with T = transition_steps, P = peak_value:
@@ -307,6 +435,7 @@ def linear_onecycle_schedule(transition_steps, peak_value, pct_start=0.3, pct_fi
                                                                  T: 1.0 / final_div})
 
 
+@_records_call
 def cosine_onecycle_schedule(transition_steps, peak_value, pct_start=0.3, div_factor=25.0,
                              final_div_factor=1e4):
     """One cycle with cosine phases: P / div_factor -> P at pct_start T -> P / (div_factor *
@@ -317,6 +446,7 @@ def cosine_onecycle_schedule(transition_steps, peak_value, pct_start=0.3, div_fa
                                                                  T: 1.0 / (div * final_div)})
 
 
+@_records_call
 def sgdr_schedule(cosine_kwargs):
     """SGD with warm restarts (Loshchilov & Hutter 2017): warmup-cosine cycles one after another.
 
@@ -337,17 +467,16 @@ def sgdr_schedule(cosine_kwargs):
 
 
 # ---------------------------------------------------------------- torch-style schedules
+@_records_call
 def step_lr(lr, step_size, gamma=0.1):
     """torch's StepLR: lr(t) = lr * gamma ** (t // step_size)."""
     lr = _real("lr", lr)
     step_size = _count("step_size", step_size, low=1)
     gamma = _real("gamma", gamma, low=0.0)
-
-    def schedule(step):
-        return lr * gamma ** (_step(step) // step_size)
-    return schedule
+    return StepLR(lr, step_size, gamma)
 
 
+@_records_call
 def multistep_lr(lr, milestones, gamma=0.1):
     """torch's MultiStepLR: lr(t) = lr * gamma ** (number of milestones <= t).
 
@@ -358,12 +487,10 @@ def multistep_lr(lr, milestones, gamma=0.1):
     if not milestones:
         raise ValueError("milestones: expected at least one step, got none")
     gamma = _real("gamma", gamma, low=0.0)
-
-    def schedule(step):
-        return lr * gamma ** bisect.bisect_right(milestones, _step(step))
-    return schedule
+    return MultiStepLR(lr, milestones, gamma)
 
 
+@_records_call
 def cosine_annealing_warm_restarts(lr, T_0, T_mult=1, eta_min=0.0):
     """torch's CosineAnnealingWarmRestarts: cosine cycles of T_0, T_0 T_mult, T_0 T_mult^2, ... steps.
 
@@ -373,18 +500,7 @@ def cosine_annealing_warm_restarts(lr, T_0, T_mult=1, eta_min=0.0):
     lr, eta_min = _real("lr", lr), _real("eta_min", eta_min)
     T_0 = _count("T_0", T_0, low=1)
     T_mult = _count("T_mult", T_mult, low=1)
-
-    def schedule(step):
-        step = _step(step)
-        if T_mult == 1:
-            T_cur, T_i = step % T_0, T_0
-        else:
-            T_cur, T_i = step, T_0
-            while T_cur >= T_i:
-                T_cur -= T_i
-                T_i *= T_mult
-        return eta_min + (lr - eta_min) * (1 + math.cos(math.pi * T_cur / T_i)) / 2
-    return schedule
+    return CosineWarmRestarts(lr, T_0, T_mult, eta_min)
 
 
 # ---------------------------------------------------------------- ReduceLROnPlateau

@@ -46,7 +46,7 @@ def _number(name, value):
     except OverflowError:
         raise ValueError(f"{name}: expected a real number representable as a float, got {_shown(value)}") from None
     if math.isnan(value):
-        raise ValueError(f"{name}: expected a real number, got nan")
+        raise ValueError(f"{name}: expected a finite number, got nan")
     return value
 
 
@@ -187,6 +187,9 @@ class Spec:
     int_step: bool = False       # fastlr.torch keeps state["step"] as a Python int (timm's Mars)
     aux_states: Callable = None  # param shape -> ((name, shape), ...): states not shaped like the param (Adafactor)
     prepare_unit: Callable = None  # unit -> None, on every unit before any launch (makes/checks aux states)
+
+    def __repr__(self):   # help(fastlr.Adam) shows the class attribute: the name says which spec it is
+        return f"Spec({self.name!r})"
 
     def group_defaults(self, defaults):
         """The group_state entries a new optimizer adds to its defaults (a callable gets the defaults)."""

@@ -55,11 +55,11 @@ def test_bad_grads_change_nothing(trained, make, exc, match):
 
 BAD_HYPER = [
     ("lr", -1.0, r"lr: expected a finite value >= 0"),
-    ("lr", float("nan"), r"lr: expected a real number"),
+    ("lr", float("nan"), r"lr: expected a finite number, got nan"),
     ("eps", 0.0, r"eps: expected a finite value > 0"),
     ("betas", (0.9, 1.0), r"betas\[1\]: expected a value in \[0, 1\)"),
     ("betas", (-0.1, 0.9), r"betas\[0\]"),
-    ("weight_decay", float("nan"), r"weight_decay"),
+    ("weight_decay", float("nan"), r"weight_decay: expected a finite number, got nan"),
     ("amsgrad", 1, r"amsgrad: expected True or False"),
 ]
 
@@ -102,7 +102,11 @@ def test_sgd_options(kwargs, match):
 @pytest.mark.parametrize("params,exc,match", [
     (np.zeros(3, np.int64), TypeError, r"params\[0\]: expected dtype float32 or float64"),
     (np.zeros(3, np.float16), TypeError, r"params\[0\]: expected dtype float32 or float64"),
-    (np.zeros((4, 4), np.float32)[:, 0], ValueError, r"params\[0\]: expected a C-contiguous"),
+    (np.zeros((4, 4), np.float32)[:, 0], ValueError,
+     r"params\[0\]: expected a C-contiguous array \(got shape \(4,\) with strides \(16,\) in bytes; C order has "
+     r"\(4,\)\)"),
+    (np.zeros((4, 8), np.float32)[:, ::2], ValueError, r"shape \(4, 4\) with strides \(32, 8\) in bytes; C order has "
+     r"\(16, 4\)"),
     ([], ValueError, r"params: expected at least one"),
     ([1.0], TypeError, r"params\[0\]: expected a NumPy array"),
 ])
@@ -165,3 +169,21 @@ def test_nonfinite_gradients_propagate_as_in_torch():
     opt = fastlr.Adam(w)
     opt.step(np.array([np.nan, np.inf, -np.inf, 1.0], np.float32))
     assert np.isnan(w[0]) and np.isnan(w[1]) and np.isnan(w[2]) and np.isfinite(w[3])
+
+
+def test_contiguity_errors_show_the_strides():
+    """The NumPy classes (above), the functional API and fastlr.torch name the strides they got."""
+    import fastlr.functional as F
+    p, m, v = np.zeros((4, 8))[:, ::2], np.zeros((4, 4)), np.zeros((4, 4))
+    with pytest.raises(ValueError, match=r"param: expected a C-contiguous array \(got shape \(4, 4\) with strides "
+                                         r"\(64, 16\) in bytes; C order has \(32, 8\)\)"):
+        F.adam_(p, np.zeros((4, 4)), m, v, step=1, lr=1e-3)
+    torch = pytest.importorskip("torch")
+    import fastlr.torch
+    w = torch.nn.Parameter(torch.zeros(4, 8))
+    opt = fastlr.torch.Adam([w])
+    w.grad = torch.zeros(4, 16)[:, ::2]
+    with pytest.raises(ValueError, match=r"\.grad: expected a C-contiguous or otherwise dense tensor \(got shape "
+                                         r"\(4, 8\) with strides \(16, 2\) in elements; C order has \(8, 1\)\)"):
+        opt.step()
+    assert not w.any()

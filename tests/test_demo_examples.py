@@ -71,6 +71,57 @@ def test_cli_usage_errors(capsys):
     assert "unknown" in capsys.readouterr().err
 
 
+def test_cli_help_texts_are_complete(capsys):
+    """`fastlr --help` names bench's modes; `fastlr bench --help` documents each; demo's help counts its choices."""
+    from fastlr import demo
+    from fastlr.cli import main
+    with pytest.raises(SystemExit):
+        main(["-h"])
+    top = capsys.readouterr().out
+    modes = ["--sparse", "--engine", "--dtype bf16|fp16", "--state-precision"]
+    assert all(m in " ".join(top.split()) for m in modes), top
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    bench_help = capsys.readouterr().out
+    assert all(m in bench_help for m in modes), bench_help
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    demo_help = " ".join(capsys.readouterr().out.split())
+    n = len(demo.make_optimizers(10))
+    assert n == len(demo.OPTIMIZERS) and f"all {n}" in demo_help, demo_help
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--sizes", "abc", "--quick"], "--sizes"), (["--sizes", "0", "--quick"], "--sizes"),
+    (["--sizes", "4K,-1", "--quick"], "--sizes"), (["--sparse", "--rows", "0"], "--rows"),
+    (["--dtype", "bf16", "-n", "x"], "-n/--n")])
+def test_cli_bench_bad_arguments_are_usage_errors(argv, flag, capsys):
+    from fastlr.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["bench", *argv])
+    assert e.value.code == 2 and f"argument {flag}: expected" in capsys.readouterr().err
+
+
+def test_cli_demo_unwritable_out_is_a_usage_error(tmp_path, capsys):
+    from fastlr.cli import main
+    (tmp_path / "file").write_text("")
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(SystemExit) as e:
+            main(["demo", "--quick", "--no-progress", "--out", str(out)])
+        assert e.value.code == 2 and "--out" in capsys.readouterr().err
+
+
+def test_cli_bench_dense_dtype_reaches_the_dense_benchmark(tmp_path):
+    """--dtype float64 is the dense benchmark's own option (bf16|fp16 pick the mixed-precision one)."""
+    import json
+
+    from fastlr.cli import main
+    out = tmp_path / "b.json"
+    assert main(["bench", "--dtype", "float64", "--quick", "--algos", "sgd", "--sizes", "64", "--repeat", "1",
+                 "--min-time", "0", "--no-numpy", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["meta"]["dtype"] == "float64"
+
+
 def test_cli_bench_sparse(capsys):
     from fastlr.cli import main
     assert main(["bench", "--sparse", "--rows", "2000", "--dim", "8", "--batch", "64", "--batches", "2",

@@ -108,3 +108,20 @@ def test_bad_input_is_refused_before_anything_changes():
     with pytest.raises(ValueError, match="shape"):
         opt.step(np.ones((4, 3)))
     assert (p == 1).all() and not opt.state
+
+
+@pytest.mark.parametrize("api", [fastlr, ft], ids=["numpy", "torch"])
+def test_help_shows_every_default(api):
+    """help() shows each class's generated signature (Muon adds ns_dtype to it) and a short spec repr."""
+    import inspect
+    import pydoc
+    for name in [n for n in api.__all__ if getattr(getattr(api, n), "spec", None) is not None]:
+        cls = getattr(api, name)
+        params = inspect.signature(cls).parameters
+        assert inspect.Parameter.VAR_POSITIONAL not in {p.kind for p in params.values()}, name
+        for k, v in cls.spec.defaults.items():
+            assert params[k].default == v, (name, k)
+        text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
+        assert f"spec = Spec({name!r})" in text, name
+    assert inspect.signature(api.Muon).parameters["ns_dtype"].default == "bfloat16"
+    assert "Update: " in api.Muon.__doc__

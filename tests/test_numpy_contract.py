@@ -159,3 +159,39 @@ def test_many_arrays_are_one_table_call(monkeypatch):
     opt = fastlr.Adam(params)
     opt.step(_grads(params, 1))
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("name", ["AdamW", "Adagrad"])
+def test_empty_param_groups_are_accepted(name):
+    """HF-style no-decay groups can be empty: torch.optim accepts them and so does fastlr. Empty groups
+    take no grads, keep their place in state dicts ('params': [], as torch) and can be added later."""
+    hp = HP[name]
+    params = _arrays()
+    ref, ref_state = [p.copy() for p in params], [{} for _ in params]
+    opt = optimizer(fastlr, name)([{"params": []}, {"params": params[:2]}, {"params": [], "lr": 0.5},
+                                   {"params": params[2:]}], **hp)
+
+    def step(o, t):
+        grads = _grads(params, t)
+        o.step(grads)
+        for i, g in enumerate(grads):
+            REFERENCES[name](ref[i], g, ref_state[i], t, **hp)
+
+    for t in (1, 2):
+        step(opt, t)
+    sd = opt.state_dict()
+    assert [g["params"] for g in sd["param_groups"]] == [[], [0, 1], [], [2]]
+    copies = [p.copy() for p in params]
+    other = optimizer(fastlr, name)([{"params": []}, {"params": copies[:2]}, {"params": []},
+                                     {"params": copies[2:]}], **hp)
+    other.load_state_dict(sd)
+    assert other.param_groups[2]["lr"] == 0.5
+    opt.add_param_group({"params": []})
+    for t in (3, 4):
+        other.step(_grads(params, t))
+        step(opt, t)
+    for p, c, r in zip(params, copies, ref):
+        assert_close(p, r, np.float64)
+        np.testing.assert_array_equal(c, p)
+    with pytest.raises(ValueError, match="params: expected at least one array"):
+        optimizer(fastlr, name)([], **hp)

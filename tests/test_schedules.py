@@ -336,3 +336,51 @@ def test_reduce_on_plateau_state_dict_round_trip():
     b = S.ReduceLROnPlateau(opt, patience=1)
     b.load_state_dict(a.state_dict())
     assert (b.best, b.num_bad_epochs, b.last_epoch) == (a.best, a.num_bad_epochs, a.last_epoch)
+
+
+# ---------------------------------------------------------------- pickling
+def every_schedule():
+    """One built schedule per case of the optax table and of the torch comparisons, and a ScaledSchedule."""
+    built = [build(S, c) for c in OPTAX_CASES] + [c[2] for c in CASES_VS_TORCH]
+    return built + [S.ScaledSchedule(S.cosine_decay_schedule(0.1, 50), scale=0.5, min_lr=1e-3)]
+
+
+def test_every_schedule_pickles_with_the_same_values_and_repr():
+    import pickle
+    schedules = every_schedule()
+    names = {type(s).__name__ for s in schedules}
+    assert len(names) > 5  # the cases cover the schedule kinds, not one class many times
+    for s in schedules:
+        copy = pickle.loads(pickle.dumps(s))
+        assert [copy(t) for t in range(OPTAX_STEPS)] == [s(t) for t in range(OPTAX_STEPS)]
+        assert repr(copy) == repr(s)
+    assert repr(S.cosine_decay_schedule(0.1, 100)) == "cosine_decay_schedule(init_value=0.1, decay_steps=100)"
+
+
+def test_optimizer_with_a_schedule_pickles_and_steps_on_identically():
+    import pickle
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(8)
+    grads = rng.standard_normal((6, 8))
+    opt = fastlr.AdamW(w, lr=S.warmup_cosine_decay_schedule(0.0, 0.1, 2, 10))
+    for g in grads[:3]:
+        opt.step(g)
+    clone = pickle.loads(pickle.dumps(opt))
+    saved = pickle.loads(pickle.dumps(opt.state_dict()))
+    fresh_w = w.copy()
+    fresh = fastlr.AdamW(fresh_w, lr=0.5)
+    fresh.load_state_dict(saved)
+    for g in grads[3:]:
+        for o in (opt, clone, fresh):
+            o.step(g)
+    np.testing.assert_array_equal(clone.param_groups[0]["params"][0], w)
+    np.testing.assert_array_equal(fresh_w, w)
+
+
+@needs_torch
+def test_torch_save_of_a_state_dict_with_a_schedule(tmp_path):
+    opt = fastlr.AdamW(np.ones(4), lr=S.cosine_decay_schedule(0.1, 100))
+    opt.step(np.ones(4))
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    loaded = torch.load(tmp_path / "opt.pt", weights_only=False)
+    assert repr(loaded["param_groups"][0]["lr"]) == repr(opt.param_groups[0]["lr"])
