@@ -156,10 +156,13 @@ class _TorchOptimizer(torch.optim.Optimizer):
                            f"See fastlr.torch for the options.\n")
 
     def __init__(self, params, defaults, switches, options):
-        for k in ("capturable", "differentiable"):
-            if switches.get(k):
-                raise ValueError(f"{k}=True is not supported by fastlr.torch (use fastlr's own optimizers on "
-                                 f"CUDA arrays for capturable steps)")
+        if switches.get("capturable"):
+            raise ValueError("capturable=True is not supported by fastlr.torch (use fastlr's own optimizers on "
+                             "CUDA arrays for capturable steps)")
+        if switches.get("differentiable"):
+            raise ValueError("differentiable=True is not supported by fastlr.torch (its steps update params in "
+                             "place outside autograd; use torch.optim with differentiable=True to differentiate "
+                             "through a step)")
         self._set_options(**options)
         torch_cls = getattr(torch.optim, type(self).__name__, None)
         if torch_cls is not None:   # torch's own group keys too, so state dicts look the same

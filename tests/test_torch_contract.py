@@ -450,3 +450,11 @@ def test_compiled_train_step_is_one_graph_break_without_recompiles(name):
     assert sum(ours.values()) <= 2, ours
     assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
     assert sum(counters["recompiles"].values()) == 0, dict(counters["recompiles"])
+
+
+def test_unsupported_switches_say_what_to_use():
+    p = torch.zeros(3, requires_grad=True)
+    with pytest.raises(ValueError, match=r"differentiable=True .*torch\.optim with differentiable=True"):
+        ft.AdamW([p], differentiable=True)
+    with pytest.raises(ValueError, match=r"capturable=True .*capturable steps"):
+        ft.AdamW([p], capturable=True)
