@@ -213,3 +213,52 @@ def test_why_4bit_is_refused_for_rprop_and_adan():
     m8 = lowbit.dequantize(lowbit.quantize(m0, "8bit", True))
     stuck8 = np.mean(lowbit.dequantize(lowbit.quantize(m8 + np.float32(0.02) * (g - m8), "8bit", True)) == m8)
     assert stuck4 > 0.9 and stuck8 < 0.75, (stuck4, stuck8)   # measured: 98% of elements do not move; 57% at 8 bits
+
+
+# ---------------------------------------------------------------- fastlr.torch and the reference implementations
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_torch_state_dicts_with_the_reference(name):
+    """fastlr.torch at 8 bits: torch.save/torch.load(weights_only=True) round-trips code for code; exported as
+    float32 (dequantize=True) it loads into the reference (timm's Adopt and Adan, torch's Rprop), and the next
+    step of both moves the params alike (the same rule on the same decoded states); the reference's state dict
+    loads back (quantized)."""
+    import copy
+    import io
+
+    torch = pytest.importorskip("torch")
+    import fastlr.torch as ft
+    from refimpls import reference_optimizer
+    torch.manual_seed(0)
+    model = torch.nn.Linear(64, 96)   # the weight (6144 elements) low-bit, the bias float32
+    x, y = torch.randn(32, 64), torch.randn(32, 96)
+
+    def step(m, o):
+        o.zero_grad()
+        torch.nn.functional.mse_loss(m(x), y).backward()
+        o.step()
+    opt = getattr(ft, name)(model.parameters(), lr=1e-2, state_precision="8bit")
+    for _ in range(3):
+        step(model, opt)
+    w = model.weight
+    codes = {k: v for k, v in opt.state[w].items() if torch.is_tensor(v) and v.dtype == torch.uint8}
+    assert codes and opt.state[model.bias][next(iter(codes))].dtype == torch.float32
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    again = getattr(ft, name)(model.parameters(), lr=1e-2, state_precision="8bit")
+    again.load_state_dict(torch.load(buf, weights_only=True))
+    for k, v in opt.state[w].items():
+        assert torch.equal(torch.as_tensor(again.state[w][k]), torch.as_tensor(v)), k
+
+    twin = copy.deepcopy(model)
+    ref = reference_optimizer(name, twin.parameters(), lr=1e-2)
+    ref.load_state_dict(copy.deepcopy(opt.state_dict(dequantize=True)))   # torch shares the step tensors
+    step(model, opt)
+    step(twin, ref)
+    torch.testing.assert_close(twin.weight, model.weight, rtol=1e-5, atol=1e-6)
+    back = getattr(ft, name)(twin.parameters(), lr=1e-2, state_precision="8bit")
+    back.load_state_dict(ref.state_dict())
+    for k in codes:
+        got = back.state_dict(dequantize=True)["state"][0][k]
+        want = ref.state[twin.weight][k]
+        assert float((got - want).abs().max()) <= 0.02 * float(want.abs().max()) + 1e-30, k
