@@ -157,12 +157,8 @@ class LowbitUnit(_engine.Unit):
 
     def __init__(self, *args):
         super().__init__(*args)
-        rule = args[1].rule
-        if rule not in quant.STATEFUL_RULES:
-            raise ValueError(f"state_precision={self.engine.opt.state_precision!r}: not available for "
-                             f"{self.engine.spec.name} with these options (rules.{rule} has no low-precision kernels; "
-                             f"see fastlr.state_precision); use state_precision='fp32'")
         opt = self.engine.opt
+        _refuse(self.engine.spec, args[1].rule, args[1].hp, opt.state_precision)
         self.precision = opt.state_precision
         self.quantized = is_quantized(self.precision)
         self.stochastic = opt.state_stochastic_rounding
@@ -317,9 +313,10 @@ def functional_update(spec, group, pstate, pbuf, gbuf, names, states, precision)
     from .streams import current_stream
     if precision not in quant.PRECISIONS or precision == "fp32":
         raise ValueError(f"state_precision: expected one of {quant.PRECISIONS}, got {precision!r}")
+    rule = spec.rule(group)
+    _refuse(spec, rule, group, precision)
     p, size = pbuf.obj, numel(pbuf.obj)
     held, spans = [], [(*_address(p), "param")]
-    rule = spec.rule(group)
     for name, state, signed in zip(names, states, quant.state_signs(rule)):
         if precision == "bf16":
             _check_bf16(name, state, p)
@@ -341,6 +338,16 @@ def functional_update(spec, group, pstate, pbuf, gbuf, names, states, precision)
     rule, h = plan_scalars(spec, group, pstate)
     lowbit.step(rule, pbuf.kernel_view(), gbuf.kernel_view(), held, h,
                 stream=current_stream(p) if pbuf.on_cuda else 0)
+
+
+def _refuse(spec, rule, hp, precision):
+    """A ValueError saying why when ``spec``'s rule for these hyperparameters has no low-precision states."""
+    from .state_precision import unavailable
+    reason = unavailable(spec, precision, hp) or \
+        (rule not in quant.STATEFUL_RULES and f"rules.{rule} has no low-precision kernels")
+    if reason:
+        raise ValueError(f"state_precision={precision!r}: not available for {spec.name} with these options: {reason}; "
+                         f"use state_precision='fp32' (see fastlr.state_precision)")
 
 
 def _check_flat(where, x, p, dtype, n, what, name):

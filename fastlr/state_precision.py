@@ -21,10 +21,15 @@ element at 8 bits; two per byte at 4 bits, the earlier element in the high nibbl
 the states as floats in torch's layout; ``load_state_dict`` takes states of any precision and
 converts them to this optimizer's. The update itself is ``fastlr.lowbit_unit``'s.
 
+Which algorithms have low-precision states: those whose states are all per-element moments, updated by
+one element rule (``kernels.quant.STATEFUL_RULES``): torch.optim's classic ten, Lion, Adopt, Adan (bf16 and
+8-bit) and Rprop (bf16 and 8-bit). ``unavailable`` says why the others keep fp32 states (the README and
+docs/PERFORMANCE.md, "Low-precision states of the algorithms of issue 14", give the measurements).
+
 This module only checks and stores the options (importing it compiles and builds nothing);
 the low-precision machinery is imported when an optimizer asks for it.
 """
-__all__ = ["OPTIONS", "PRECISIONS", "configure", "dequantized", "load_param_state", "restore"]
+__all__ = ["OPTIONS", "PRECISIONS", "configure", "dequantized", "load_param_state", "restore", "unavailable"]
 
 PRECISIONS = ("fp32", "bf16", "8bit", "4bit")   # kernels/quant.py's (tests check they agree)
 OPTIONS = dict(state_precision="fp32", state_min_size=4096, state_stochastic_rounding=False)
@@ -42,9 +47,10 @@ def configure(opt, state_precision="fp32", state_min_size=4096, state_stochastic
         raise ValueError(f"state_stochastic_rounding: for state_precision='bf16' only, got {state_precision!r}")
     if state_precision != "fp32":
         spec = type(opt).spec
-        if spec is not None and (spec.launch is not None or spec.global_clip or spec.aux_states is not None):
-            raise ValueError(f"state_precision={state_precision!r}: not available for {spec.name} (its step is "
-                             f"not one element rule over fp32 moments); use state_precision='fp32'")
+        reason = spec is not None and unavailable(spec, state_precision)
+        if reason:
+            raise ValueError(f"state_precision={state_precision!r}: not available for {spec.name}: {reason}; use "
+                             f"{_offered(spec)}")
         if getattr(opt, "capturable", False):
             raise ValueError("state_precision: capturable=True steps keep fp32 states (the low-precision kernels "
                              "take their per-step scalars from the host)")
@@ -85,3 +91,52 @@ def dequantized(opt, state, params, hp_of, on_device=False):
 
 
 _BITS = ("uint16", "torch.bfloat16")
+
+# ---------------------------------------------------------------- where low-precision states are refused
+# States that are not moments but copies or averages of the params (by torch's state name): block-wise codes
+# would hold them at a fraction of the params' own precision.
+PARAM_LIKE = {"ax": "the running average of the params", "z": "schedule-free's z sequence, a copy of the params"}
+
+# Precisions refused for one algorithm although its states are moments: measured not to train (tests/
+# test_lowbit_algorithms.py shows the mechanism; docs/PERFORMANCE.md the numbers).
+PRECISION_LIMITS = {
+    ("Rprop", "4bit"): "the 4-bit map of unsigned states is linear without zero, so a step size cannot fall below 1/16 "
+                       "of its block's largest, and x0.5 or x1.2 on a small code rounds back to it, while Rprop's "
+                       "step sizes span decades (step_sizes=(1e-6, 50)); a 4-bit prev also loses the sign of small "
+                       "gradients (measured: least squares converges, then diverges)",
+    ("Adan", "4bit"): "with its betas[0]=0.98 the first moment moves by 2% of the gradient per step, below half a gap "
+                      "of the 4-bit signed map over most of its range, so it stops following the gradient (measured: "
+                      "27x fp32's loss on a noisy quadratic, 4 points less test accuracy on the digits MLP; AdamW "
+                      "with betas[0]=0.98 at 4 bits fails the same way)",
+}
+
+
+def unavailable(spec, precision, group=None):
+    """Why ``spec`` (with the hyperparameters ``group``, else its defaults) cannot hold its states in
+    ``precision`` ("bf16", "8bit" or "4bit"), or "" when it can."""
+    from .kernels import quant, rules
+    from .specs import COPY_OF_PARAM
+    if spec.aux_states is not None:
+        return "its second moments are factored (row and column means of a matrix), not per element"
+    if spec.launch is not None:
+        return "its step is not one element rule (a matrix step: Newton-Schulz over the momentum)"
+    group = {**spec.constants, **spec.defaults, **spec.group_defaults(spec.defaults), **(group or {})}
+    rule = spec.rule(group)
+    if spec.global_clip or rule in rules.TWO_PASS:
+        what = "caution=True's mask mean" if rule.endswith("_cautious") else \
+            "a per-tensor trust ratio or clip"
+        return (f"its step needs a first pass over every tensor ({what}) that reads the states in fp32 (per-tensor "
+                f"first passes have no low-precision kernels)")
+    for name, init in spec.states(group):
+        if name in PARAM_LIKE or init == COPY_OF_PARAM:
+            return (f"its state {name!r} is {PARAM_LIKE.get(name, 'a copy of the params')}, not a moment: it keeps "
+                    f"the params' precision")
+    if spec.states(group) and rule not in quant.STATEFUL_RULES:
+        return f"rules.{rule} has no low-precision kernels"
+    return PRECISION_LIMITS.get((spec.name, precision), "")
+
+
+def _offered(spec):
+    """The precisions one may use instead, as text."""
+    ok = [p for p in PRECISIONS if p == "fp32" or not unavailable(spec, p)]
+    return " or ".join(f"state_precision={p!r}" for p in ok)

@@ -195,8 +195,9 @@ TABLE_BYTES = {k: cb.table.nbytes for k, cb in CODEBOOKS.items()}
 # First moments (signed map) and second moments (unsigned map), by the rules' state argument
 # names: the one place that classifies a state. A rule with a new state name must be added here.
 SIGNED_STATE = {
-    "m": True, "buf": True, "grad_avg": True,
+    "m": True, "buf": True, "grad_avg": True, "d": True, "neg_pre": True, "prev": True,
     "v": False, "v_max": False, "u": False, "state_sum": False, "square_avg": False, "acc_delta": False,
+    "step_size": False,
 }
 
 
@@ -210,12 +211,14 @@ def state_signs(rule):
     return tuple(SIGNED_STATE[n] for n in names)
 
 
-# The rules with low-bit kernels: torch.optim's classic ten and Lion (their states are moments). The
-# algorithms added after them (issue 14) keep fp32 states for now: some states are copies of the
-# params (ASGD's ax, schedule-free's z), the others are not yet covered by the low-bit tests.
+# The rules with low-bit kernels: torch.optim's classic ten, Lion, and of issue 14's algorithms those whose
+# states are all per-element moments: Adopt (m, v), Adan (m, v, d and the previous gradient, negated) and
+# Rprop (the previous gradient, whose sign is all it is read for, and per-element step sizes). The others
+# keep fp32 states, and fastlr.state_precision says why (UNAVAILABLE): states that are copies or averages of
+# the params, factored or matrix steps, and per-tensor first passes (which read the states in fp32).
 STATEFUL_RULES = ("sgd_momentum", "adagrad", "rmsprop", "rmsprop_centered", "rmsprop_momentum",
                   "rmsprop_centered_momentum", "adadelta", "adam", "adam_amsgrad", "adamax", "nadam", "radam",
-                  "lion")
+                  "lion", "adopt", "adan", "rprop")
 
 
 def kernel_fields(rule, state_prefix):

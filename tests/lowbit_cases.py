@@ -18,6 +18,9 @@ H = {
     "nadam": rules.nadam_scalars(3, 0.7, 2e-3, (0.9, 0.999), 1e-8, 0.0, 0.004, False, False),
     "radam": rules.radam_scalars(10, 1e-3, (0.9, 0.999), 1e-8, 0.01, False, True),
     "lion": rules.lion_scalars(1e-4, (0.9, 0.99), 0.1, False),
+    "adopt": rules.adopt_scalars(3, 1e-3, (0.9, 0.9999), 1e-6, 0.333, 0.01, True, False, 1e-3, False, False),
+    "adan": rules.adan_scalars(3, 3, 1e-3, (0.98, 0.92, 0.99), 1e-8, 0.02, False, False),
+    "rprop": rules.rprop_scalars((0.5, 1.2), (1e-6, 50), False),
 }
 
 

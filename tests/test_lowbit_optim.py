@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastlr
-from fastlr import functional, lowbit, specs
+from fastlr import functional, lowbit, specs, state_precision
 from fastlr.kernels import quant
 from fastlr.lowbit_states import signs
 
@@ -17,9 +17,9 @@ N = 5000   # >= state_min_size (4096); a short last block at 8 and at 4 bits; od
 SMALL = 100   # keeps fp32 states
 
 # every algorithm with low-bit kernels at 8 bits (SGD with momentum: without, it keeps no state); 4 bits
-# and bf16 on a few. (The algorithms added by issue 14 keep fp32 states: see the refusal test below.)
+# and bf16 on a few. (Those of issue 14 without low-bit states: see the refusal test below.)
 LOWBIT = [name for name, spec in specs.SPECS.items()
-          if spec.launch is None and not spec.global_clip and not spec.group_state
+          if not state_precision.unavailable(spec, "8bit", {"momentum": 0.9})
           and spec.rule({**spec.constants, **spec.defaults, "momentum": 0.9}) in quant.STATEFUL_RULES]
 HP = {name: dict(momentum=0.9) if name == "SGD" else dict(initial_accumulator_value=0.1)
       if name == "Adagrad" else {} for name in LOWBIT}
@@ -352,7 +352,7 @@ def test_torch_eager_adagrad_states_and_replaced_state():
 
 
 
-@pytest.mark.parametrize("name", ["ASGD", "Adopt", "AdamWScheduleFree", "Lamb", "Muon"])
+@pytest.mark.parametrize("name", [n for n, spec in specs.SPECS.items() if state_precision.unavailable(spec, "8bit")])
 def test_algorithms_without_low_bit_kernels_refuse_and_change_nothing(name):
     w = np.linspace(-1, 1, 8192, dtype=np.float32).reshape(64, 128)
     before = w.copy()

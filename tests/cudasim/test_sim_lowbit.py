@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from numba import cuda
 
-from fastlr import lowbit
+from fastlr import lowbit, specs
 from fastlr.kernels import quant
+from fastlr.state_precision import unavailable
 from lowbit_cases import H, random_states
 from sim_helpers import host
 
@@ -17,8 +18,15 @@ def _on_device(states):
             if isinstance(s, lowbit.Quantized) else cuda.to_device(s) for s in states]
 
 
-@pytest.mark.parametrize("precision", ["8bit", "4bit", "bf16"])
-@pytest.mark.parametrize("rule", ["lion", "adam", "adam_amsgrad"])
+# a few classic rules, and the rule of every algorithm of issue 14 with low-bit states at each precision it offers
+CLASSIC = ("SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion")
+NEW = [(spec.rule({**spec.defaults, **spec.group_defaults(spec.defaults)}), precision)
+       for spec in specs.SPECS.values() for precision in ("8bit", "4bit", "bf16")
+       if spec.name not in CLASSIC and not unavailable(spec, precision)]
+RULES = [(rule, precision) for rule in ("lion", "adam", "adam_amsgrad") for precision in ("8bit", "4bit", "bf16")] + NEW
+
+
+@pytest.mark.parametrize("rule,precision", RULES, ids=[f"{r}-{p}" for r, p in RULES])
 def test_cuda_equals_cpu(rule, precision):
     size = 2 * quant.BLOCK_SIZE.get(precision, 128) + 45
     rng = np.random.default_rng(1)
@@ -41,16 +49,16 @@ def test_cuda_equals_cpu(rule, precision):
         assert np.mean(host(a.codes) != b.codes) <= 0.01  # a float32 tie may fall either way
 
 
-@pytest.mark.parametrize("precision", ["8bit", "bf16"])
-def test_optimizer_with_states_on_the_device(precision):
-    """fastlr.Adam on numba device arrays with low-precision states (made on the device) equals the same
+@pytest.mark.parametrize("name,precision", [("Adam", "8bit"), ("Adam", "bf16"), ("Adan", "8bit")])
+def test_optimizer_with_states_on_the_device(name, precision):
+    """An optimizer on numba device arrays with low-precision states (made on the device) equals the same
     optimizer on host arrays; the dequantized state dict comes back to the host."""
     import fastlr
     rng = np.random.default_rng(2)
     p, g1, g2 = rng.standard_normal((3, 300)).astype(np.float32)
     dp = cuda.to_device(p)
-    dev = fastlr.Adam(dp, lr=1e-2, state_precision=precision, state_min_size=0)
-    cpu = fastlr.Adam(p, lr=1e-2, state_precision=precision, state_min_size=0)
+    dev = getattr(fastlr, name)(dp, lr=1e-2, state_precision=precision, state_min_size=0)
+    cpu = getattr(fastlr, name)(p, lr=1e-2, state_precision=precision, state_min_size=0)
     for g in (g1, g2):
         dev.step(cuda.to_device(g))
         cpu.step(g)
