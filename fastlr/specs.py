@@ -362,6 +362,12 @@ def betas3(name, value):
     betas(name, value, ("beta1", "beta2", "beta3"))
 
 
+def _initial_lr(group):
+    """timm's max_lr snapshot: the group's lr when it was made (a schedule's value at step 0)."""
+    lr = group["lr"]
+    return float(lr(0) if callable(lr) else lr)
+
+
 def no_caution(name, value):
     flag(name, value)
     if value:
@@ -401,7 +407,7 @@ Adopt = Spec(
     ("caution", "maximize"), rule=lambda g: "adopt_cautious" if g["caution"] else "adopt", checks={"caution": flag},
     states=lambda g: (("exp_avg", 0.0), ("exp_avg_sq", 0.0)),
     scalars="adopt_scalars", switches=("foreach", "capturable", "differentiable"),
-    group_state={"max_lr_snapshot": lambda d: float(d["lr"])},
+    group_state={"max_lr_snapshot": _initial_lr},
     reference="timm.optim.Adopt (timm 1.0.31)",
     summary="ADOPT: Adam with the second moment of the previous step and clipped normalized gradients.",
     math="first step: v <- g^2;  then m <- lerp(m, clamp(g / max(sqrt(v), eps), +-(t-1)^clip_exp), 1-b1);  "
@@ -498,7 +504,7 @@ Lamb = Spec(
     states=lambda g: (("exp_avg", 0.0), ("exp_avg_sq", 0.0)), scalars="lamb_scalars", param_step=False,
     switches=("foreach",), global_clip="max_grad_norm", half_params=False, lazy_rows=False,
     checks={"max_grad_norm": _optional_positive, "caution": flag},
-    group_state={"max_lr_snapshot": lambda d: float(d["lr"]), "step": 0}, group_updates={"step": "group_step_next"},
+    group_state={"max_lr_snapshot": _initial_lr, "step": 0}, group_updates={"step": "group_step_next"},
     reference="timm.optim.Lamb (timm 1.0.31)",
     summary="LAMB (You et al. 2019, NVIDIA's FusedLAMB variant): Adam's update scaled per tensor by ||p|| / ||u||.",
     math="u = m_hat / (sqrt(v_hat) + eps) + wd p;  p <- p - lr (||p|| / ||u||) u  (grads first clipped by their "

@@ -23,7 +23,8 @@ bfloat16/float16 params ``master_weights=True`` (a float32 master copy in
 ``state[p]["master_param"]``, rounded values written back) or ``stochastic_rounding=True``
 (bfloat16 updated in place with stochastic rounding, deterministic given ``seed``). States of
 16-bit params are float32 (or ``state_precision``: bf16, 8-bit or 4-bit states for the
-algorithms whose states are moments, see ``fastlr.state_precision``; ``state_dict(dequantize=True)`` exports them as float32).
+algorithms whose states are moments, see ``fastlr.state_precision``; ``state_dict(dequantize=True)``
+exports them as float32).
 Inside ``torch.compile``, ``step()`` is one graph break.
 """
 import inspect

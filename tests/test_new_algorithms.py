@@ -309,3 +309,21 @@ def test_rprop_is_torch_bit_for_bit_on_zeros_infs_nans_and_subnormals(dtype, max
     np.testing.assert_array_equal(_bits(p), _bits(t.detach().numpy()))
     for name in ("prev", "step_size"):
         np.testing.assert_array_equal(_bits(ours.state[0][name]), _bits(ref.state[t][name].numpy()), err_msg=name)
+
+
+@pytest.mark.parametrize("name", [n for n, spec in SPECS.items() if "max_lr_snapshot" in spec.group_state])
+def test_schedule_lr_snapshots_its_initial_value(name):
+    """timm's max_lr is the lr when the group was made: a schedule's value at step 0 (a constant schedule
+    steps exactly as the constant)."""
+    p, grads = make_data(6, 30, np.float64, seed=8)
+    q = p.copy()
+    hp = {**CASES[name][-1], "decoupled": True, "decoupled_decay": True, "corrected_weight_decay": True,
+          "weight_decay": 0.1}
+    hp = {k: v for k, v in hp.items() if k in SPECS[name].defaults and k != "lr"}
+    a = optimizer(fastlr, name)(p, lr=0.01, **hp)
+    b = optimizer(fastlr, name)(q, lr=fastlr.schedules.constant_schedule(0.01), **hp)
+    for g in grads:
+        a.step(g)
+        b.step(g)
+    np.testing.assert_array_equal(p, q)
+    assert b.param_groups[0]["max_lr_snapshot"] == 0.01
