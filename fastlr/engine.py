@@ -354,7 +354,7 @@ class Engine:
             if undo is not None:   # nor does a skipped one
                 undo()
             return False
-        if self.extras or any(p.rule in TWO_PASS for p in plans):
+        if self.extras or (plans[0].rule in TWO_PASS if len(plans) == 1 else any(p.rule in TWO_PASS for p in plans)):
             c = before_launch(self, plans, c)   # issue 14: per-tensor passes, per-group schedules, Lamb's clip
         launch = launch or self.spec.launch or Engine._launch
         for plan in plans:
