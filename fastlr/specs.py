@@ -368,15 +368,9 @@ def _initial_lr(group):
     return float(lr(0) if callable(lr) else lr)
 
 
-def no_caution(name, value):
-    flag(name, value)
-    if value:
-        raise ValueError(f"{name}: caution=True (a per-tensor mask mean) is not implemented by fastlr yet")
-
-
 CHECKS.update({"lambd": non_negative, "alpha": non_negative, "t0": finite, "etas": etas, "step_sizes": step_sizes,
                "clip_exp": optional_number, "decoupled": flag, "corrected_weight_decay": flag, "no_prox": flag,
-               "caution": no_caution, "warmup_steps": whole_number, "r": finite, "weight_lr_power": finite,
+               "caution": flag, "warmup_steps": whole_number, "r": finite, "weight_lr_power": finite,
                "silent_sgd_phase": flag, "train_mode": flag, "k": whole_number, "weight_sum": non_negative,
                "lr_max": finite, "scheduled_lr": finite, "max_lr_snapshot": non_negative})
 
@@ -534,17 +528,19 @@ Lars = Spec(
 Mars = Spec(
     "Mars", dict(lr=3e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0., gamma=0.025, mars_type="adamw",
                  optimize_1d=False, lr_1d_factor=1.0, betas_1d=None, caution=False), (),
-    rule=lambda g: "mars", states=lambda g: (("exp_avg", 0.0), ("exp_avg_sq", 0.0), ("last_grad", 0.0)),
+    rule=lambda g: "mars_cautious" if g["caution"] else "mars",
+    states=lambda g: (("exp_avg", 0.0), ("exp_avg_sq", 0.0), ("last_grad", 0.0)),
     scalars="mars_scalars", group_state={"betas_1d": lambda d: d["betas_1d"] or d["betas"]}, half_params=False,
-    int_step=True,
-    lazy_rows=False,
+    int_step=True, lazy_rows=False,
     reference="timm.optim.Mars (timm 1.0.31)",
     summary="MARS (Yuan et al. 2024): variance-reduced gradients c_t, clipped per tensor to norm 1, in AdamW or "
             "Lion; 1-D params take AdamW on g.",
     math="c = g + gamma b1/(1-b1) (g - g_prev), c <- c / max(||c||, 1);  m, v from c;  p <- p - lr (m_hat / "
          "(sqrt(v_hat) + eps) + wd p)",
     test_grid=dict(mars_type=["adamw", "lion"], weight_decay=[0.0, 0.01], optimize_1d=[False, True]),
-    test_extra=(dict(betas_1d=(0.8, 0.95), lr_1d_factor=0.5),))
+    test_extra=(dict(betas_1d=(0.8, 0.95), lr_1d_factor=0.5), dict(caution=True),
+                dict(caution=True, mars_type="lion", weight_decay=0.01), dict(caution=True, optimize_1d=True),
+                dict(caution=True, betas_1d=(0.8, 0.95), lr_1d_factor=0.5)))
 
 def _adafactor_launch(engine, plan, unit, c):
     from . import adafactor

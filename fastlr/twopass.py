@@ -61,44 +61,49 @@ class TwoPass:
 
 
 def first_pass(unit, rule, htab, hidx, c):
-    """(per-tensor htab, hidx) for the second pass of `rule` over `unit`'s tensors."""
-    sums_rule, k, host = TWO_PASS[rule]
+    """(per-tensor htab, hidx) for the last pass of `rule` over `unit`'s tensors: every first-pass stage of
+    ``rules.PASSES[rule]`` in order, each summing with the scalars the stage before set."""
     contract = rules.RULE_SCALARS[rule]
     n = len(unit.given[0])
     hidx = np.zeros(n, np.int64) if hidx is None else hidx
     if "adapt" in contract._fields and not htab[:, contract._fields.index("adapt")].any():
         return htab, hidx
-    if unit.kind.family == "cuda":
-        sums = _cuda_sums(unit, rule, htab, hidx, c, k)
-    else:   # numpy, torch-cpu (check_two_pass refused the others before anything changed)
-        sums = _cpu_sums(unit, rule, htab, hidx, c, k)
-    fn = getattr(rules, host)
-    rows = [tuple(fn(contract(*htab[hidx[t]]), tuple(sums[t]), tuple(unit.given[0][t].shape)))
-            for t in range(n)]
-    return np.array(rows, np.float64), np.arange(n, dtype=np.int64)
+    for stage, (_, k, host) in enumerate(rules.PASSES[rule]):
+        key = rules.stage_key(rule, stage)
+        if unit.kind.family == "cuda":
+            sums = _cuda_sums(unit, key, htab, hidx, c, k)
+        else:   # numpy, torch-cpu (check_two_pass refused the others before anything changed)
+            sums = _cpu_sums(unit, key, htab, hidx, c, k)
+        fn = getattr(rules, host)
+        rows = [tuple(fn(contract(*htab[hidx[t]]), tuple(sums[t]), tuple(unit.given[0][t].shape)))
+                for t in range(n)]
+        htab, hidx = np.array(rows, np.float64), np.arange(n, dtype=np.int64)
+    return htab, hidx
 
 
 def flat_first_pass(rule, views, h, c, on_cuda, stream, shape):
-    """This step's scalars of one array (the functional API): the first pass over flat kernel views."""
-    sums_rule, k, host = TWO_PASS[rule]
+    """This step's scalars of one array (the functional API): the first-pass stages over flat kernel views."""
     contract = rules.RULE_SCALARS[rule]
-    if on_cuda:
-        from numba import cuda as nbcuda
-        out = nbcuda.to_device(np.zeros(k, np.float64), stream=stream)
-        blocks, threads = kernel_module("cuda").launch_config(views[0].size)
-        kernel_module("twopass_cuda").SUMS[rule][blocks, threads, stream](*views, tuple(h), out, c)
-        sums = out.copy_to_host(stream=stream)
-    else:
-        from .engine import CHUNK, parallel_guard
-        ptrs = np.array([[v.ctypes.data for v in views]], np.int64)
-        work = kernel_module("cpu").make_work(np.array([views[0].size], np.int64), CHUNK)
-        out = np.zeros((work.shape[0], k), np.float64)
-        serial = views[0].size < SERIAL_BELOW
-        with parallel_guard(serial):
-            kernel_module("twopass_cpu").SUMS[rule + ("_serial" if serial else "")](
-                ptrs, work, np.zeros(1, np.int64), np.array([h], np.float64), c, views[0][:0], out)
-        sums = out.sum(axis=0)
-    return tuple(getattr(rules, host)(contract(*h), tuple(sums), tuple(shape)))
+    for stage, (_, k, host) in enumerate(rules.PASSES[rule]):
+        key = rules.stage_key(rule, stage)
+        if on_cuda:
+            from numba import cuda as nbcuda
+            out = nbcuda.to_device(np.zeros(k, np.float64), stream=stream)
+            blocks, threads = kernel_module("cuda").launch_config(views[0].size)
+            kernel_module("twopass_cuda").SUMS[key][blocks, threads, stream](*views, tuple(h), out, c)
+            sums = out.copy_to_host(stream=stream)
+        else:
+            from .engine import CHUNK, parallel_guard
+            ptrs = np.array([[v.ctypes.data for v in views]], np.int64)
+            work = kernel_module("cpu").make_work(np.array([views[0].size], np.int64), CHUNK)
+            out = np.zeros((work.shape[0], k), np.float64)
+            serial = views[0].size < SERIAL_BELOW
+            with parallel_guard(serial):
+                kernel_module("twopass_cpu").SUMS[key + ("_serial" if serial else "")](
+                    ptrs, work, np.zeros(1, np.int64), np.array([h], np.float64), c, views[0][:0], out)
+            sums = out.sum(axis=0)
+        h = tuple(getattr(rules, host)(contract(*h), tuple(sums), tuple(shape)))
+    return h
 
 
 def _cpu_sums(unit, rule, htab, hidx, c, k):

@@ -694,7 +694,7 @@ LarsScalars = namedtuple("LarsScalars", "wd lr buf_coef d_coef nesterov_coef tru
 MarsScalars = namedtuple("MarsScalars", "first gamma_ratio one_minus_beta1 beta1 beta2 one_minus_beta2 "
                                         "bias_correction1 bc2_sqrt eps wd lr lion adapt is_mars beta1_1d "
                                         "one_minus_beta1_1d beta2_1d one_minus_beta2_1d bias_correction1_1d "
-                                        "bc2_sqrt_1d lr_1d scale")
+                                        "bc2_sqrt_1d lr_1d scale caution caution_scale")
 
 
 def _lamb_update(p, g, m, v, lerp_m, beta1, beta3, beta2, one_minus_beta2, bias_correction1, bc2_sqrt, eps,
@@ -864,34 +864,58 @@ def mars_sums(p, g, m, v, last, h):
     return (c * c,)
 
 
-def mars(p, g, m, v, last, h):
-    """>= 2-D (or optimize_1d): c = c_t / max(||c_t||, 1); m <- b1 m + (1-b1) c; AdamW (v from c) or Lion
-    (sign m) update with p wd added; else AdamW on g with betas_1d and lr * lr_1d_factor. last <- g."""
+def _mars_moment(g, m, last, h):
+    """(the new first moment, c: the clipped c_t on MARS' path, else g), as mars computes them."""
     (first, gamma_ratio, one_minus_beta1, beta1, beta2, one_minus_beta2, bias_correction1, bc2_sqrt, eps, wd, lr,
      lion, adapt, is_mars, beta1_1d, one_minus_beta1_1d, beta2_1d, one_minus_beta2_1d, bias_correction1_1d,
-     bc2_sqrt_1d, lr_1d, scale) = h
+     bc2_sqrt_1d, lr_1d, scale, caution, caution_scale) = h
     if is_mars != 0:
         c = _mars_c(g, last, first, gamma_ratio) / scale
-        m = m * beta1 + one_minus_beta1 * c
+        return m * beta1 + one_minus_beta1 * c, c
+    return m * beta1_1d + one_minus_beta1_1d * g, g
+
+
+def mars(p, g, m, v, last, h):
+    """>= 2-D (or optimize_1d): c = c_t / max(||c_t||, 1); m <- b1 m + (1-b1) c; AdamW (v from c) or Lion
+    (sign m) update with p wd added; else AdamW on g with betas_1d and lr * lr_1d_factor. Cautious: the
+    update takes m masked where m g <= 0, over the mask's mean (m itself is kept). last <- g."""
+    (first, gamma_ratio, one_minus_beta1, beta1, beta2, one_minus_beta2, bias_correction1, bc2_sqrt, eps, wd, lr,
+     lion, adapt, is_mars, beta1_1d, one_minus_beta1_1d, beta2_1d, one_minus_beta2_1d, bias_correction1_1d,
+     bc2_sqrt_1d, lr_1d, scale, caution, caution_scale) = h
+    m, c = _mars_moment(g, m, last, h)
+    mu = _cautious(m, g, caution, caution_scale)
+    if is_mars != 0:
         if lion != 0:
-            u = p * wd + _sign(m)
+            u = p * wd + _sign(mu)
         else:
             v = _ewma_sq(v, c, beta2, one_minus_beta2)
-            u = p * wd + (m / bias_correction1) / (math.sqrt(v) / bc2_sqrt + eps)
+            u = p * wd + (mu / bias_correction1) / (math.sqrt(v) / bc2_sqrt + eps)
         return p + (-lr) * u, m, v, g
-    m = m * beta1_1d + one_minus_beta1_1d * g
     v = _ewma_sq(v, g, beta2_1d, one_minus_beta2_1d)
-    u = p * wd + (m / bias_correction1_1d) / (math.sqrt(v) / bc2_sqrt_1d + eps)
+    u = p * wd + (mu / bias_correction1_1d) / (math.sqrt(v) / bc2_sqrt_1d + eps)
     return p + (-lr_1d) * u, m, v, g
 
 
-def mars_scalars(step, lr, betas, eps, weight_decay, gamma, mars_type, optimize_1d, lr_1d_factor, betas_1d):
+def mars_cautious(p, g, m, v, last, h):
+    """mars with caution=True: the last pass (the clip from mars_sums, then the mask's mean from
+    mars_cautious_sums: three passes, rules.THEN)."""
+    return mars(p, g, m, v, last, h)
+
+
+def mars_cautious_sums(p, g, m, v, last, h):
+    """Second pass of cautious Mars (after the clip is known): how many elements have m_new g > 0."""
+    m, c = _mars_moment(g, m, last, h)
+    return (_agrees(m, g),)
+
+
+def mars_scalars(step, lr, betas, eps, weight_decay, gamma, mars_type, optimize_1d, lr_1d_factor, betas_1d, caution):
     beta1, beta2 = betas
     b1d, b2d = betas_1d if betas_1d is not None else betas
     return MarsScalars(1.0 if step == 1 else 0.0, gamma * (beta1 / (1.0 - beta1)), 1 - beta1, beta1, beta2,
                        1 - beta2, 1 - beta1 ** step, math.sqrt(1 - beta2 ** step), eps, weight_decay, lr,
                        1.0 if mars_type == "lion" else 0.0, 1.0, 1.0 if optimize_1d else 0.0, b1d, 1 - b1d, b2d,
-                       1 - b2d, 1 - b1d ** step, math.sqrt(1 - b2d ** step), lr * lr_1d_factor, 1.0)
+                       1 - b2d, 1 - b1d ** step, math.sqrt(1 - b2d ** step), lr * lr_1d_factor, 1.0,
+                       1.0 if caution else 0.0, 1.0)
 
 
 def mars_clip(h, sums, shape):
@@ -940,8 +964,19 @@ def muon_scalars(lr, weight_decay, momentum, nesterov):
 TWO_PASS = {"lamb": ("lamb_sums", 2, "lamb_trust"), "lamb_cautious": ("lamb_cautious_sums", 4, "lamb_cautious_trust"),
             "lars": ("lars_sums", 2, "lars_trust"),
             "lars_momentum": ("lars_momentum_sums", 2, "lars_trust"), "mars": ("mars_sums", 1, "mars_clip"),
+            "mars_cautious": ("mars_sums", 1, "mars_clip"),
             "adopt_cautious": ("adopt_cautious_sums", 1, "caution_mean"),
             "adan_cautious": ("adan_cautious_sums", 1, "caution_mean")}
+# Rules with more passes than two: the first-pass stages after TWO_PASS's, in order, each (sums rule, count, host
+# fn) as there, summing with the scalars the stage before set (cautious Mars: its mask follows the clip).
+THEN = {"mars_cautious": (("mars_cautious_sums", 1, "caution_mean"),)}
+# Every first-pass stage of every multi-pass rule, in order.
+PASSES = {rule: (first, *THEN.get(rule, ())) for rule, first in TWO_PASS.items()}
+
+
+def stage_key(rule, stage):
+    """The first-pass kernels' key of stage `stage` of PASSES[rule]: the rule for the first, rule/stage after."""
+    return rule if stage == 0 else f"{rule}/{stage}"
 
 
 ELEMENT_RULES.update({
@@ -950,7 +985,8 @@ ELEMENT_RULES.update({
     "schedulefree_sgd": ScheduleFreeScalars, "schedulefree_adam": ScheduleFreeScalars,
     "schedulefree_lerp": LerpScalars, "lamb": LambScalars, "lamb_cautious": LambScalars, "lars": LarsScalars,
     "lars_momentum": LarsScalars,
-    "mars": MarsScalars, "muon_momentum": MuonScalars, "decay_apply": DecayApplyScalars,
+    "mars": MarsScalars, "mars_cautious": MarsScalars, "muon_momentum": MuonScalars,
+    "decay_apply": DecayApplyScalars,
 })
 
 
@@ -1101,6 +1137,5 @@ def rowwise_adagrad_scalars(lr, eps, weight_decay, maximize):
 # Every rule that takes per-step scalars -> its contract (the element rules and the row-wise parts).
 RULE_SCALARS = {**ELEMENT_RULES, "adopt_cautious_sums": AdoptScalars, "adan_cautious_sums": AdanScalars,
                 "lamb_sums": LambScalars, "lamb_cautious_sums": LambScalars, "lars_sums": LarsScalars,
-                "lars_momentum_sums": LarsScalars,
-                "mars_sums": MarsScalars, "rowwise_adagrad_grad": RowWiseAdagradScalars,
-                "rowwise_adagrad_update": RowWiseAdagradScalars}
+                "lars_momentum_sums": LarsScalars, "mars_sums": MarsScalars, "mars_cautious_sums": MarsScalars,
+                "rowwise_adagrad_grad": RowWiseAdagradScalars, "rowwise_adagrad_update": RowWiseAdagradScalars}

@@ -46,10 +46,15 @@ def chunk_template(k):
             .replace("STORE", "".join(f"    acc[{j}] = sum{j}\n" for j in range(k))))
 
 
-SUMS = {}
-for _rule, (_sums, _k, _) in rules.TWO_PASS.items():
-    _chunk = generate(chunk_template(_k), _sums, f"{_sums}_chunk", globals(), njit(**_SUM_JIT))
-    for _suffix, _decorate in (("", njit(parallel=True, **_JIT)), ("_serial", njit(**_JIT))):
-        SUMS[_rule + _suffix] = generate_source(_TABLE, f"{_sums}_table{_suffix}", dict(globals(), CHUNK=_chunk),
-                                                _decorate, **_table_fields(_sums))
+SUMS, _BY_SUMS = {}, {}
+for _rule, _stages in rules.PASSES.items():
+    for _stage, (_sums, _k, _) in enumerate(_stages):
+        if _sums not in _BY_SUMS:   # one kernel per sums rule (mars and cautious mars share their first)
+            _chunk = generate(chunk_template(_k), _sums, f"{_sums}_chunk", globals(), njit(**_SUM_JIT))
+            _BY_SUMS[_sums] = {
+                _suffix: generate_source(_TABLE, f"{_sums}_table{_suffix}", dict(globals(), CHUNK=_chunk), _decorate,
+                                         **_table_fields(_sums))
+                for _suffix, _decorate in (("", njit(parallel=True, **_JIT)), ("_serial", njit(**_JIT)))}
+        for _suffix, _kernel in _BY_SUMS[_sums].items():
+            SUMS[rules.stage_key(_rule, _stage) + _suffix] = _kernel
 

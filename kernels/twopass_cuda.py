@@ -25,8 +25,10 @@ def kernel_template(k):
             .replace("STORE", "".join(f"    block_sum_into(sum{j}, out[{j}:])\n" for j in range(k))))
 
 
-SUMS = {rule: generate(kernel_template(k), sums, f"{sums}_cuda", globals(), cuda.jit(cache=not _SIMULATOR))
-        for rule, (sums, k, _) in rules.TWO_PASS.items()}
+_BY_SUMS = {sums: generate(kernel_template(k), sums, f"{sums}_cuda", globals(), cuda.jit(cache=not _SIMULATOR))
+            for stages in rules.PASSES.values() for sums, k, _ in stages}
+SUMS = {rules.stage_key(rule, i): _BY_SUMS[sums] for rule, stages in rules.PASSES.items()
+        for i, (sums, _, _) in enumerate(stages)}
 
 
 def ptx_cases():
@@ -37,6 +39,7 @@ def ptx_cases():
     c = (1.0, -math.inf, math.inf)
     for dtype in (np.float32, np.float64):
         a = np.zeros(1, dtype)
-        for rule, (sums, k, _) in rules.TWO_PASS.items():
-            yield (f"twopass SUMS[{rule}] {dtype.__name__}", SUMS[rule],
+        for sums, kernel in _BY_SUMS.items():
+            k = next(k for stages in rules.PASSES.values() for s, k, _ in stages if s == sums)
+            yield (f"twopass {sums} {dtype.__name__}", kernel,
                    (*(a,) * (2 + n_states(sums)), (1.0,) * len(scalar_names(sums)), np.zeros(k), c))

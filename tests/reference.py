@@ -347,19 +347,21 @@ def mars(p, g, state, t, lr=3e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0., 
         c = c / max(np.linalg.norm(c), 1.0)
         m *= b1
         m += (1 - b1) * c
+        mu = _cautious(m, g) if caution else m   # the state keeps m; the update takes the masked one
         if mars_type == "lion":
-            p -= lr * (weight_decay * p + np.sign(m))
+            p -= lr * (weight_decay * p + np.sign(mu))
         else:
             v *= b2
             v += (1 - b2) * c * c
-            p -= lr * (weight_decay * p + m / (1 - b1 ** t) / (np.sqrt(v / (1 - b2 ** t)) + eps))
+            p -= lr * (weight_decay * p + mu / (1 - b1 ** t) / (np.sqrt(v / (1 - b2 ** t)) + eps))
     else:
         b1, b2 = betas_1d or betas
         m *= b1
         m += (1 - b1) * g
         v *= b2
         v += (1 - b2) * g * g
-        p -= lr * lr_1d_factor * (weight_decay * p + m / (1 - b1 ** t) / (np.sqrt(v / (1 - b2 ** t)) + eps))
+        mu = _cautious(m, g) if caution else m
+        p -= lr * lr_1d_factor * (weight_decay * p + mu / (1 - b1 ** t) / (np.sqrt(v / (1 - b2 ** t)) + eps))
     last[...] = g
 
 

@@ -76,6 +76,6 @@ def test_every_element_rule_is_used_by_some_spec():
     used = {specs.SPECS[n].rule({**s.constants, **s.defaults, **case})
             for n, s in specs.SPECS.items() for case in s.test_cases()}
     # and the rules that are the first pass of a two-pass rule, or the schedule-free train()/eval() switch
-    used |= {sums for rule in used if rule in rules.TWO_PASS for sums in rules.TWO_PASS[rule][:1]}
+    used |= {sums for rule in used if rule in rules.PASSES for sums, _, _ in rules.PASSES[rule]}
     used |= {"schedulefree_lerp"} if any(s.modes == "schedulefree" for s in specs.SPECS.values()) else set()
     assert used >= set(rules.ELEMENT_RULES), set(rules.ELEMENT_RULES) - used
