@@ -159,6 +159,26 @@ class HalfUnit(_engine.Unit):
         import torch
         return sum(float(torch.linalg.vector_norm(g, dtype=torch.float64) ** 2) for g in self.objs[1])
 
+    def first_pass(self, rule, htab, hidx, c):
+        """(per-param htab, hidx) of a multi-pass rule (Lamb, Lars, Mars): each param's first-pass stages
+        over float32 views of what its update reads (the master copy or the params widened, the grads
+        widened: one temporary float32 copy each, for this pass only) and its float32 states."""
+        import torch
+
+        from .streams import current_stream
+        from .twopass import flat_first_pass
+        rows = htab.tolist()
+        out = []
+        for r, p in enumerate(self.objs[0]):
+            on_cuda = p.device.type == "cuda"
+            p32 = self.masters[r] if self.master else p.detach().to(torch.float32, memory_format=torch.preserve_format)
+            g32 = self.objs[1][r].detach().to(torch.float32, memory_format=torch.preserve_format)
+            views = [_bits(p32, False), _bits(g32, False), *[_bits(col[r], False) for col in self.objs[2:]]]
+            h = rows[0 if hidx is None else int(hidx[r])]
+            out.append(flat_first_pass(rule, views, tuple(h), c, on_cuda, current_stream(p) if on_cuda else 0,
+                                       tuple(p.shape)))
+        return np.array(out, np.float64), np.arange(len(out), dtype=np.int64)
+
     def spans(self):
         out = []
         for r, p in enumerate(self.objs[0]):

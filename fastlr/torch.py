@@ -240,7 +240,8 @@ class _TorchOptimizer(torch.optim.Optimizer):
             _check_dtype(self, name, p.dtype)
             if p.dtype in _HALF and not self.spec.half_params:
                 raise TypeError(f"{name} is {p.dtype}: {self.spec.name} takes float32/float64 params only (its "
-                                f"per-tensor norms are not implemented for 16-bit params yet)")
+                                f"matrix or factored steps run through torch ops on the params' own dtype; "
+                                f"not implemented for 16-bit params with master weights yet)")
             for i, q in enumerate(params[:j]):
                 if q is p:
                     raise ValueError(f"{name} is the same tensor as {where}['params'][{i}]; torch.optim warns and "

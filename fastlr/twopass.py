@@ -22,7 +22,7 @@ from .kernels import rules
 
 __all__ = ["TWO_PASS", "TwoPass", "check_two_pass", "first_pass", "global_clip"]
 
-_FAMILIES = ("numpy", "torch-cpu", "cuda")   # the arrays first passes have kernels for
+_FAMILIES = ("numpy", "torch-cpu", "cuda", "torch-half")   # the arrays first passes have kernels for
 
 
 def check_two_pass(plans):
@@ -68,6 +68,8 @@ def first_pass(unit, rule, htab, hidx, c):
     hidx = np.zeros(n, np.int64) if hidx is None else hidx
     if "adapt" in contract._fields and not htab[:, contract._fields.index("adapt")].any():
         return htab, hidx
+    if unit.kind.family == "torch-half":   # 16-bit params (fastlr.mixed): per param, over float32 views
+        return unit.first_pass(rule, htab, hidx, c)
     for stage, (_, k, host) in enumerate(rules.PASSES[rule]):
         key = rules.stage_key(rule, stage)
         if unit.kind.family == "cuda":

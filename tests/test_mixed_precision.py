@@ -204,8 +204,35 @@ def test_bf16_on_gpu_tensors():
         assert diff <= 2 ** -6, (mode, diff)  # at most a rounding step apart (fma contraction on the GPU)
 
 
-@pytest.mark.parametrize("name", [n for n in CASES if not SPECS[n].half_params])
-def test_per_tensor_norm_algorithms_refuse_16_bit_params(name):
-    w = torch.zeros(4, dtype=torch.bfloat16, requires_grad=True)
+@pytest.mark.parametrize("name", [n for n, spec in SPECS.items() if not spec.half_params])
+def test_matrix_algorithms_refuse_16_bit_params(name):
+    w = torch.zeros(4, 4, dtype=torch.bfloat16, requires_grad=True)
     with pytest.raises(TypeError, match="float32/float64 params only"):
         getattr(ft, name)([w], master_weights=True)
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if SPECS[n].rule({**SPECS[n].constants, **SPECS[n].defaults})
+                                  in rules.PASSES])
+def test_multi_pass_algorithms_with_16_bit_params_follow_float32(name):
+    """Lamb, Lars, Mars on bfloat16 params with master weights, every option of their last test case (caution
+    included): the master copies equal the float32 optimizer fed the same 16-bit grads, over several
+    params (each its own trust ratio / clip) of different shapes."""
+    import fastlr
+    hp = CASES[name][-1]
+    g = torch.Generator().manual_seed(3)
+    shapes = [(7, 5), (9,), (3, 4, 2)]
+    p0 = [torch.randn(s, generator=g).to(torch.bfloat16) for s in shapes]
+    ws = [p.clone().requires_grad_() for p in p0]
+    refs = [p.float().clone().requires_grad_() for p in p0]
+    opt = optimizer(ft, name)(ws, master_weights=True, **hp)
+    ref_opt = optimizer(fastlr, name)([r.detach().numpy() for r in refs], **hp)
+    for _ in range(6):
+        grads = [torch.randn(s, generator=g).to(torch.bfloat16) for s in shapes]
+        for w, gr in zip(ws, grads):
+            w.grad = gr
+        opt.step()
+        ref_opt.step([gr.float().numpy() for gr in grads])
+    for w, r in zip(ws, refs):
+        master = opt.state[w]["master_param"]
+        np.testing.assert_allclose(master.numpy(), r.detach().numpy(), rtol=1e-5, atol=1e-6)
+        assert torch.equal(w.detach(), master.to(torch.bfloat16))
