@@ -10,7 +10,8 @@ array changes. Returns the param's scalar state after the update (``{"step": t}`
 updates take and return their per-group schedule the same way (``k``, ``weight_sum``, ``lr_max``,
 ``scheduled_lr``: pass back what the previous call returned); Adan's group step is ``step``.
 Lamb's ``max_grad_norm`` clips by the norm of ``grad`` alone, or by ``grad_norm=`` when given (the
-global norm over every gradient of the step, as the optimizer computes it).
+global norm over every gradient of the step, as the optimizer computes it). ``muon_`` and ``adafactor_``
+(whose steps are not one element rule) run one step of their optimizer over the caller's arrays.
 
 ``state_precision="bf16"``: each state a bfloat16 tensor (or uint16 bits) of the param's shape;
 ``"8bit"``/``"4bit"``: each state a pair ``(codes, absmax)`` (uint8 and float32, the layout of
@@ -27,7 +28,7 @@ from .twopass import TWO_PASS, flat_first_pass
 
 __all__ = ["sgd_", "adagrad_", "rmsprop_", "adadelta_", "adam_", "adamw_", "adamax_", "nadam_", "radam_",
            "lion_", "asgd_", "rprop_", "adopt_", "adan_", "sgdschedulefree_", "adamwschedulefree_",
-           "radamschedulefree_", "lamb_", "lars_", "mars_"]
+           "radamschedulefree_", "lamb_", "lars_", "mars_", "muon_", "adafactor_"]
 
 
 def _advance_group(spec, group, step, given):
@@ -121,6 +122,40 @@ def _functional(spec):
     return update_
 
 
+def _via_optimizer(spec):
+    """The in-place update of an algorithm whose step is not one element rule (Muon's Newton-Schulz, Adafactor's
+    factored moments): one step of its optimizer over this one param, holding the caller's state arrays, which
+    the step reads and updates in place (a rejected call changes nothing, as the optimizer's)."""
+    name = spec.name.lower() + "_"
+
+    def update_(param, grad, *states, step, **hyperparameters):
+        from . import optim
+        if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= _specs.MAX_STEP:
+            raise ValueError(f"{name}: step: expected the 1-based step count (an int in [1, 2**53]), got "
+                             f"{_specs._shown(step)}")
+        opt = getattr(optim, spec.name)([param], **hyperparameters)
+        group = opt.param_groups[0]
+        names = [n for n, _ in spec.states(group)]
+        if spec.aux_states is not None:
+            names += [n for n, _ in spec.aux_states(tuple(getattr(param, "shape", ())))]
+        if len(states) != len(names):
+            raise TypeError(f"{name}: expected state arrays ({', '.join(names)}) for these options and this "
+                            f"param's shape, got {len(states)}")
+        opt.state[0] = {**dict(zip(names, states)), "step": step - 1}
+        opt.step(grad)
+        return {"step": step}
+
+    update_.__name__ = update_.__qualname__ = name
+    states_doc = ("its factored statistics: row_var and col_var of >= 2-D params, variance of 1-D ones"
+                  if spec.aux_states else ", ".join(n for n, _ in spec.states({**spec.constants, **spec.defaults})))
+    update_.__doc__ = (f"In-place {spec.name} update of one array: {spec.summary}\n\n"
+                       f"    {name}(param, grad, *states, step, {spec.signature_text().replace('*, ', '')})\n\n"
+                       f"    states: {states_doc}, shaped as fastlr.{spec.name} makes them; step: the 1-based count "
+                       f"including this update.\n"
+                       f"    Update: {spec.math}\n    Reference: {spec.reference}. See fastlr.{spec.name}.\n")
+    return update_
+
+
 sgd_ = _functional(_specs.SGD)
 adagrad_ = _functional(_specs.Adagrad)
 rmsprop_ = _functional(_specs.RMSprop)
@@ -141,3 +176,5 @@ radamschedulefree_ = _functional(_specs.RAdamScheduleFree)
 lamb_ = _functional(_specs.Lamb)
 lars_ = _functional(_specs.Lars)
 mars_ = _functional(_specs.Mars)
+muon_ = _via_optimizer(_specs.Muon)
+adafactor_ = _via_optimizer(_specs.Adafactor)

@@ -324,3 +324,37 @@ def test_schedule_lr_snapshots_its_initial_value(name):
         b.step(g)
     np.testing.assert_array_equal(p, q)
     assert b.param_groups[0]["max_lr_snapshot"] == 0.01
+
+
+@pytest.mark.parametrize("name,shape", [("Muon", (8, 6)), ("Adafactor", (8, 6)), ("Adafactor", (7,)),
+                                        ("Adafactor", (3, 4, 5))])
+def test_functional_matrix_algorithms_equal_the_optimizer(name, shape):
+    """muon_ and adafactor_ (a step of the optimizer over the caller's arrays) equal the class step by step,
+    states included; wrong state counts and bad input change nothing."""
+    rng = np.random.default_rng(9)
+    p = rng.standard_normal(shape)
+    q = p.copy()
+    grads = [rng.standard_normal(shape) for _ in range(6)]
+    opt = getattr(fastlr, name)(p, weight_decay=0.01)
+    update = getattr(fastlr.functional, name.lower() + "_")
+    names = [n for n, _ in SPECS[name].states(opt.param_groups[0])]
+    if SPECS[name].aux_states is not None:
+        names += [n for n, _ in SPECS[name].aux_states(shape)]
+    opt.step(grads[0])
+    states = [np.zeros(opt.state[0][n].shape) for n in names]
+    update(q, grads[0], *states, step=1, weight_decay=0.01)
+    for t, g in enumerate(grads[1:], 2):
+        opt.step(g)
+        assert update(q, g, *states, step=t, weight_decay=0.01) == {"step": t}
+        np.testing.assert_array_equal(q, p)
+        for n, s in zip(names, states):
+            np.testing.assert_array_equal(s, opt.state[0][n], err_msg=n)
+    before = [q.copy(), *[s.copy() for s in states]]
+    with pytest.raises(TypeError, match="expected state arrays"):
+        update(q, grads[0], *states[:-1], step=7)
+    with pytest.raises(ValueError, match="step"):
+        update(q, grads[0], *states, step=0)
+    with pytest.raises((ValueError, TypeError)):
+        update(q, np.ones(tuple(n + 1 for n in shape)), *states, step=7)
+    for x, y in zip(before, [q, *states]):
+        np.testing.assert_array_equal(x, y)
