@@ -894,7 +894,8 @@ class _TorchCPUUnit(_TableUnit):
             self.validate(allcols)
             raise
         grads = allcols[1]
-        gmeta = (list(map(_shape, grads)), list(map(_strides, grads)), list(map(_dtype, grads)))
+        # (raw strides: equal ones need no check; ones that differ only in size-1 dimensions go through _check)
+        gmeta = (list(map(_shape, grads)), list(map(torch.Tensor.stride, grads)), list(map(_dtype, grads)))
         written, wptrs = [allcols[0], *allcols[2:]], [ptrs[0], *ptrs[2:]]
         if not (gmeta == self.pmeta and wptrs == self.held_ptrs and all(map(_same_list, written, self.held))):
             allcols = self._check(allcols, gmeta)
@@ -922,7 +923,7 @@ class _TorchCPUUnit(_TableUnit):
         allcols = [params, grads, *allcols[2:]]
         self.validate(allcols)
         _check_dense(self, allcols)
-        pmeta = (list(map(_shape, params)), list(map(_strides, params)), list(map(_dtype, params)))
+        pmeta = (list(map(_shape, params)), list(map(torch.Tensor.stride, params)), list(map(_dtype, params)))
         if self.pmeta is None or pmeta[0] != self.pmeta[0]:
             self.sizes = np.array(list(map(torch.Tensor.numel, params)), np.int64)
             self._new_sizes()
