@@ -310,7 +310,7 @@ class Engine:
             _specs.check_group(self.spec, hp, f"param_groups[{k}]")
             hp = self.opt._hyperparameters(hp)
             static = not scheduled and not any(hasattr(v, "shape") for v in group.values())
-            self._resolved[k] = (dict(group), hp) if static else (None, None)
+            self._resolved[k] = (_snapshot(group), hp) if static else (None, None)
             out.append(hp)
         return out
 
@@ -439,6 +439,12 @@ def _same_list(a, b):
 
 
 _ABSENT = object()
+
+
+def _snapshot(group):
+    """The group's values as resolved: lists, dicts and sets copied (a caller may edit one in place, e.g.
+    ``group["betas"][0] = 0.0``), so that an edit in place shows as a change; the params list as is."""
+    return {k: (type(v)(v) if type(v) in (list, dict, set) and k != "params" else v) for k, v in group.items()}
 
 
 def _same_group(seen, group):

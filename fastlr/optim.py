@@ -212,7 +212,7 @@ class Optimizer:
                         for g in ([item] if item is None or library(item) is not None else item)]
             except TypeError:
                 raise TypeError(f"grads: expected an array or a list of arrays (None to skip a param), got "
-                                f"{type(grads).__name__}") from None
+                                f"{_first_bad_grad(grads)}") from None
         if len(flat) != n:
             raise ValueError(f"grads: expected {n} gradient(s), one per param, got {len(flat)}")
         out, start = [], 0
@@ -517,6 +517,20 @@ class _NumpyFront(Front):
 
     def set_scalar(self, pstate, name, value):
         dict.__setitem__(pstate, name, value)   # our own write (NAdam's mu_product): counts nothing
+
+
+def _first_bad_grad(grads):
+    """What a grads argument that is not an array or a list of arrays holds, for the message."""
+    if not isinstance(grads, (list, tuple)):
+        return f"{type(grads).__module__}.{type(grads).__name__}"
+    for i, item in enumerate(grads):
+        if item is not None and library(item) is None and not isinstance(item, (list, tuple)):
+            return f"grads[{i}] = {type(item).__module__}.{type(item).__name__}"
+        if isinstance(item, (list, tuple)):
+            for j, g in enumerate(item):
+                if g is not None and library(g) is None:
+                    return f"grads[{i}][{j}] = {type(g).__module__}.{type(g).__name__}"
+    return type(grads).__name__
 
 
 def _check_layout(opt):

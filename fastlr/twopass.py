@@ -143,6 +143,21 @@ def global_clip(engine, plans, c):
     max_norm = engine.opt.defaults.get(engine.spec.global_clip)
     if max_norm is None:
         return c
-    total = sum(u.sumsq() for plan in plans for u in plan.units)   # the sum max_grad_norm uses
-    clip = max(math.sqrt(total) * c[0] / max_norm, 1.0)   # the norm of the gradients as conditioned so far
-    return (c[0] / clip, c[1], c[2])
+    if math.isinf(c[1]) and math.isinf(c[2]):   # scaled only: the norm of the grads times the scale
+        norm = math.sqrt(sum(u.sumsq() for plan in plans for u in plan.units)) * c[0]   # (the sum max_grad_norm uses)
+    else:   # clip_value too: the norm of the grads as clamped (torch's clip_grad_value_ comes before the step)
+        norm = math.sqrt(math.fsum(_clamped_sumsq(g, c) for plan in plans for u in plan.units for g in u.grads()))
+    clip = max(norm / max_norm, 1.0)
+    return (c[0] / clip, c[1] / clip, c[2] / clip)   # clamp(g s, lo, hi) / clip = clamp(g s / clip, lo / clip, ...)
+
+
+def _clamped_sumsq(g, c):
+    """sum(clamp(g * scale, lo, hi) ** 2) in float64 (the conditioned gradient, as the kernels make it)."""
+    from ._arrays import library, to_numpy
+    if library(g) == "torch":
+        import torch
+        x = (g.detach().double() * c[0]).clamp_(c[1], c[2])
+        v = torch.dot(x.reshape(-1), x.reshape(-1))
+        return float(v.full_tensor() if type(v).__name__ == "DTensor" else v)
+    x = np.clip(np.asarray(g if library(g) == "numpy" else to_numpy(g), np.float64) * c[0], c[1], c[2]).reshape(-1)
+    return float(x @ x)

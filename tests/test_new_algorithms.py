@@ -358,3 +358,24 @@ def test_functional_matrix_algorithms_equal_the_optimizer(name, shape):
         update(q, np.ones(tuple(n + 1 for n in shape)), *states, step=7)
     for x, y in zip(before, [q, *states]):
         np.testing.assert_array_equal(x, y)
+
+
+def test_lamb_clip_value_then_global_norm_as_clip_grad_value_then_timm():
+    """fastlr's clip_value is torch's clip_grad_value_ before the step: timm's global norm is then taken over
+    the clamped grads, and the clamp bounds scale with the clip."""
+    torch = pytest.importorskip("torch")
+    from refimpls import reference_optimizer
+    rng = np.random.default_rng(11)
+    shapes = [(6, 5), (7,)]
+    ps = [rng.standard_normal(s) for s in shapes]
+    qs = [torch.tensor(p.copy(), requires_grad=True) for p in ps]
+    ours = fastlr.Lamb(ps, lr=1e-2, clip_value=0.7)
+    ref = reference_optimizer("Lamb", qs, lr=1e-2)
+    for _ in range(25):
+        grads = [rng.standard_normal(s) * 3 for s in shapes]
+        ours.step(grads)
+        for q, g in zip(qs, grads):
+            q.grad = torch.tensor(np.clip(g, -0.7, 0.7))
+        ref.step()
+    for p, q in zip(ps, qs):
+        assert_close(p, q.detach().numpy(), np.float64)

@@ -195,3 +195,26 @@ def test_empty_param_groups_are_accepted(name):
         np.testing.assert_array_equal(c, p)
     with pytest.raises(ValueError, match="params: expected at least one array"):
         optimizer(fastlr, name)([], **hp)
+
+
+def test_a_list_hyperparameter_edited_in_place_is_used():
+    """group["betas"][0] = ... on a list: the next step uses it, as assigning a new list does."""
+    g = np.array([1.0, -2.0, 3.0, 0.5])
+    ps = [np.zeros(4), np.zeros(4)]
+    opts = [fastlr.Adam([p], lr=1e-2, betas=[0.9, 0.999]) for p in ps]
+    for opt in opts:
+        opt.step([g])
+        opt.step([-g])
+    opts[0].param_groups[0]["betas"][0] = 0.0
+    opts[1].param_groups[0]["betas"] = [0.0, 0.999]
+    for opt in opts:
+        opt.step([g])
+    np.testing.assert_array_equal(ps[0], ps[1])
+
+
+def test_a_scalar_in_a_grads_list_is_named():
+    opt = fastlr.Adam([np.zeros(3), np.array(1.5)])
+    for bad, shown in (([np.ones(3), np.float64(1.0)], r"grads\[1\] = numpy.float64"),
+                       ([np.ones(3), 1.0], r"grads\[1\] = builtins.float")):
+        with pytest.raises(TypeError, match=shown):
+            opt.step(bad)
