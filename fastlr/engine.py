@@ -289,6 +289,7 @@ class Engine:
         """Forget every validation result (after load_state_dict, a copy, or unpickling)."""
         self._plans = {}      # group index -> _GroupPlan
         self._resolved = {}   # group index -> (the group as last seen, its resolved hyperparameters)
+        self.written = None   # every unit's written byte ranges, as _span_table (while none moved)
 
     # ------------------------------------------------------------ hyperparameters
     def resolve(self, step_count):
@@ -337,7 +338,7 @@ class Engine:
             if undo is not None:
                 plans = self._plans_for(hps, grads, dense)
             units = plans[0].units if len(plans) == 1 else [u for plan in plans for u in plan.units]
-            _check_disjoint(units)
+            _check_disjoint(self, units)
             if launch is None:   # (capturable steps keep their counts in device memory)
                 self.front.check_counts(self.spec, units)
             if options.max_grad_norm is None and options.clip_value is None and options.grad_scale is None \
@@ -515,19 +516,34 @@ def _check_state_entries(engine, plans):
                                     f"got {type(st).__name__}")
 
 
-def _check_disjoint(units):
-    """No two written arrays of different units (groups, dtypes) share memory (checked when one moved)."""
-    if len(units) <= 1:
-        return  # within a unit the unit's own check covers it
-    if not any(u.moved or not u.tracks_moves for u in units):
-        return
-    pair = first_overlap(s for u in units for s in u.spans())
-    if not pair:
+def _check_disjoint(engine, units):
+    """No two written arrays of different units (groups, dtypes) share memory (checked when one moved), and
+    no grad shares memory with a written array of another unit, or of its own where the unit does not check
+    that itself (every step: grads are new arrays)."""
+    if len(units) <= 1 and (not units or units[0].checks_own_grads or
+                            type(units[0]).grad_addresses is Unit.grad_addresses):
+        return  # within a table unit its own checks cover both (and device memory is not checked)
+    if engine.written is None or any(u.moved or not u.tracks_moves for u in units):
+        spans = sorted(s for u in units for s in u.spans())
+        pair = first_overlap(spans)
+        if pair:
+            raise ValueError(f"{pair[1]}: shares memory with {pair[0]}; every param and state must have memory "
+                             f"of its own (a view of another param would be updated twice per step)")
+        engine.written = _span_table(spans)
         for u in units:
             u.moved = False
-    if pair:
-        raise ValueError(f"{pair[1]}: shares memory with {pair[0]}; every param and state must have memory of "
-                         f"its own (a view of another param would be updated twice per step)")
+    for u in units:
+        u.check_grads_against(engine.written)
+
+
+def _span_table(spans):
+    """(start, end, name) spans, sorted, as kernels._pointers.written_spans lays them out: row 0 holds their
+    count, rows 1.. the (start, end) byte ranges by start."""
+    table = np.zeros((len(spans) + 1, 2), np.int64)
+    table[0, 0] = len(spans)
+    if spans:
+        table[1:] = [(a, b) for a, b, _ in spans]
+    return table
 
 
 def first_overlap(spans):
@@ -656,6 +672,29 @@ class Unit:
     """Arrays of one group sharing an array kind, dtype and device: one kernel call per step."""
 
     tracks_moves = False   # whether ``moved`` is kept up to date (else the check across units runs each step)
+    checks_own_grads = False   # whether the unit checks its grads against its own written arrays itself
+
+    def grad_addresses(self):
+        """((grad start, bytes, param start, param bytes), ...) of this step's grads in host memory; () where
+        they are not (device memory: not checked across units)."""
+        return ()
+
+    def check_grads_against(self, table):
+        """No grad overlaps a written array of the table (kernels._pointers.written_spans' layout) other than,
+        exactly, its own param."""
+        grads = np.array(self.grad_addresses(), np.int64).reshape(-1, 4)
+        if not grads.size:
+            return
+        m = table[0, 0]
+        starts, ends = table[1:m + 1, 0], table[1:m + 1, 1]   # disjoint and sorted: the ends are sorted too
+        g0, g1, p0, p1 = grads[:, 0], grads[:, 0] + grads[:, 1], grads[:, 2], grads[:, 2] + grads[:, 3]
+        lo = np.searchsorted(ends, g0, side="right")   # spans [lo, hi) overlap [g0, g1)
+        hi = np.searchsorted(starts, g1)
+        one = np.minimum(lo, max(m - 1, 0))
+        own = (hi - lo == 1) & (starts[one] == g0) & (ends[one] == g1) & (p0 == g0) & (p1 == g1) if m else False
+        bad = np.nonzero((grads[:, 1] > 0) & (hi > lo) & ~own)[0]
+        if bad.size:
+            self.overlap_error(int(bad[0]) * self.ncols + 1)
 
     def __init__(self, engine, plan, kind, rows, labels, whole):
         self.engine, self.kind, self.rows, self.labels = engine, kind, rows, labels
@@ -797,7 +836,12 @@ class _TableUnit(Unit):
 
     def check_grads(self):
         """No gradient may overlap a param or state other than (exactly) its own param."""
-        bad = kernel_module("_pointers").grad_alias(self.ptrs, self.sizes, self.itemsize, self.wspans)
+        self.check_grads_against(self.wspans)
+
+    checks_own_grads = True
+
+    def check_grads_against(self, table):
+        bad = kernel_module("_pointers").grad_alias(self.ptrs, self.sizes, self.itemsize, table)
         if bad >= 0:
             self.overlap_error(bad * self.ncols + 1)
 

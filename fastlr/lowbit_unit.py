@@ -300,6 +300,11 @@ class LowbitUnit(_engine.Unit):
         return sum(sum_of_squares(g, self.cuda, current_stream(p) if self.cuda else 0)
                    for g, p in zip(self.gviews, self.params))
 
+    def grad_addresses(self):
+        if self.cuda:
+            return ()
+        return [(*_address(g), *_address(p)) for g, p in zip(self.gviews, self.params)]
+
     def spans(self):
         if not self.master:
             return self._spans

@@ -810,3 +810,23 @@ def _with_bad_step(sd):
 Hostile.TestCase.settings = settings(max_examples=int(os.environ.get("HOSTILE_EXAMPLES", 12)), stateful_step_count=25,
                                      deadline=None, suppress_health_check=[HealthCheck.too_slow])
 test_hostile_state_machine = Hostile.TestCase
+
+
+def test_grad_sharing_memory_across_groups_dtypes_or_low_bit_states_is_rejected():
+    """A grad that is another group's param, a view of another dtype's param, or the memory of a low-bit state
+    is refused before anything changes, as within one group."""
+    a, b = np.ones(4, np.float32), np.ones(4, np.float32)
+    opt = fastlr.SGD([{"params": [a]}, {"params": [b]}], lr=0.5)
+    rejected(opt, lambda: opt.step([np.ones(4, np.float32), a]), ValueError, r"grads\[1\]: shares memory")
+    wide = np.ones(8, np.float64)
+    mixed = fastlr.SGD([np.ones(4, np.float32), wide], lr=0.5)
+    rejected(mixed, lambda: mixed.step([wide.view(np.float32)[:4], np.ones(8)]), ValueError,
+             r"grads\[0\]: shares memory")
+    n = 8192
+    p, g = np.ones(n, np.float32), np.random.default_rng(0).standard_normal(n).astype(np.float32)
+    low = fastlr.Adam(p, state_precision="8bit")
+    low.step(g)
+    low.state[0]["exp_avg_absmax"] = g[:low.state[0]["exp_avg_absmax"].size].copy()
+    low.step(g)   # a state of its own memory: fine
+    low.state[0]["exp_avg_absmax"] = g[:low.state[0]["exp_avg_absmax"].size]
+    rejected(low, lambda: low.step(g), ValueError, r"grads\[0\]: shares memory")
