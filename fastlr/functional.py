@@ -15,9 +15,12 @@ global norm over every gradient of the step, as the optimizer computes it). ``mu
 
 ``state_precision="bf16"``: each state a bfloat16 tensor (or uint16 bits) of the param's shape;
 ``"8bit"``/``"4bit"``: each state a pair ``(codes, absmax)`` (uint8 and float32, the layout of
-``fastlr.state_precision``; ``fastlr.lowbit.new_states`` makes NumPy ones).
+``fastlr.state_precision``, or the ``fastlr.lowbit.Quantized`` that ``fastlr.lowbit.new_states`` and
+``fastlr.lowbit.quantize`` make). ``new_states`` makes states that start at zero; where the optimizer starts
+a state elsewhere (Rprop's step_size: lr), quantize those starting values instead.
 """
 import math
+import re
 
 from . import specs as _specs
 from ._arrays import Buffer, check_disjoint, same_kind
@@ -122,6 +125,17 @@ def _functional(spec):
     return update_
 
 
+class _Names(dict):
+    """The optimizer's names of a call's param and grad -> the functional's; a state's quoted name -> itself."""
+
+    def __missing__(self, key):
+        return key.strip("'")
+
+
+_OPTIMIZER_NAMES = re.compile(r"(param_groups\[0\]\['params'\]\[0\]|params\[0\]|grads\[0\])|state\[0\]\[('\w+')\]")
+_FUNCTIONAL_NAMES = _Names({"param_groups[0]['params'][0]": "param", "params[0]": "param", "grads[0]": "grad"})
+
+
 def _via_optimizer(spec):
     """The in-place update of an algorithm whose step is not one element rule (Muon's Newton-Schulz, Adafactor's
     factored moments): one step of its optimizer over this one param, holding the caller's state arrays, which
@@ -133,16 +147,20 @@ def _via_optimizer(spec):
         if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= _specs.MAX_STEP:
             raise ValueError(f"{name}: step: expected the 1-based step count (an int in [1, 2**53]), got "
                              f"{_specs._shown(step)}")
-        opt = getattr(optim, spec.name)([param], **hyperparameters)
-        group = opt.param_groups[0]
-        names = [n for n, _ in spec.states(group)]
-        if spec.aux_states is not None:
-            names += [n for n, _ in spec.aux_states(tuple(getattr(param, "shape", ())))]
-        if len(states) != len(names):
-            raise TypeError(f"{name}: expected state arrays ({', '.join(names)}) for these options and this "
-                            f"param's shape, got {len(states)}")
-        opt.state[0] = {**dict(zip(names, states)), "step": step - 1}
-        opt.step(grad)
+        try:
+            opt = getattr(optim, spec.name)([param], **hyperparameters)
+            group = opt.param_groups[0]
+            names = [n for n, _ in spec.states(group)]
+            if spec.aux_states is not None:
+                names += [n for n, _ in spec.aux_states(tuple(getattr(param, "shape", ())))]
+            if len(states) != len(names):
+                raise TypeError(f"{name}: expected state arrays ({', '.join(names)}) for these options and this "
+                                f"param's shape, got {len(states)}")
+            opt.state[0] = {**dict(zip(names, states)), "step": step - 1}
+            opt.step(grad)
+        except (ValueError, TypeError) as e:   # named as this function's arguments, not the optimizer's
+            raise type(e)(_OPTIMIZER_NAMES.sub(lambda m: _FUNCTIONAL_NAMES[m.group(1) or m.group(2)],
+                                               str(e))) from None
         return {"step": step}
 
     update_.__name__ = update_.__qualname__ = name

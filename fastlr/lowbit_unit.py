@@ -328,6 +328,8 @@ def functional_update(spec, group, pstate, pbuf, gbuf, names, states, precision)
             held.append(flat_view(state))
             spans.append((*_address(state), name))
             continue
+        if isinstance(state, lowbit.Quantized):   # as fastlr.lowbit.new_states / quantize make them
+            state = (state.codes, state.absmax)
         if not (isinstance(state, (tuple, list)) and len(state) == 2):
             raise ValueError(f"{name}: expected a pair (codes, absmax) for {precision} states, got "
                              f"{type(state).__name__}")

@@ -379,3 +379,25 @@ def test_lamb_clip_value_then_global_norm_as_clip_grad_value_then_timm():
         ref.step()
     for p, q in zip(ps, qs):
         assert_close(p, q.detach().numpy(), np.float64)
+
+
+def test_functional_matrix_algorithms_name_their_own_arguments():
+    with pytest.raises(ValueError, match=r"^param: Muon updates 2-D params only"):
+        fastlr.functional.muon_(np.zeros(5), np.zeros(5), np.zeros(5), step=1)
+    with pytest.raises(TypeError, match=r"^momentum_buffer: expected dtype float64"):
+        fastlr.functional.muon_(np.zeros((3, 4)), np.zeros((3, 4)), np.zeros((3, 4), np.float32), step=1)
+
+
+def test_functional_low_bit_states_from_new_states():
+    """The Quantized states fastlr.lowbit.new_states makes go straight into the functional update."""
+    from fastlr import lowbit
+    n = 8192
+    p = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+    q = p.copy()
+    opt = fastlr.Adopt(p, state_precision="8bit")
+    states = lowbit.new_states("adopt", q, "8bit")
+    for t in range(1, 5):
+        g = np.random.default_rng(t).standard_normal(n).astype(np.float32)
+        opt.step(g)
+        fastlr.functional.adopt_(q, g, *states, step=t, state_precision="8bit")
+    np.testing.assert_array_equal(p, q)
