@@ -47,7 +47,10 @@ def configure(opt, state_precision="fp32", state_min_size=4096, state_stochastic
         raise ValueError(f"state_stochastic_rounding: for state_precision='bf16' only, got {state_precision!r}")
     if state_precision != "fp32":
         spec = type(opt).spec
-        reason = spec is not None and unavailable(spec, state_precision)
+        # (with the constructor's hyperparameters where they are set already: caution=True, momentum, ...)
+        defaults = getattr(opt, "defaults", None)
+        defaults = defaults if isinstance(defaults, dict) else None
+        reason = spec is not None and unavailable(spec, state_precision, defaults)
         if reason:
             raise ValueError(f"state_precision={state_precision!r}: not available for {spec.name}: {reason}; use "
                              f"{_offered(spec)}")

@@ -164,6 +164,7 @@ class _TorchOptimizer(torch.optim.Optimizer):
             raise ValueError("differentiable=True is not supported by fastlr.torch (its steps update params in "
                              "place outside autograd; use torch.optim with differentiable=True to differentiate "
                              "through a step)")
+        self.defaults = defaults   # (torch's __init__ sets it again; the options' checks read it first)
         self._set_options(**options)
         torch_cls = getattr(torch.optim, type(self).__name__, None)
         if torch_cls is not None:   # torch's own group keys too, so state dicts look the same

@@ -362,3 +362,17 @@ def test_algorithms_without_low_bit_kernels_refuse_and_change_nothing(name):
             opt.train()
         opt.step(np.ones_like(w))
     assert np.array_equal(w, before)
+
+
+@pytest.mark.parametrize("front", ["numpy", "torch"])
+def test_options_that_need_fp32_states_are_refused_at_construction(front):
+    """caution=True given to the constructor with low-bit states: refused there, not at the first step."""
+    if front == "torch":
+        torch = pytest.importorskip("torch")
+        import fastlr.torch as ft
+        make = lambda **kw: ft.Adopt([torch.zeros(8192, requires_grad=True)], **kw)  # noqa: E731
+    else:
+        make = lambda **kw: fastlr.Adopt(np.zeros(8192, np.float32), **kw)  # noqa: E731
+    with pytest.raises(ValueError, match=r"state_precision='8bit': not available for Adopt.*caution=True"):
+        make(caution=True, state_precision="8bit")
+    make(state_precision="8bit")
