@@ -502,7 +502,8 @@ Lamb = Spec(
     reference="timm.optim.Lamb (timm 1.0.31)",
     summary="LAMB (You et al. 2019, NVIDIA's FusedLAMB variant): Adam's update scaled per tensor by ||p|| / ||u||.",
     math="u = m_hat / (sqrt(v_hat) + eps) + wd p;  p <- p - lr (||p|| / ||u||) u  (grads first clipped by their "
-         "global norm / max_grad_norm)",
+         "global norm / max_grad_norm; as timm, max_grad_norm is the constructor's: per-group values have no "
+         "effect)",
     test_grid=dict(weight_decay=[0.01, 0.0], decoupled_decay=[False, True], trust_clip=[False, True],
                    max_grad_norm=[1.0, None]),
     test_extra=(dict(always_adapt=True, weight_decay=0.0, grad_averaging=False, bias_correction=False),
