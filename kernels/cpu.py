@@ -42,15 +42,21 @@ def {name}(p, g, {states}h64, c64):
         p[i],{targets} = R.{rule}(p[i], R.condition(g[i], c){items}, h)
 """
 
-_TABLE_TEMPLATE = """
-def {name}(ptrs, work, hidx, htab, c64, like):
-    for w in prange(work.shape[0]):
-        t = work[w, 0]
-        lo = work[w, 1]
-        n = work[w, 2] - lo
-        r = hidx[t]
-        CHUNK({columns}({h_row}), c64)
-"""
+def table_template(tail, call):
+    """The source template of a segment-table kernel ``{name}(ptrs, work, hidx, htab, c64<tail>)``: a prange
+    over the work rows (t, lo, hi), each running ``call`` on its chunk (t: the tensor, lo: the chunk's first
+    element, n: its length, r: the tensor's row of htab). Shared by every table kernel (here, the first
+    passes in twopass_cpu, the low-precision ones in lowbit_cpu)."""
+    return ("\ndef {name}(ptrs, work, hidx, htab, c64" + tail + "):\n"
+            "    for w in prange(work.shape[0]):\n"
+            "        t = work[w, 0]\n"
+            "        lo = work[w, 1]\n"
+            "        n = work[w, 2] - lo\n"
+            "        r = hidx[t]\n"
+            "        " + call + "\n")
+
+
+_TABLE_TEMPLATE = table_template(", like", "CHUNK({columns}({h_row}), c64)")
 
 
 def _table_fields(rule):

@@ -47,7 +47,7 @@ from numba.extending import intrinsic
 from . import quant
 from ._codegen import generate_source, n_states, scalar_names
 from ._pointers import at  # noqa: F401  (the generated table kernels)
-from .cpu import R  # noqa: F401
+from .cpu import R, table_template  # noqa: F401
 
 Q = quant.compiled(njit(inline="always", error_model="numpy"))
 CHUNK_BLOCKS = 64  # blocks per parallel work item (16K elements at 8 bits)
@@ -347,15 +347,8 @@ for _rule in STATEFUL_RULES:
 # with a chunk that is), so each chunk is a run of whole blocks (the last maybe short) handed to the
 # serial flat kernel on arrays made over its memory. bf16: ``keys[t]`` is param t's rounding key (-1:
 # nearest even), the chunk's base its element offset, so the random bits are the flat kernel's.
-_TABLE = """
-def {name}(ptrs, work, hidx, htab, c64, keys, like):
-    for w in prange(work.shape[0]):
-        t = work[w, 0]
-        lo = work[w, 1]
-        n = work[w, 2] - lo
-        r = hidx[t]
-        CHUNK(carray(at(ptrs[t, 0], lo, like), n), carray(at(ptrs[t, 1], lo, like), n), {columns}({h_row}), c64{key})
-"""
+_TABLE = table_template(", keys, like", "CHUNK(carray(at(ptrs[t, 0], lo, like), n), "
+                                      "carray(at(ptrs[t, 1], lo, like), n), {columns}({h_row}), c64{key})")
 U8, U16, F32 = np.empty(0, np.uint8), np.empty(0, np.uint16), np.empty(0, np.float32)
 
 

@@ -12,7 +12,7 @@ from numba import carray, njit, prange  # noqa: F401
 from . import rules
 from ._codegen import generate, generate_source
 from ._pointers import at  # noqa: F401
-from .cpu import R, _table_fields  # noqa: F401
+from .cpu import R, _table_fields, table_template  # noqa: F401
 
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
 # The sums may be reassociated (they only feed norms): that lets LLVM vectorize the float64 accumulation,
@@ -27,15 +27,7 @@ ZERO    for i in range(p.size):
         OUTS = R.{rule}(p[i], R.condition(g[i], c){items}, h)
 ADDSSTORE"""
 
-_TABLE = """
-def {name}(ptrs, work, hidx, htab, c64, like, out):
-    for w in prange(work.shape[0]):
-        t = work[w, 0]
-        lo = work[w, 1]
-        n = work[w, 2] - lo
-        r = hidx[t]
-        CHUNK({columns}({h_row}), c64, out[w])
-"""
+_TABLE = table_template(", like, out", "CHUNK({columns}({h_row}), c64, out[w])")
 
 
 def chunk_template(k):
