@@ -440,6 +440,7 @@ def _same_list(a, b):
 
 
 _ABSENT = object()
+_BYTES = np.ones(2, np.int64)   # item sizes of (param, grad) given in bytes
 
 
 def _snapshot(group):
@@ -685,16 +686,11 @@ class Unit:
         grads = np.array(self.grad_addresses(), np.int64).reshape(-1, 4)
         if not grads.size:
             return
-        m = table[0, 0]
-        starts, ends = table[1:m + 1, 0], table[1:m + 1, 1]   # disjoint and sorted: the ends are sorted too
-        g0, g1, p0, p1 = grads[:, 0], grads[:, 0] + grads[:, 1], grads[:, 2], grads[:, 2] + grads[:, 3]
-        lo = np.searchsorted(ends, g0, side="right")   # spans [lo, hi) overlap [g0, g1)
-        hi = np.searchsorted(starts, g1)
-        one = np.minimum(lo, max(m - 1, 0))
-        own = (hi - lo == 1) & (starts[one] == g0) & (ends[one] == g1) & (p0 == g0) & (p1 == g1) if m else False
-        bad = np.nonzero((grads[:, 1] > 0) & (hi > lo) & ~own)[0]
-        if bad.size:
-            self.overlap_error(int(bad[0]) * self.ncols + 1)
+        # the table units' native check, over (param, grad) addresses with sizes in bytes
+        bad = kernel_module("_pointers").grad_alias(np.ascontiguousarray(grads[:, [2, 0]]), grads[:, 1].copy(),
+                                                    _BYTES, table)
+        if bad >= 0:
+            self.overlap_error(bad * self.ncols + 1)
 
     def __init__(self, engine, plan, kind, rows, labels, whole):
         self.engine, self.kind, self.rows, self.labels = engine, kind, rows, labels
