@@ -48,6 +48,12 @@ def _advance_group(spec, group, step, given):
     return {**group, **{"group_" + n: group[n] for n in spec.group_state}}
 
 
+def _check_step(name, step):
+    if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= _specs.MAX_STEP:
+        raise ValueError(f"{name}: step: expected the 1-based step count (an int in [1, 2**53]), got "
+                         f"{_specs._shown(step)}")
+
+
 def _global_clip(spec, group, grad, grad_norm, name):
     """The conditioning of timm Lamb's clip by the global gradient norm (grad's own unless grad_norm is given)."""
     max_norm = group.get(spec.global_clip) if spec.global_clip else None
@@ -82,9 +88,7 @@ def _functional(spec):
         _specs.check_group(spec, group, name)
         if callable(group["lr"]):
             raise TypeError(f"{name}: lr must be a number here (evaluate the schedule first)")
-        if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= _specs.MAX_STEP:
-            raise ValueError(f"{name}: step: expected the 1-based step count (an int in [1, 2**53]), got "
-                             f"{_specs._shown(step)}")
+        _check_step(name, step)
         names = [n for n, _ in spec.states(group)]
         if len(states) != len(names):
             raise TypeError(f"{name}: expected state arrays ({', '.join(names)}) for these options, "
@@ -144,9 +148,7 @@ def _via_optimizer(spec):
 
     def update_(param, grad, *states, step, **hyperparameters):
         from . import optim
-        if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= _specs.MAX_STEP:
-            raise ValueError(f"{name}: step: expected the 1-based step count (an int in [1, 2**53]), got "
-                             f"{_specs._shown(step)}")
+        _check_step(name, step)
         try:
             opt = getattr(optim, spec.name)([param], **hyperparameters)
             group = opt.param_groups[0]
